@@ -1,0 +1,261 @@
+"""``centralka`` — the command line. ``main(argv)`` returns an exit code; errors are one line.
+
+Which box a command acts on: ``--config FILE``, else ``$CENTRALKA_CONFIG``, else the demo's
+box when run from the repository root while ``make demo`` runs (``var/demo/centralka.toml``),
+else the installed box (``/etc/centralka/centralka.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .config import load_settings
+from .errors import CentralkaError, CoreNotRunning, FlowRejected, FlowSyntaxError
+
+DEMO_CONFIG = Path("var/demo/centralka.toml")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args):
+    path = args.config or os.environ.get("CENTRALKA_CONFIG")
+    if path is None and DEMO_CONFIG.exists():
+        path = DEMO_CONFIG
+    return load_settings(path)
+
+
+def _prompts(settings):
+    from .media.prompts import PromptLibrary
+
+    return PromptLibrary(settings.prompt_dir, rate=settings.sip.clock_rate, voice=settings.prompts.voice,
+                         speed=settings.prompts.speed, language=settings.box.language)
+
+
+def ask_core(settings, cmd: str, **fields) -> dict:
+    path = settings.control.socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise CoreNotRunning(f"the core is not running (no answer on {path}: {exc.strerror or exc})") from exc
+    return json.loads(data or b"{}")
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from .core import Core
+
+    settings = _settings(args)
+    core = Core(settings)
+    _notify_ready = None
+    try:
+        from .systemd import ready as _notify_ready  # noqa: F401
+    except ImportError:
+        pass
+
+    def ready(c):
+        st = c.status()
+        logging.getLogger("centralka").info("ready: SIP %s:%d, call limit %d", st["sip"]["address"],
+                                            st["sip"]["port"], st["call_limit"])
+        if _notify_ready:
+            _notify_ready()
+
+    asyncio.run(core.run_until_signal(ready))
+    return EXIT_OK
+
+
+def _print_findings(findings, path):
+    for f in findings:
+        where = f"node {f.node}" if f.node else "flow"
+        print(f"{path}: {f.level}: {where}: [{f.code}] {f.message}", file=sys.stderr if f.level == "error" else sys.stdout)
+
+
+def cmd_flow_check(args) -> int:
+    from .flow.checked import examine_file
+
+    settings = _settings(args) if args.use_box else load_settings(path=args.config, env={})
+    lang = args.lang or settings.box.language
+    _flow, findings = examine_file(args.file, _prompts(settings), lang=lang)
+    _print_findings(findings, args.file)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        print(f"{args.file}: {len(errors)} error(s): flow refused", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{args.file}: OK ({len(findings)} warning(s))")
+    return EXIT_OK
+
+
+def cmd_flow_import(args) -> int:
+    from .flow.checked import load_checked
+    from .store.db import open_db
+    from .store.flows import save_flow
+
+    settings = _settings(args)
+    text = Path(args.file).read_text(encoding="utf-8")
+    flow, warnings = load_checked(text, _prompts(settings), source=args.file, lang=settings.box.language)
+    _print_findings(warnings, args.file)
+    db = open_db(settings.db_path)
+    name = args.name or flow.name or Path(args.file).stem
+    save_flow(db, name, text, activate=True)
+    print(f"flow {name!r} imported and active")
+    try:
+        reply = ask_core(settings, "reload")
+        print("running core reloaded" if reply.get("ok") else f"core did not reload: {reply.get('error')}")
+    except CoreNotRunning:
+        pass
+    return EXIT_OK
+
+
+def cmd_flow_export(args) -> int:
+    from .store.db import open_db
+    from .store.flows import active_flow, get_flow
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    row = get_flow(db, args.name) if args.name else active_flow(db)
+    if row is None:
+        print("no such flow", file=sys.stderr)
+        return EXIT_ERROR
+    if args.file in (None, "-"):
+        sys.stdout.write(row["text"])
+    else:
+        Path(args.file).write_text(row["text"], encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    settings = _settings(args)
+    reply = ask_core(settings, "status")
+    print(json.dumps(reply.get("status", reply), ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+def cmd_calls(args) -> int:
+    from .store.calls import journey, recent_calls
+    from .store.db import open_db
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    for call in reversed(recent_calls(db, args.limit)):
+        print(f"#{call['id']} {call['started_at']} {call['caller']} -> {call['dialled']} "
+              f"{call['outcome'] or 'in progress'} (ended by {call['ended_by'] or '-'}, transfers {call['transfers']})")
+        if args.steps:
+            for st in journey(db, call["id"]):
+                print(f"    {st['at']} {st['step']:<16} {st['node'] or '':<14} {st['detail'] or ''}")
+    return EXIT_OK
+
+
+def cmd_migrate(args) -> int:
+    from .store.db import open_db
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    print(f"{settings.db_path}: tables {', '.join(sorted(db.table_names()))}")
+    return EXIT_OK
+
+
+def cmd_phone(args) -> int:
+    from .sip.phone import run_terminal
+
+    return run_terminal(args)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="centralka", description="Centralka clinic phone appliance")
+    p.add_argument("--config", help="settings file (default: $CENTRALKA_CONFIG, the demo's, /etc/centralka)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the core (SIP, flows, control socket)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="run a demo clinic on this machine with simulated staff phones")
+    s.set_defaults(func=cmd_demo)
+
+    flow = sub.add_parser("flow", help="check, import and export call flows").add_subparsers(dest="flow_cmd",
+                                                                                           required=True)
+    s = flow.add_parser("check", help="run the flow doctor on a file; non-zero exit on any error")
+    s.add_argument("file")
+    s.add_argument("--lang", choices=["pl", "en"])
+    s.add_argument("--use-box", action="store_true", help="use the box's uploaded recordings for durations")
+    s.set_defaults(func=cmd_flow_check)
+    s = flow.add_parser("import", help="check a flow file and make it the active flow")
+    s.add_argument("file")
+    s.add_argument("--name")
+    s.set_defaults(func=cmd_flow_import)
+    s = flow.add_parser("export", help="write a flow (the active one by default) as TOML")
+    s.add_argument("file", nargs="?")
+    s.add_argument("--name")
+    s.set_defaults(func=cmd_flow_export)
+
+    s = sub.add_parser("status", help="live state of the running core")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("calls", help="recent calls and their journeys")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--steps", action="store_true", help="show each call's steps")
+    s.set_defaults(func=cmd_calls)
+
+    s = sub.add_parser("migrate", help="create or upgrade the database")
+    s.set_defaults(func=cmd_migrate)
+
+    from .sip.phone import add_arguments
+
+    s = sub.add_parser("phone", help="call a SIP address from this terminal; type digits to press keys")
+    add_arguments(s, terminal=True)
+    s.set_defaults(func=cmd_phone)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except FlowRejected as exc:
+        _print_findings(exc.findings, getattr(args, "file", "flow"))
+        print(f"centralka: flow refused: {len([f for f in exc.findings if f.level == 'error'])} error(s)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except (CentralkaError, OSError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc) if not isinstance(exc, FlowSyntaxError) else str(exc)
+        print(f"centralka: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry():
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    entry()

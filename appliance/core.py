@@ -1,0 +1,231 @@
+"""The core process: owns the SIP stack, the database, the prompts and every call session.
+
+Runs one asyncio loop. pjsua2 callbacks, flow sessions, timers and the control socket all run on
+it, so there are no locks. The control socket (a unix socket speaking one JSON object per line)
+is how the command line and the web UI ask for live state and actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+import wave
+from pathlib import Path
+
+from .errors import FlowError
+from .flow.checked import load_checked
+from .flow.engine import CallSession
+from .media.prompts import PromptLibrary
+from .numbers import normalise_caller
+from .sip.stack import SipStack
+from .store import calls as store_calls
+from .store import flows as store_flows
+from .store.db import open_db, utcnow
+
+log = logging.getLogger("centralka.core")
+
+
+class Core:
+    def __init__(self, settings, *, rtp_port: int = 0):
+        self.settings = settings
+        self.db = None
+        self.flow = None
+        self.flow_name = None
+        self.stack: SipStack | None = None
+        self.sessions: dict[int, CallSession] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.rtp_port = rtp_port
+        self.started_at = None
+        self.prompts = PromptLibrary(
+            settings.prompt_dir,
+            rate=settings.sip.clock_rate,
+            voice=settings.prompts.voice,
+            speed=settings.prompts.speed,
+            language=settings.box.language,
+        )
+        self._durations: dict[str, float] = {}
+        self._prompt_paths: dict[tuple[str, int], Path] = {}
+        self._server = None
+        self.stopping = asyncio.Event()
+
+    # --- prompts ---------------------------------------------------------------------------
+    def prompt_path(self, name: str, flow) -> Path:
+        key = (name, id(flow))
+        path = self._prompt_paths.get(key)
+        if path is None or not path.exists():
+            path = self.prompts.path(name, flow.prompts)
+            self._prompt_paths[key] = path
+        return path
+
+    def prompt_duration(self, path: Path) -> float:
+        d = self._durations.get(str(path))
+        if d is None:
+            with wave.open(str(path), "rb") as w:
+                d = w.getnframes() / float(w.getframerate())
+            self._durations[str(path)] = d
+        return d
+
+    # --- flow ------------------------------------------------------------------------------
+    def load_active_flow(self):
+        row = store_flows.active_flow(self.db)
+        if row is None:
+            raise FlowError("no call flow in the database: import one with `centralka flow import FILE`")
+        flow, warnings = load_checked(row["text"], self.prompts, source=f"flow {row['name']!r}",
+                                      lang=self.settings.box.language)
+        for w in warnings:
+            log.warning("flow %s: %s", row["name"], w.message)
+        # Render every prompt now, so the first caller does not wait for speech synthesis (R1).
+        self._prompt_paths.clear()
+        for node in flow.nodes.values():
+            if node.params.get("prompt"):
+                self.prompt_path(node.params["prompt"], flow)
+        for name in ("still_connecting", "invalid_choice", "to_operator", "all_lines_busy", "connecting"):
+            self.prompt_path(name, flow)
+        self.flow, self.flow_name = flow, row["name"]
+        log.info("call flow %r loaded (%d nodes)", row["name"], len(flow.nodes))
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self):
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_db(s.db_path)
+        self.load_active_flow()
+        self.stack = SipStack(
+            address=s.sip.address,
+            port=s.sip.port,
+            transports=s.sip.transports,
+            max_calls=s.sip.max_calls,
+            reserve_transfer_leg=s.sip.reserve_transfer_leg,
+            clock_rate=s.sip.clock_rate,
+            codecs=s.sip.codecs,
+            rtp_port=self.rtp_port,
+            log_path=s.data_dir / "pjsip.log",
+            on_incoming=self.on_incoming,
+            on_trunk_state=self.on_trunk_state,
+            on_limit=self.on_limit,
+        )
+        await self.stack.start()
+        if s.trunk.enabled:
+            self.stack.add_trunk(registrar=s.trunk.registrar, username=s.trunk.username,
+                                 password=s.trunk.password, realm=s.trunk.realm, proxy=s.trunk.proxy,
+                                 expires=s.trunk.register_expires_s, retry_min=s.trunk.retry_min_s,
+                                 retry_max=s.trunk.retry_max_s)
+        await self._start_control()
+        self.started_at = time.time()
+
+    async def stop(self):
+        self.stopping.set()
+        if self._server is not None:
+            self._server.close()
+        if self.stack is not None:
+            await self.stack.stop()
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        sock = Path(self.settings.control.socket)
+        if sock.exists():
+            sock.unlink()
+
+    async def run_until_signal(self, ready=None):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        if ready:
+            ready(self)
+        await self.stopping.wait()
+        log.info("stopping")
+        await self.stop()
+
+    # --- calls -----------------------------------------------------------------------------
+    def on_incoming(self, leg, account_name: str):
+        caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
+        line = "trunk" if account_name == "trunk" else "sip"
+        call_id = store_calls.start_call(
+            self.db, direction="in", line=line, caller_raw=leg.remote_uri, caller=caller, caller_kind=kind,
+            dialled=leg.local_user, sip_call_id=leg.sip_call_id, flow=self.flow_name or "",
+        )
+        session = CallSession(self, leg, self.flow, call_id)
+        self.sessions[call_id] = session
+        log.info("call %d from %s (%s) to %s", call_id, caller, kind, leg.local_user)
+        task = asyncio.get_running_loop().create_task(session.run(), name=f"call-{call_id}")
+        self.tasks.add(task)
+        task.add_done_callback(lambda t, cid=call_id: self._session_done(t, cid))
+
+    def _session_done(self, task, call_id):
+        self.tasks.discard(task)
+        self.sessions.pop(call_id, None)
+
+    def on_limit(self, leg):
+        caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
+        call_id = store_calls.start_call(
+            self.db, direction="in", line="sip", caller_raw=leg.remote_uri, caller=caller, caller_kind=kind,
+            dialled=leg.local_user, sip_call_id=leg.sip_call_id, flow=self.flow_name or "",
+        )
+        store_calls.add_step(self.db, call_id, "rejected", None,
+                             {"code": 486, "reason": "call limit", "limit": self.stack.max_calls})
+        store_calls.update_call(self.db, call_id, ended_at=utcnow(), ended_by="box", outcome="rejected")
+
+    def on_trunk_state(self, state):
+        self.db["line_events"].insert({"at": utcnow(), "line": "trunk", "state": state.state,
+                                       "detail": f"{state.code} {state.reason}".strip()})
+        log.info("trunk: %s (%s %s)", state.state, state.code, state.reason)
+
+    # --- live state ------------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.stack
+        return {
+            "sip": {"address": st.address, "port": st.port, "transports": list(st.transports)},
+            "calls_active": len(self.sessions),
+            "legs_in_use": st.legs_in_use(),
+            "call_limit": st.max_calls,
+            "build_call_limit": st.build_limit,
+            "limit_hits": st.limit_hits,
+            "trunk": {"state": st.trunk.state, "code": st.trunk.code, "reason": st.trunk.reason,
+                      "failures": st.trunk.failures, "next_retry_at": st.trunk.next_retry_at},
+            "flow": self.flow_name,
+            "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
+            "pid": os.getpid(),
+        }
+
+    async def _start_control(self):
+        path = Path(self.settings.control.socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve_control, path=str(path))
+        os.chmod(path, 0o660)
+
+    async def _serve_control(self, reader, writer):
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            try:
+                req = json.loads(line or b"{}")
+                reply = await self.control(req.get("cmd", ""), req)
+            except (ValueError, KeyError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def control(self, cmd: str, req: dict) -> dict:
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            try:
+                self.load_active_flow()
+            except FlowError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "flow": self.flow_name}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}

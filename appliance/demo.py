@@ -1,0 +1,146 @@
+"""``make demo``: the appliance on this machine, with simulated staff phones.
+
+Contract (README): SIP on udp 127.0.0.1, port $CENTRALKA_SIP_PORT (default 5060); any dialled
+number enters the demo flow; key 1 = registration, 2 = a second department, 0 = operator,
+extension 555 directly, no input = operator. The box's files live in ``var/demo`` so the
+command line, run from the repository root, acts on this box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .config import load_settings
+from .errors import CentralkaError
+from .store.db import open_db
+from .store.flows import save_flow
+
+log = logging.getLogger("centralka.demo")
+
+DEMO_DIR = Path("var/demo")
+# What each simulated phone says when it answers, so a caller can tell who picked up.
+DEMO_PHONES = {
+    "operator": "Tu operator przychodni. W czym mogę pomóc?",
+    "rejestracja": "Tu rejestracja. Słucham?",
+    "poradnia": "Tu poradnia specjalistyczna. Słucham?",
+    "555": "Gabinet pięćset pięćdziesiąt pięć. Słucham?",
+}
+
+
+def free_udp_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(address: str, port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def write_demo_config(directory: Path, sip_port: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory.resolve()
+    path = directory / "centralka.toml"
+    path.write_text(
+        "# Written by `make demo`; the command line uses it when run from the repository root.\n"
+        f'[box]\ndata_dir = "{data}"\n\n'
+        f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
+        f'[control]\nsocket = "{data / "core.sock"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def demo_flow_text(phones: str) -> str:
+    template = (Path(__file__).with_name("data") / "demo_flow.toml").read_text(encoding="utf-8")
+    return template.replace("{phones}", phones)
+
+
+async def start_phones(port: int, record_dir: Path | None = None, answer_after: float = 1.0):
+    cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(port), "--user", "staff",
+           "--answer-after", str(answer_after)]
+    for user, text in DEMO_PHONES.items():
+        cmd += ["--say", f"{user}={text}"]
+    if record_dir:
+        cmd += ["--record-dir", str(record_dir)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if not line:
+        raise CentralkaError("the simulated staff phones did not start")
+    return proc
+
+
+async def _log_phone_events(proc):
+    while True:
+        line = await proc.stdout.readline()
+        if not line:
+            return
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "incoming":
+            log.info("demo phone %r rings", ev.get("user"))
+        elif ev.get("event") == "confirmed":
+            log.info("demo phone %r answered", ev.get("user"))
+
+
+async def _demo():
+    from .core import Core
+
+    sip_port = int(os.environ.get("CENTRALKA_SIP_PORT") or 5060)
+    if not port_is_free("127.0.0.1", sip_port):
+        raise CentralkaError(f"port {sip_port} on 127.0.0.1 is in use; set CENTRALKA_SIP_PORT to a free port")
+    cfg = write_demo_config(DEMO_DIR, sip_port)
+    settings = load_settings(cfg, env={})
+    phones_port = free_udp_port()
+    phones = await start_phones(phones_port)
+    watcher = asyncio.get_running_loop().create_task(_log_phone_events(phones))
+    try:
+        db = open_db(settings.db_path)
+        save_flow(db, "demo", demo_flow_text(f"127.0.0.1:{phones_port}"), activate=True)
+        db.conn.close()
+        core = Core(settings)
+
+        def ready(c):
+            print(
+                f"\nCentralka demo is running.\n"
+                f"  Call any number at sip:<number>@127.0.0.1:{sip_port} (UDP), e.g.\n"
+                f"    .venv/bin/centralka phone sip:48221234567@127.0.0.1:{sip_port}\n"
+                f"  Menu: 1 rejestracja, 2 poradnia, 0 operator, or dial extension 555; no key = operator.\n"
+                f"  Simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
+                f"  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
+                f"  Stop with Ctrl-C.\n",
+                flush=True,
+            )
+
+        await core.run_until_signal(ready)
+    finally:
+        watcher.cancel()
+        if phones.returncode is None:
+            try:
+                phones.stdin.write(b'{"cmd": "quit"}\n')
+                await phones.stdin.drain()
+                await asyncio.wait_for(phones.wait(), 5)
+            except (asyncio.TimeoutError, ConnectionError):
+                phones.kill()
+                await phones.wait()
+    print("Centralka demo stopped.", flush=True)
+    return 0
+
+
+def run_demo(args) -> int:
+    return asyncio.run(_demo())

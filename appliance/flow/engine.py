@@ -1,0 +1,344 @@
+"""The per-call flow engine: walks a validated flow for one caller.
+
+State lives here, not in pjsua2 objects: the engine only uses the ``Leg`` interface (answer,
+play, ringback, bridge, hangup, digits, futures) so a build with more calls, or several media
+processes, changes nothing above ``sip/``.
+
+Promises kept here, whatever the flow says:
+- any failure, including an exception in this file, ends with the operator ringing (R6);
+- the box never hangs up first except at a ``hangup`` node the doctor allowed (R7);
+- while a phone rings the caller hears ringback and a reminder at least every 15 s (R8);
+- digits pressed early (during the greeting, or post-dial digits) are kept, not dropped (R3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ..errors import CallLimitReached, SipError
+from ..store import calls as store_calls
+from ..store.db import utcnow as _now
+
+log = logging.getLogger("centralka.flow")
+
+# R18: how many times one call may be handed over (the doctor checks the same bound statically).
+MAX_HANDOVERS = 3
+# Between digits of an extension: long enough for an elderly caller, short for post-dial digits.
+INTER_DIGIT_S = 3.0
+MEDIA_WAIT_S = 3.0
+OPERATOR_RETRY_PAUSE_S = 2.0
+DIGITS = set("0123456789*#")
+
+
+class CallerGone(Exception):
+    """The caller hung up; the flow stops quietly."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a node named in $CENTRALKA_TEST_RAISE_AT, to prove the operator fallback."""
+
+
+class CallSession:
+    """One inbound call walking the flow. ``core`` gives prompts, the stack and the database."""
+
+    def __init__(self, core, leg, flow, call_id: int):
+        self.core = core
+        self.leg = leg
+        self.flow = flow
+        self.call_id = call_id
+        self.handovers = 0
+        self.outbound = None
+        self.node_id = None
+        self.ended_by = None
+        self.outcome = None
+        self.connected_to = None
+        leg.owner = self
+
+    # --- journey ---------------------------------------------------------------------------
+    def step(self, step: str, node: str | None = None, detail=None):
+        try:
+            store_calls.add_step(self.core.db, self.call_id, step, node, detail)
+        except Exception:  # noqa: BLE001 — a full disk must not drop the caller
+            log.exception("call %s: cannot store step %s", self.call_id, step)
+
+    # --- media helpers ---------------------------------------------------------------------
+    def _check_alive(self):
+        if not self.leg.alive:
+            raise CallerGone()
+
+    async def _wait_any(self, timeout: float | None, *, digits: bool = False, extra=()):
+        """Wait for timeout, caller hang-up, (optionally) a digit, or extra awaitables."""
+        waits = [asyncio.ensure_future(asyncio.shield(self.leg.disconnected))]
+        if digits:
+            self.leg.digit_event.clear()
+            if self.leg.digits:
+                self.leg.digit_event.set()
+            waits.append(asyncio.ensure_future(self.leg.digit_event.wait()))
+        waits.extend(asyncio.ensure_future(e) for e in extra)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                if not w.done():
+                    w.cancel()
+        self._check_alive()
+        return done
+
+    async def play(self, prompt: str, *, interruptible: bool = True, node: str | None = None) -> bool:
+        """Play a prompt to the end; True if a digit cut it short (barge-in)."""
+        self._check_alive()
+        if interruptible and self.leg.digits:
+            return True
+        path = self.core.prompt_path(prompt, self.flow)
+        duration = self.core.prompt_duration(path)
+        player = self.leg.play(path)
+        self.step("play", node, {"prompt": prompt, "seconds": round(duration, 2)})
+        try:
+            await self._wait_any(duration + 0.15, digits=interruptible)
+        finally:
+            self.leg.stop(player)
+        return interruptible and bool(self.leg.digits)
+
+    # --- the walk --------------------------------------------------------------------------
+    async def run(self):
+        leg = self.leg
+        try:
+            try:
+                leg.answer(200)
+                self.step("answered", None, {"from": leg.remote_uri, "to": leg.local_uri})
+                store_calls.update_call(self.core.db, self.call_id, answered_at=_now())
+                await asyncio.wait_for(leg.media_active.wait(), MEDIA_WAIT_S)
+                await self.walk(self.flow.start)
+            except CallerGone:
+                raise
+            except Exception as exc:  # noqa: BLE001 — R6: every failure ends at the operator
+                log.exception("call %s: error at node %s; sending caller to the operator", self.call_id,
+                              self.node_id)
+                self.step("error", self.node_id, {"error": f"{type(exc).__name__}: {exc}"})
+                await self._cleanup_outbound()
+                await self.operator(reason="error")
+        except CallerGone:
+            pass
+        except Exception:  # noqa: BLE001 — even the operator path failed; keep the record honest
+            log.exception("call %s: the operator path failed", self.call_id)
+            self.step("error", self.node_id, {"error": "operator path failed"})
+        finally:
+            await self._finish()
+
+    async def walk(self, node_id: str):
+        # The doctor guarantees the graph has no cycles, so this ends; the counter is a seatbelt.
+        for _ in range(len(self.flow.nodes) + 2):
+            self._check_alive()
+            self.node_id = node_id
+            node = self.flow.nodes[node_id]
+            if os.environ.get("CENTRALKA_TEST_RAISE_AT") == node_id:
+                raise InjectedFault(f"injected fault at node {node_id}")
+            handler = getattr(self, f"node_{node.type}")
+            nxt = await handler(node)
+            if nxt is None:
+                return
+            node_id = nxt
+        raise RuntimeError("flow did not end (cycle?)")
+
+    async def node_play(self, node):
+        self.step("enter", node.id, {"type": "play"})
+        await self.play(node.params["prompt"], interruptible=node.params.get("interruptible", True), node=node.id)
+        return node.params["next"]
+
+    async def node_menu(self, node):
+        p = node.params
+        options = p["options"]
+        extensions = self.flow.extensions if p.get("extensions") else {}
+        self.step("enter", node.id, {"type": "menu"})
+        attempts = 0
+        while True:
+            if not self.leg.digits:
+                await self.play(p["prompt"], node=node.id)
+            entered = await self._collect(options, extensions, p["timeout"])
+            if entered is None:
+                self.step("no_input", node.id)
+                return p["on_timeout"]
+            if entered in options:
+                self.step("choice", node.id, {"key": entered, "to": options[entered]})
+                return options[entered]
+            if entered in extensions:
+                self.step("extension", node.id, {"number": entered, "to": extensions[entered]})
+                return extensions[entered]
+            attempts += 1
+            self.step("invalid", node.id, {"entered": entered, "attempt": attempts})
+            if attempts > p["repeats"]:
+                return p["on_invalid"]
+            self.leg.digits.clear()
+            await self.play("invalid_choice", interruptible=False, node=node.id)
+
+    async def _collect(self, options: dict, extensions: dict, timeout: float) -> str | None:
+        """Read one choice: a menu key, or a whole extension number when one is possible."""
+        entered = ""
+        wait = timeout
+        while True:
+            if not self.leg.digits:
+                done = await self._wait_any(wait, digits=True)
+                if not done:
+                    return entered or None
+                if not self.leg.digits:
+                    continue
+            entered += self.leg.digits.pop(0)
+            longer = [x for x in extensions if x.startswith(entered) and x != entered]
+            if entered in extensions and not longer:
+                return entered
+            if len(entered) == 1 and entered in options and not longer:
+                return entered
+            if not longer:
+                return entered  # no option, no extension begins like this: a wrong choice
+            wait = INTER_DIGIT_S
+
+    async def node_transfer(self, node):
+        p = node.params
+        self.step("enter", node.id, {"type": "transfer", "target": p["target"]})
+        if p.get("prompt"):
+            await self.play(p["prompt"], interruptible=False, node=node.id)
+        answered = await self.connect(node, p["target"], p["ring_timeout"], p["remind_every"])
+        if answered:
+            return None
+        return p.get("on_fail") or self.flow.operator
+
+    async def node_operator(self, node):
+        await self.operator(reason="flow", node=node)
+        return None
+
+    async def node_hangup(self, node):
+        # The doctor admits this node only after a goodbye to a caller who chose nothing (R7).
+        self.step("hangup", node.id, {"by": "box"})
+        self.ended_by = "box"
+        self.outcome = "goodbye"
+        self.leg.hangup()
+        return None
+
+    async def operator(self, reason: str, node=None):
+        """R6: ring the operator until a human answers or the caller gives up. Never hangs up."""
+        node = node or self.flow.nodes.get(self.flow.operator)
+        if node is None or node.type != "operator":
+            raise RuntimeError("flow has no operator")  # the doctor refuses such flows
+        p = node.params
+        self.node_id = node.id
+        self.step("operator", node.id, {"reason": reason, "target": p["target"]})
+        first = True
+        while True:
+            self._check_alive()
+            prompt = p.get("prompt") or ("to_operator" if first else None)
+            if prompt:
+                await self.play(prompt, interruptible=False, node=node.id)
+            first = False
+            if await self.connect(node, p["target"], p["ring_timeout"], p["remind_every"], is_operator=True):
+                return
+            await self.play("still_connecting", interruptible=False, node=node.id)
+            await self._wait_any(OPERATOR_RETRY_PAUSE_S)
+
+    async def connect(self, node, target: str, ring_timeout: float, remind_every: float,
+                      is_operator: bool = False) -> bool:
+        """Ring ``target`` with ringback and reminders; bridge and stay until the end if answered."""
+        self._check_alive()
+        if not is_operator:
+            self.handovers += 1
+            if self.handovers > MAX_HANDOVERS:
+                self.step("too_many_transfers", node.id, {"handovers": self.handovers})
+                return False
+        try:
+            store_calls.count_transfer(self.core.db, self.call_id)
+        except Exception:  # noqa: BLE001
+            log.exception("cannot count transfer")
+        self.step("transfer", node.id, {"target": target})
+        try:
+            out = self.core.stack.dial(target)
+        except CallLimitReached as exc:
+            log.warning("call %s: %s", self.call_id, exc)
+            self.step("transfer_failed", node.id, {"target": target, "reason": "call limit"})
+            await self.play("all_lines_busy", interruptible=False, node=node.id)
+            return False
+        except SipError as exc:
+            self.step("transfer_failed", node.id, {"target": target, "reason": str(exc)})
+            return False
+        self.outbound = out
+        out.owner = self
+        tone = self.leg.ringback()
+        started = time.monotonic()
+        next_reminder = started + remind_every
+        try:
+            while True:
+                now = time.monotonic()
+                left = ring_timeout - (now - started)
+                if left <= 0:
+                    self.step("transfer_failed", node.id, {"target": target, "reason": "no answer"})
+                    out.hangup()
+                    return False
+                wait = min(left, max(0.0, next_reminder - now))
+                done = await self._wait_any(wait, extra=(asyncio.shield(out.confirmed),
+                                                         asyncio.shield(out.disconnected)))
+                if out.disconnected.done():
+                    d = out.disconnected.result()
+                    self.step("transfer_failed", node.id, {"target": target, "code": d.code, "reason": d.reason})
+                    return False
+                if out.confirmed.done() and out.confirmed.result():
+                    break
+                if not done and time.monotonic() >= next_reminder:
+                    # R8: tell the caller what is happening instead of endless ringing.
+                    self.leg.stop(tone)
+                    await self.play("still_connecting", interruptible=False, node=node.id)
+                    tone = self.leg.ringback()
+                    next_reminder = time.monotonic() + remind_every
+        finally:
+            self.leg.stop(tone)
+            if not (out.confirmed.done() and out.confirmed.result()):
+                # No answer, a refusal, or the caller gave up while it rang: stop the ringing phone.
+                out.hangup()
+                self.outbound = None
+        # Answered: wait for the agent's audio, then bridge.
+        try:
+            await asyncio.wait_for(out.media_active.wait(), MEDIA_WAIT_S)
+        except asyncio.TimeoutError:
+            self.step("transfer_failed", node.id, {"target": target, "reason": "no audio"})
+            out.hangup()
+            return False
+        self.leg.bridge(out)
+        self.connected_to = target
+        self.outcome = "operator" if is_operator else "connected"
+        self.step("connected", node.id, {"target": target, "user": out.remote_user})
+        store_calls.update_call(self.core.db, self.call_id, connected_to=target)
+        await asyncio.wait([asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),
+                            asyncio.ensure_future(asyncio.shield(out.disconnected))],
+                           return_when=asyncio.FIRST_COMPLETED)
+        # One side hung up: the conversation is over, so ending the other side is expected.
+        self.ended_by = ("caller" if _hung_up_remotely(self.leg)
+                         else "agent" if _hung_up_remotely(out) else "box")
+        out.hangup()
+        self.leg.hangup()
+        self.outbound = None
+        return True
+
+    async def _cleanup_outbound(self):
+        out, self.outbound = self.outbound, None
+        if out is not None and out.alive:
+            out.hangup()
+
+    async def _finish(self):
+        await self._cleanup_outbound()
+        if self.leg.alive:
+            # Only reached when the engine itself gave up; R7 forbids hanging up, so log loudly.
+            log.error("call %s: session ended with the caller still on the line", self.call_id)
+            self.ended_by = self.ended_by or "box"
+            self.leg.hangup()
+        by = self.ended_by or ("caller" if _hung_up_remotely(self.leg) else "box")
+        if self.outcome is None:
+            self.outcome = "caller_hangup" if by == "caller" else "error"
+        self.step("hangup", self.node_id, {"by": by})
+        try:
+            store_calls.update_call(self.core.db, self.call_id, ended_at=_now(), ended_by=by, outcome=self.outcome)
+        except Exception:  # noqa: BLE001
+            log.exception("call %s: cannot store the end of the call", self.call_id)
+
+
+def _hung_up_remotely(leg) -> bool:
+    return leg.disconnected.done() and leg.disconnected.result().by == "remote"

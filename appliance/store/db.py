@@ -1,0 +1,117 @@
+"""SQLite through sqlite-utils: one file, WAL, synchronous=FULL, registered migrations.
+
+WAL + synchronous=FULL means a committed row survives a power cut (the fsync happens at commit);
+a half-written transaction is rolled back on the next open. Readers (the web UI) never block the
+core's writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from ..errors import StoreError
+
+migrations = Migrations("centralka")
+
+
+def utcnow() -> str:
+    """Timestamps are UTC ISO-8601 with milliseconds; they sort as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@migrations()
+def m001_calls(db):
+    db["calls"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "answered_at": str,
+            "ended_at": str,
+            "direction": str,  # in | out
+            "line": str,  # sip (direct), trunk, gsm
+            "caller_raw": str,
+            "caller": str,  # E.164 when valid, else as received
+            "caller_kind": str,  # e164 | withheld | internal | malformed
+            "dialled": str,
+            "sip_call_id": str,
+            "flow": str,
+            "outcome": str,  # connected | operator | caller_hangup | goodbye | rejected | error
+            "ended_by": str,  # caller | box | agent
+            "connected_to": str,
+            "transfers": int,
+        },
+        pk="id",
+        not_null={"started_at", "direction", "line"},
+        defaults={"transfers": 0},
+    )
+    db["calls"].create_index(["started_at"])
+    db["call_steps"].create(
+        {"id": int, "call_id": int, "at": str, "step": str, "node": str, "detail": str},
+        pk="id",
+        foreign_keys=[("call_id", "calls", "id")],
+        not_null={"call_id", "at", "step"},
+    )
+    db["call_steps"].create_index(["call_id"])
+
+
+@migrations()
+def m002_flows(db):
+    db["flows"].create(
+        {"name": str, "text": str, "active": int, "updated_at": str},
+        pk="name",
+        not_null={"text", "updated_at"},
+        defaults={"active": 0},
+    )
+
+
+@migrations()
+def m003_line_events(db):
+    # Line (trunk) state changes, shown to the admin and later raised as alarms (R20).
+    db["line_events"].create(
+        {"id": int, "at": str, "line": str, "state": str, "detail": str},
+        pk="id",
+        not_null={"at", "line", "state"},
+    )
+
+
+def open_db(path: str | Path | None) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
+    try:
+        if path is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        db = sqlite_utils.Database(conn)
+        migrations.apply(db)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path or ':memory:'}: {exc}") from exc
+    return db
+
+
+class transaction:
+    """``with transaction(db):`` — all statements inside commit together or not at all.
+
+    The connection runs in autocommit mode (each statement is durable on its own, which is what
+    the call journey wants); this groups the few writes that must not be split by a power cut.
+    """
+
+    def __init__(self, db):
+        self.conn = db.conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False

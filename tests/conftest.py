@@ -1,0 +1,61 @@
+import os
+import shutil
+
+import pytest
+
+from appliance.demo import DEMO_PHONES, demo_flow_text
+
+from .sipkit import Box, Phone
+
+# Tests never talk to anything but 127.0.0.1 and never read the machine's site settings.
+os.environ.pop("CENTRALKA_CONFIG", None)
+
+needs_tools = pytest.mark.skipif(
+    not (shutil.which("espeak-ng") and shutil.which("sox")),
+    reason="espeak-ng and sox are installed by `make test`",
+)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def staff(workdir):
+    """The clinic's staff phones: one process answering as operator, rejestracja, poradnia, 555."""
+    phone = Phone(workdir, "staff", answer_after=0.5, say=DEMO_PHONES)
+    yield phone
+    phone.stop()
+
+
+@pytest.fixture
+def caller(workdir):
+    phone = Phone(workdir, "caller", answer_after=-1)
+    yield phone
+    phone.stop()
+
+
+@pytest.fixture
+def make_box(workdir):
+    boxes = []
+
+    def make(flow_text=None, *, staff=None, env=None, settings=""):
+        if flow_text is None:
+            flow_text = demo_flow_text(f"127.0.0.1:{staff.port}")
+        box = Box(workdir, flow_text, env=env, settings=settings)
+        boxes.append(box)
+        return box
+
+    yield make
+    for box in boxes:
+        rc = box.stop()
+        log = box.log()
+        assert "Traceback" not in log or "InjectedFault" in log, log
+        assert "Assertion" not in log, log
+        assert rc == 0, f"box exited with {rc}\n{log}"
+
+
+@pytest.fixture
+def box(make_box, staff):
+    return make_box(staff=staff)
