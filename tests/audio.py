@@ -21,7 +21,12 @@ SILENCE_DBFS = -45.0
 class Heard:
     name: str
     at: float  # seconds from the start of the recording
-    score: float
+    coverage: float  # share of the prompt heard (1.0 = all of it)
+
+
+CHUNK_S = 0.4
+CHUNK_MIN_SCORE = 0.9
+ALIGN_TOLERANCE_S = 0.12
 
 
 def _resample_to(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -31,42 +36,78 @@ def _resample_to(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.interp(np.linspace(0, len(samples) - 1, n), np.arange(len(samples)), samples.astype(np.float64))
 
 
-def find_occurrences(recording, reference, *, prefix_s: float | None = None, min_score: float = 0.6):
-    """Onsets (seconds) and scores of ``reference`` in ``recording`` (paths or (samples, rate))."""
-    x, rate = read_wav(recording) if not isinstance(recording, tuple) else recording
-    r, rrate = read_wav(reference) if not isinstance(reference, tuple) else reference
+def _ncc(x: np.ndarray, r: np.ndarray, energy: np.ndarray, spec_x, size: int) -> np.ndarray:
+    m = len(r)
+    corr = np.fft.irfft(spec_x * np.conj(np.fft.rfft(r, size)), size)[: len(x) - m + 1]
+    win = np.sqrt(np.maximum(energy[m:] - energy[:-m], 1e-9))
+    return corr / (win * np.linalg.norm(r) + 1e-9)
+
+
+def _peaks(score: np.ndarray, min_score: float, spacing: int) -> list[int]:
+    idx = np.nonzero(score >= min_score)[0]
+    peaks, last = [], -spacing
+    for i in idx:
+        if i - last < spacing and peaks:
+            if score[i] > score[peaks[-1]]:
+                peaks[-1] = i
+                last = i
+            continue
+        peaks.append(i)
+        last = i
+    return peaks
+
+
+def _load(audio):
+    return audio if isinstance(audio, tuple) else read_wav(audio)
+
+
+def find_occurrences(recording, reference) -> list[tuple[float, float]]:
+    """(onset seconds, coverage) of each time ``reference`` is heard in ``recording``.
+
+    The reference is cut into 0.4 s chunks, each located by normalised cross-correlation; chunks
+    that line up behind a common onset form one occurrence. Chunking makes this immune to the
+    frames a jitter buffer adds or drops, and a prompt cut short by a key press shows up with a
+    coverage below 1.
+    """
+    x, rate = _load(recording)
+    r, rrate = _load(reference)
     x = x.astype(np.float64)
     r = _resample_to(r, rrate, rate)
-    if prefix_s:
-        r = r[: int(prefix_s * rate)]
-    m = len(r)
-    if m == 0 or len(x) < m:
+    chunk = int(CHUNK_S * rate)
+    n_chunks = max(1, len(r) // chunk)
+    if len(x) < chunk:
         return []
-    n = len(x) + m
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(r, size)), size)[: len(x) - m + 1]
+    size = 1 << (len(x) + chunk - 1).bit_length()
+    spec_x = np.fft.rfft(x, size)
     energy = np.concatenate(([0.0], np.cumsum(x * x)))
-    win = np.sqrt(np.maximum(energy[m:] - energy[:-m], 1e-9))
-    score = corr / (win * np.linalg.norm(r) + 1e-9)
-    found = []
-    order = np.argsort(score)[::-1]
-    taken = np.zeros(len(score), dtype=bool)
-    for idx in order[:2000]:
-        if score[idx] < min_score:
-            break
-        if taken[idx]:
-            continue
-        found.append((idx / rate, float(score[idx])))
-        taken[max(0, idx - m // 2): idx + m // 2] = True
-    return sorted(found)
+    onsets: list[tuple[float, int]] = []
+    for k in range(n_chunks):
+        piece = r[k * chunk:(k + 1) * chunk]
+        if np.sqrt(np.mean(piece**2)) < 32768 * 10 ** (SILENCE_DBFS / 20):
+            continue  # a pause inside the prompt matches any silence: not evidence
+        score = _ncc(x, piece, energy, spec_x, size)
+        for p in _peaks(score, CHUNK_MIN_SCORE, chunk):
+            onsets.append((p / rate - k * CHUNK_S, k))
+    voiced = sum(1 for k in range(n_chunks)
+                 if np.sqrt(np.mean(r[k * chunk:(k + 1) * chunk] ** 2)) >= 32768 * 10 ** (SILENCE_DBFS / 20))
+    onsets.sort()
+    found, group = [], []
+    for onset, k in onsets + [(float("inf"), -1)]:
+        if group and onset - group[0][0] > ALIGN_TOLERANCE_S:
+            chunks = {kk for _, kk in group}
+            found.append((max(0.0, float(np.median([o for o, _ in group]))), len(chunks) / max(1, voiced)))
+            group = []
+        group.append((onset, k))
+    return [(at, cov) for at, cov in found if cov > 0]
 
 
-def heard_sequence(recording, references: dict, **kw) -> list[Heard]:
-    """Every reference heard, in time order: ``[Heard('greeting', 0.04, 0.97), ...]``."""
+def heard_sequence(recording, references: dict, *, min_coverage: float = 0.5) -> list[Heard]:
+    """Every reference heard, in time order: ``[Heard('greeting', 0.04, 1.0), ...]``."""
     out = []
     for name, ref in references.items():
-        for at, score in find_occurrences(recording, ref, **kw):
-            out.append(Heard(name, at, score))
+        for at, coverage in find_occurrences(recording, ref):
+            if coverage >= min_coverage:
+                out.append(Heard(name, at, coverage))
     return sorted(out, key=lambda h: h.at)
 
 

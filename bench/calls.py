@@ -1,0 +1,732 @@
+"""``make bench``: how much one held call costs the real box, and how fast it answers.
+
+Starts ``centralka run`` as its own process (temporary data directory, free SIP port on
+127.0.0.1, the demo flow imported, ``reserve_transfer_leg = false`` so it admits calls up to the
+build's call limit), reads the limit from the box's control socket, then lets SIPp hold N
+concurrent calls in the greeting/menu (scenario ``bench/uac_hold.xml``: INVITE with a G.711
+offer, 200, ACK, hold, BYE; SIPp echoes the box's RTP back so every call carries audio both ways).
+
+Measured (see bench/README.md for the method):
+- CPU % of the box process per held call: utime+stime from /proc/<pid>/stat over the hold
+  window, minus an idle baseline measured before any call, divided by the calls held;
+- RSS of the box: idle, and the maximum sampled during the run;
+- INVITE -> 200 OK latency, median and p95, from SIPp's own per-message timestamps
+  (``-trace_shortmsg``, microseconds);
+- failures: calls not answered, unexpected responses, calls SIPp counted as failed.
+
+``--over`` also offers N+2 calls at once and reports how many got 486 (the limit hit cleanly).
+
+Human-readable lines first, then exactly one JSON line, last. A benchmark never fails on a
+timing: the exit code is non-zero only when SIPp is missing (2) or the box cannot start (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import wave
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = Path(__file__).resolve().with_name("uac_hold.xml")
+DIALLED = "48221234567"
+HZ = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+EXIT_OK, EXIT_BOX, EXIT_NO_SIPP = 0, 1, 2
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so every ``finally`` runs."""
+
+
+# --- ports -----------------------------------------------------------------------------------
+def _bindable(port: int, kinds=(socket.SOCK_DGRAM,)) -> bool:
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(*, tcp_too: bool = False, also: tuple[int, ...] = (), taken: set[int] | None = None) -> int:
+    """A port on 127.0.0.1 free for UDP (and TCP if asked), with ``port + k`` free for k in ``also``."""
+    taken = taken if taken is not None else set()
+    kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if tcp_too else (socket.SOCK_DGRAM,)
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        wanted = [port] + [port + k for k in also]
+        if any(p in taken or p > 65535 for p in wanted):
+            continue
+        if all(_bindable(p, kinds if p == port else (socket.SOCK_DGRAM,)) for p in wanted):
+            taken.update(wanted)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+# --- the box's process, seen from /proc --------------------------------------------------------
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (every thread, live or ended), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds summed over the live threads (finer than ticks; ended threads are lost)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class CpuWindow:
+    """CPU use of a process between ``start()`` and ``stop()``, as % of one core."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def start(self):
+        self.t0, self.c0, self.n0 = time.monotonic(), cpu_ticks(self.pid), cpu_ns(self.pid)
+        return self
+
+    def stop(self):
+        self.t1, self.c1, self.n1 = time.monotonic(), cpu_ticks(self.pid), cpu_ns(self.pid)
+        self.wall = self.t1 - self.t0
+        self.pct = 100.0 * (self.c1 - self.c0) / HZ / self.wall
+        self.pct_ns = 100.0 * (self.n1 - self.n0) / 1e9 / self.wall
+        return self
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of the box every 0.2 s, tagged with the phase the bench is in."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pid = pid
+        self.phase = "start"
+        self.samples: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            rss = proc_status_kb(self.pid, "VmRSS")
+            if rss is None:
+                return
+            self.samples.append((self.phase, rss))
+            self._stop.wait(0.2)
+
+    def stop(self):
+        self._stop.set()
+        self.join(2)
+
+    def mb(self, phase: str | None = None, how=max) -> float | None:
+        vals = [kb for ph, kb in self.samples if phase is None or ph == phase]
+        return round(how(vals) / 1024, 1) if vals else None
+
+
+# --- the box -------------------------------------------------------------------------------------
+def _die_with_parent():
+    # Linux: the box gets SIGTERM if the bench dies without cleaning up (e.g. SIGKILL).
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class Box:
+    def __init__(self, workdir: Path, staff: str):
+        from appliance.config import ENV_OVERRIDES
+        from appliance.demo import demo_flow_text
+
+        self.dir = workdir
+        self.port = free_port(tcp_too=True)
+        self.config = workdir / "centralka.toml"
+        self.config.write_text(
+            f'[box]\ndata_dir = "{workdir / "data"}"\n\n'
+            f'[sip]\naddress = "127.0.0.1"\nport = {self.port}\nreserve_transfer_leg = false\n\n'
+            f'[control]\nsocket = "{workdir / "core.sock"}"\n',
+            encoding="utf-8",
+        )
+        self.flow_text = demo_flow_text(staff)
+        flow_file = workdir / "flow.toml"
+        flow_file.write_text(self.flow_text, encoding="utf-8")
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ENV_OVERRIDES and k not in ("CENTRALKA_CONFIG", "CENTRALKA_TEST_RAISE_AT")}
+        self.stderr_path = workdir / "box.stderr"
+        self.proc = None
+        imp = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(self.config),
+                              "flow", "import", str(flow_file)],
+                             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        if imp.returncode != 0:
+            raise BoxError(f"flow import failed (exit {imp.returncode}):\n{imp.stdout}{imp.stderr}")
+
+    def start(self, timeout: float = 60) -> dict:
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
+                                     env=self.env, cwd=ROOT, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.status()
+            except Exception as exc:  # noqa: BLE001
+                if self.proc.poll() is not None:
+                    raise BoxError(f"box exited with {self.proc.returncode} before it was ready:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise BoxError(f"box not ready within {timeout:.0f} s ({exc}):\n{self.log()}")
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict:
+        from appliance.cli import ask_core
+        from appliance.config import load_settings
+
+        reply = ask_core(load_settings(self.config, env={}), "status")
+        if not reply.get("ok"):
+            raise RuntimeError(f"status: {reply}")
+        return reply["status"]
+
+    def wait_idle(self, timeout: float = 15) -> dict | None:
+        """Wait until the box holds no call and no leg; returns the last status (None: no answer)."""
+        deadline = time.monotonic() + timeout
+        st = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.status()
+            except Exception:  # noqa: BLE001
+                if not self.alive():
+                    return None
+                st = None
+            if st and st["calls_active"] == 0 and st["legs_in_use"] == 0:
+                return st
+            time.sleep(0.2)
+        return st
+
+    def log(self, tail: int = 4000) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def problems(self) -> list[str]:
+        try:
+            lines = self.stderr_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln or ln.startswith("Traceback")
+                or "Segmentation" in ln or "Assertion" in ln]
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+        return self.proc.returncode
+
+    def seconds_in_menu(self) -> float | None:
+        """How long a silent caller stays in greeting + menu before the flow sends them on."""
+        try:
+            flow = tomllib.loads(self.flow_text)
+            start = flow["nodes"][flow["start"]]
+            menu = flow["nodes"][start["next"]]
+            cache = self.dir / "data" / "prompts"
+            total = float(menu.get("timeout", 0))
+            for name in (start["prompt"], menu["prompt"]):
+                wav = next(iter(sorted(cache.rglob(f"{name}-*.wav"))), None)
+                if wav is None:
+                    return None
+                with wave.open(str(wav), "rb") as w:
+                    total += w.getnframes() / w.getframerate()
+            return total
+        except Exception:  # noqa: BLE001 — only advice
+            return None
+
+
+class BoxError(Exception):
+    pass
+
+
+# --- SIPp ------------------------------------------------------------------------------------
+class SippRun:
+    """One SIPp process placing ``calls`` calls (at most ``calls`` at once) that each hold ``hold_s``."""
+
+    def __init__(self, sipp: str, workdir: Path, box_port: int, calls: int, hold_s: float, rate: float,
+                 echo: bool):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.calls = calls
+        self.hold_s = hold_s
+        taken: set[int] = set()
+        local = free_port(taken=taken)
+        media = free_port(also=(1, 2, 3), taken=taken)  # RTP, RTCP and sipp's video echo pair
+        control = free_port(taken=taken)
+        self.deadline_s = hold_s + calls / rate + 25
+        self.cmd = [
+            sipp, f"127.0.0.1:{box_port}", "-sf", str(SCENARIO), "-s", DIALLED,
+            "-i", "127.0.0.1", "-p", str(local), "-mi", "127.0.0.1", "-mp", str(media), "-cp", str(control),
+            "-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(int(hold_s * 1000)),
+            "-recv_timeout", "10s", "-timeout", f"{int(self.deadline_s)}s", "-nostdin",
+            "-trace_shortmsg", "-shortmessage_file", str(self.dir / "short.log"),
+            "-trace_stat", "-stf", str(self.dir / "stat.csv"), "-fd", "1",
+            "-trace_err", "-error_file", str(self.dir / "errors.log"),
+        ]
+        if echo:
+            self.cmd.append("-rtp_echo")
+        self.proc = None
+
+    def start(self):
+        self._out = open(self.dir / "sipp.out", "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self) -> int:
+        left = self.deadline_s + 10 - (time.monotonic() - self.started)
+        try:
+            self.proc.wait(max(1.0, left))
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # --- results -----------------------------------------------------------------------------
+    def results(self) -> dict:
+        """Per call: INVITE sent, 100 and final response received (SIPp's µs timestamps)."""
+        calls: dict[str, dict] = defaultdict(dict)
+        path = self.dir / "short.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        for line in lines:
+            parts = line.split("\t")
+            if len(parts) < 7:
+                continue
+            t, direction, call_id, cseq, first = float(parts[2]), parts[3], parts[4], parts[5], parts[6]
+            c = calls[call_id]
+            if direction == "S" and first.startswith("INVITE "):
+                c.setdefault("invite", t)
+            elif direction == "R" and cseq.endswith(" INVITE") and first.startswith("SIP/2.0 "):
+                code = int(first.split()[1])
+                if code == 100:
+                    c.setdefault("trying", t)
+                elif code < 200:
+                    c.setdefault("provisional", t)
+                else:
+                    c.setdefault("final", (code, t))
+        out = {"attempted": 0, "answered": 0, "rejected_486": 0, "unanswered": 0, "other": defaultdict(int),
+               "to_200_ms": [], "to_100_ms": []}
+        for c in calls.values():
+            if "invite" not in c:
+                continue
+            out["attempted"] += 1
+            if "trying" in c:
+                out["to_100_ms"].append((c["trying"] - c["invite"]) * 1000)
+            final = c.get("final")
+            if final is None:
+                out["unanswered"] += 1
+            elif final[0] == 200:
+                out["answered"] += 1
+                out["to_200_ms"].append((final[1] - c["invite"]) * 1000)
+            elif final[0] == 486:
+                out["rejected_486"] += 1
+            else:
+                out["other"][final[0]] += 1
+        out["never_sent"] = max(0, self.calls - out["attempted"])
+        out["sipp"] = self.stats()
+        return out
+
+    def stats(self) -> dict:
+        """SIPp's own verdict, the last row of its -trace_stat file (cumulative columns)."""
+        path = self.dir / "stat.csv"
+        try:
+            rows = [ln.rstrip(";\n").split(";") for ln in path.read_text(errors="replace").splitlines() if ln]
+        except OSError:
+            return {}
+        if len(rows) < 2:
+            return {}
+        head, last = rows[0], rows[-1]
+        st = dict(zip(head, last))
+        failed_reasons = {k[len("Failed"):-3]: int(v) for k, v in st.items()
+                          if k.startswith("Failed") and k.endswith("(C)") and k != "FailedCall(C)"
+                          and v.isdigit() and int(v)}
+        return {"successful": int(st.get("SuccessfulCall(C)", 0) or 0),
+                "failed": int(st.get("FailedCall(C)", 0) or 0),
+                "failed_reasons": failed_reasons,
+                "mean_rtd_ms": _sipp_time_ms(st.get("ResponseTime1(C)", ""))}
+
+    def tail(self, n: int = 1500) -> str:
+        parts = []
+        for name in ("sipp.out", "errors.log"):
+            p = self.dir / name
+            if p.exists():
+                parts.append(f"--- {name} ---\n" + p.read_text(errors="replace")[-n:])
+        return "\n".join(parts)
+
+
+def _sipp_time_ms(text: str) -> float | None:
+    # "HH:MM:SS:uuuuuu"
+    try:
+        h, m, s, us = (int(x) for x in text.split(":"))
+    except ValueError:
+        return None
+    return ((h * 60 + m) * 60 + s) * 1000 + us / 1000
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (linear interpolation between the closest ranks, as numpy's default)."""
+    if not values:
+        return None
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    k = (len(v) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def r(x, nd=3):
+    return None if x is None else round(x, nd)
+
+
+# --- the bench -----------------------------------------------------------------------------------
+def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, hold_s: float, rate: float,
+               echo: bool, idle_pct: float, label: str) -> dict:
+    run = SippRun(sipp, workdir, box.port, n, hold_s, rate, echo)
+    sampler.phase = "calls"
+    run.start()
+    # All N calls up: the box says so (the control socket is asked only until then).
+    ramp_deadline = time.monotonic() + n / rate + 5
+    held = 0
+    while time.monotonic() < ramp_deadline and run.running():
+        try:
+            held = box.status()["calls_active"]
+        except Exception:  # noqa: BLE001
+            held = 0
+        if held >= n:
+            break
+        time.sleep(0.05)
+    res: dict = {"label": label, "held_at_start": held}
+    # The window ends well before the first caller's BYE (hold counts from that caller's ACK).
+    window = hold_s - (time.monotonic() - run.started) - 0.7
+    if held and window >= 1.0 and run.running():
+        win = CpuWindow(box.pid).start()
+        time.sleep(window)
+        win.stop()
+        try:
+            res["held_at_end"] = box.status()["calls_active"]
+        except Exception:  # noqa: BLE001
+            res["held_at_end"] = None
+        held_both = min(held, res["held_at_end"] or 0)
+        res.update(window_s=win.wall, cpu_pct=win.pct, cpu_pct_ns=win.pct_ns, held=held_both)
+        if held_both:
+            res["per_call"] = (win.pct - idle_pct) / held_both
+    else:
+        res.update(window_s=0.0, held=0)
+        say(f"  {label}: no hold window measured (calls held {held}/{n}, window {window:.1f} s); "
+            f"use a longer --hold")
+    rc = run.wait()
+    sampler.phase = "between"
+    res["sipp_rc"] = rc
+    res.update(run.results())
+    res["run"] = run
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=0, help="concurrent calls to hold (default: the box's call limit)")
+    ap.add_argument("--hold", type=float, default=12.0, help="seconds each call is held (default 12)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of N held calls (default 2)")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline before the calls (default 5)")
+    ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
+    ap.add_argument("--over", action="store_true", help="also offer N+2 calls and count the 486 rejections")
+    ap.add_argument("--over-hold", type=float, default=3.0, help="hold of the --over calls (default 3)")
+    ap.add_argument("--no-echo", action="store_true", help="SIPp sends no RTP back (default: echo the box's RTP)")
+    ap.add_argument("--sipp", default=os.environ.get("SIPP", "sipp"), help="SIPp binary (default: sipp on PATH)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SIPp traces)")
+    args = ap.parse_args(argv)
+
+    sipp = shutil.which(args.sipp)
+    if sipp is None:
+        print(f"bench: SIPp not found ({args.sipp!r}); install the Debian package sip-tester (make setup)",
+              file=sys.stderr)
+        return EXIT_NO_SIPP
+
+    def on_term(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    work = Path(tempfile.mkdtemp(prefix="centralka-bench-"))
+    # The staff phones: a UDP port held open and never read, so a transfer would ring into
+    # silence (bench callers stay in the greeting and menu and never get that far).
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    box = None
+    sampler = None
+    runs: list[SippRun] = []
+    exit_code = EXIT_OK
+    t_begin = time.monotonic()
+    try:
+        try:
+            box = Box(work, f"127.0.0.1:{dead.getsockname()[1]}")
+            st = box.start()
+        except (BoxError, OSError, subprocess.SubprocessError) as exc:
+            print(f"bench: the box did not start: {exc}", file=sys.stderr)
+            return EXIT_BOX
+        limit, build = st["call_limit"], st["build_call_limit"]
+        n = args.calls or limit
+        say(f"box: pid {box.pid}, SIP udp 127.0.0.1:{box.port}, call limit {limit} (build {build}), "
+            f"reserve_transfer_leg off; started in {time.monotonic() - t_begin:.1f} s")
+        if n > limit:
+            say(f"note: --calls {n} is above the call limit {limit}: {n - limit} call(s) will get 486 and count "
+                f"as failures")
+        in_menu = box.seconds_in_menu()
+        if in_menu is not None and args.hold > in_menu - 1:
+            say(f"note: a silent caller leaves the greeting/menu after about {in_menu:.1f} s; with --hold "
+                f"{args.hold:g} the calls reach the operator node (no free leg: 'all lines busy' prompts)")
+        sampler = RssSampler(box.pid)
+        sampler.start()
+
+        # Idle baseline.
+        sampler.phase = "settle"
+        time.sleep(1.5)
+        sampler.phase = "idle"
+        idle = CpuWindow(box.pid).start()
+        time.sleep(args.idle)
+        idle.stop()
+        sampler.phase = "between"
+        rss_idle = sampler.mb("idle", how=statistics.median)
+        say(f"idle: CPU {idle.pct:.2f} % of one core over {idle.wall:.1f} s (schedstat {idle.pct_ns:.2f} %), "
+            f"RSS {rss_idle} MB")
+
+        # Rounds of N held calls.
+        rounds = []
+        for i in range(1, args.rounds + 1):
+            res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
+                             idle.pct, f"round {i}")
+            runs.append(res.pop("run"))
+            rounds.append(res)
+            line = (f"round {i}: {res['answered']}/{n} answered, held {res['held']} over {res['window_s']:.1f} s")
+            if res.get("cpu_pct") is not None:
+                line += (f": box CPU {res['cpu_pct']:.2f} % -> {res.get('per_call', 0):.3f} % per call above idle"
+                         f" (schedstat {((res['cpu_pct_ns'] - idle.pct_ns) / res['held']) if res['held'] else 0:.3f} %)")
+            lat = res["to_200_ms"]
+            if lat:
+                line += f"; INVITE->200 median {statistics.median(lat):.2f} ms, max {max(lat):.2f} ms"
+            say(line)
+            problems = _round_problems(res, n)
+            if problems:
+                say(f"  round {i} failures: {problems}")
+                if res["answered"] < n:
+                    say(runs[-1].tail())
+            st_after = box.wait_idle()
+            if st_after is None:
+                say(f"  box stopped answering after round {i}:\n{box.log()}")
+                break
+            if st_after["calls_active"] or st_after["legs_in_use"]:
+                say(f"  after round {i} the box still holds {st_after['calls_active']} call(s), "
+                    f"{st_after['legs_in_use']} leg(s)")
+            time.sleep(1.6)  # let parked pj objects go (stack.PARK_S = 1.5 s)
+
+        rss_after = sampler.samples[-1][1] / 1024 if sampler.samples else None
+
+        over = None
+        if args.over and box.alive():
+            try:
+                hits0 = box.status()["limit_hits"]
+            except Exception:  # noqa: BLE001
+                hits0 = None
+            m = n + 2
+            res = hold_round(box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo,
+                             idle.pct, "over")
+            runs.append(res.pop("run"))
+            st_after = box.wait_idle()
+            hits = (st_after["limit_hits"] - hits0) if (st_after and hits0 is not None) else None
+            over = {"calls": m, "answered": res["answered"], "rejected_486": res["rejected_486"],
+                    "other_responses": dict(res["other"]), "unanswered": res["unanswered"] + res["never_sent"],
+                    "box_limit_hits": hits, "box_alive": box.alive() and st_after is not None,
+                    "legs_left": st_after["legs_in_use"] if st_after else None}
+            expected = max(0, m - limit)
+            clean = (res["rejected_486"] == expected and res["answered"] == m - expected and not res["other"]
+                     and over["unanswered"] == 0 and over["box_alive"])
+            over["clean"] = clean
+            say(f"over: {m} calls offered at once: {res['answered']} answered, {res['rejected_486']} rejected "
+                f"with 486 (expected {expected}), other responses {dict(res['other']) or 'none'}, unanswered "
+                f"{over['unanswered']}; box counted {hits} limit hit(s); limit hit cleanly: "
+                f"{'yes' if clean else 'NO'}")
+            if not clean:
+                say(runs[-1].tail())
+
+        # Aggregate.
+        measured = [x for x in rounds if x.get("per_call") is not None]
+        lat = [v for x in rounds for v in x["to_200_ms"]]
+        lat100 = [v for x in rounds for v in x["to_100_ms"]]
+        failures = sum(_round_failures(x, n) for x in rounds)
+        per_call = statistics.fmean([x["per_call"] for x in measured]) if measured else None
+        per_call_ns = (statistics.fmean([(x["cpu_pct_ns"] - idle.pct_ns) / x["held"] for x in measured])
+                       if measured else None)
+        held_pct = statistics.fmean([x["cpu_pct"] for x in measured]) if measured else None
+        problems = box.problems()
+        final = box.wait_idle(5) if box.alive() else None
+        sampler.phase = "end"
+        hwm = proc_status_kb(box.pid, "VmHWM")
+        sampler.stop()
+        rss_max = sampler.mb(None, how=max)
+        box_exit = box.stop()
+        problems = box.problems()
+        if box_exit not in (0, None):
+            problems.append(f"box exit status {box_exit} on SIGTERM")
+
+        say(f"CPU per held call: {_fmt(per_call, 3)} % of one core above an idle {idle.pct:.2f} % "
+            f"(box at {_fmt(held_pct, 2)} % with {n} calls; /proc/<pid>/stat, {1000 // HZ} ms ticks; "
+            f"schedstat says {_fmt(per_call_ns, 3)} %)")
+        say(f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB after the rounds "
+            f"(VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)")
+        say(f"INVITE->200 OK: median {_fmt(statistics.median(lat) if lat else None, 2)} ms, "
+            f"p95 {_fmt(pct(lat, 95), 2)} ms over {len(lat)} calls (SIPp -trace_shortmsg timestamps); "
+            f"INVITE->100 Trying median {_fmt(statistics.median(lat100) if lat100 else None, 2)} ms")
+        say(f"failures: {failures} of {n * len(rounds)} calls; box log errors: {len(problems)}; "
+            f"box exit {box_exit}; {time.monotonic() - t_begin:.0f} s in all")
+        for p in problems[:10]:
+            say(f"  box: {p}")
+        if args.keep:
+            say(f"kept: {work}")
+
+        result = {
+            "calls": n, "call_limit": limit, "build_call_limit": build,
+            "cpu_pct_per_call": r(per_call), "cpu_pct_idle": r(idle.pct),
+            "rss_mb_idle": rss_idle, "rss_mb_max": rss_max,
+            "invite_to_200_ms_median": r(statistics.median(lat) if lat else None, 2),
+            "invite_to_200_ms_p95": r(pct(lat, 95), 2),
+            "failures": failures,
+            "hold_s": args.hold, "rounds": len(rounds), "rtp_echo": not args.no_echo,
+            "cpu_pct_held": r(held_pct), "cpu_pct_per_call_schedstat": r(per_call_ns),
+            "invite_to_100_ms_median": r(statistics.median(lat100) if lat100 else None, 2),
+            "latency_samples": len(lat), "rss_mb_after": r(rss_after, 1),
+            "legs_left": final["legs_in_use"] if final else None,
+            "box_log_errors": len(problems), "box_exit": box_exit,
+            "over": over,
+        }
+        print(json.dumps(result), flush=True)
+        return exit_code
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\nbench: interrupted ({exc or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up even if asked twice
+        for run in runs:
+            run.kill()
+        _kill_current_sipp()
+        if sampler is not None:
+            sampler.stop()
+        if box is not None:
+            box.stop()
+        dead.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _kill_current_sipp():
+    # A round interrupted mid-way: its SippRun is not in ``runs`` yet.
+    for run in list(SippRun._live):
+        run.kill()
+
+
+def _round_failures(res: dict, n: int) -> int:
+    """Calls of a round that did not go 200 -> held -> BYE answered, as SIPp and the responses tell."""
+    not_answered = n - res["answered"]
+    sipp_failed = res["sipp"].get("failed", 0)
+    # A call answered but failed later (e.g. the BYE unanswered) is counted once, by SIPp.
+    answered_then_failed = max(0, sipp_failed - (res["unanswered"] + sum(res["other"].values())))
+    return not_answered + answered_then_failed
+
+
+def _round_problems(res: dict, n: int) -> str:
+    parts = []
+    if res["answered"] < n:
+        parts.append(f"{n - res['answered']} not answered")
+    if res["rejected_486"]:
+        parts.append(f"{res['rejected_486']} x 486")
+    if res["other"]:
+        parts.append("responses " + ", ".join(f"{k} x{v}" for k, v in sorted(res["other"].items())))
+    if res["unanswered"]:
+        parts.append(f"{res['unanswered']} without a final response")
+    if res["never_sent"]:
+        parts.append(f"{res['never_sent']} never sent")
+    st = res["sipp"]
+    if st.get("failed"):
+        parts.append(f"SIPp failed calls {st['failed']} {st.get('failed_reasons') or ''}".strip())
+    if res.get("sipp_rc") not in (0, 1):
+        parts.append(f"SIPp exit {res.get('sipp_rc')}")
+    return "; ".join(parts)
+
+
+def _fmt(x, nd):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
