@@ -31,10 +31,15 @@ def _settings(args):
     return load_settings(path)
 
 
-def _prompts(settings):
+def _prompts(settings, *, scratch_ok: bool = False):
+    """The box's prompt library; ``scratch_ok`` lets a check run where no box is installed
+    (speech is then rendered into the user's cache, and there are no uploaded recordings)."""
     from .media.prompts import PromptLibrary
 
-    return PromptLibrary(settings.prompt_dir, rate=settings.sip.clock_rate, voice=settings.prompts.voice,
+    directory = settings.prompt_dir
+    if scratch_ok and not settings.data_dir.exists():
+        directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "centralka" / "prompts"
+    return PromptLibrary(directory, rate=settings.sip.clock_rate, voice=settings.prompts.voice,
                          speed=settings.prompts.speed, language=settings.box.language)
 
 
@@ -88,9 +93,9 @@ def _print_findings(findings, path):
 def cmd_flow_check(args) -> int:
     from .flow.checked import examine_file
 
-    settings = _settings(args) if args.use_box else load_settings(path=args.config, env={})
+    settings = _settings(args)
     lang = args.lang or settings.box.language
-    _flow, findings = examine_file(args.file, _prompts(settings), lang=lang)
+    _flow, findings = examine_file(args.file, _prompts(settings, scratch_ok=True), lang=lang)
     _print_findings(findings, args.file)
     errors = [f for f in findings if f.level == "error"]
     if errors:
@@ -135,6 +140,13 @@ def cmd_flow_export(args) -> int:
         sys.stdout.write(row["text"])
     else:
         Path(args.file).write_text(row["text"], encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_prompt_upload(args) -> int:
+    settings = _settings(args)
+    seconds = _prompts(settings).upload(args.name, args.file)
+    print(f"prompt {args.name!r}: {seconds:.1f} s recorded, converted to {settings.sip.clock_rate} Hz mono")
     return EXIT_OK
 
 
@@ -198,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = flow.add_parser("check", help="run the flow doctor on a file; non-zero exit on any error")
     s.add_argument("file")
     s.add_argument("--lang", choices=["pl", "en"])
-    s.add_argument("--use-box", action="store_true", help="use the box's uploaded recordings for durations")
     s.set_defaults(func=cmd_flow_check)
     s = flow.add_parser("import", help="check a flow file and make it the active flow")
     s.add_argument("file")
@@ -208,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?")
     s.add_argument("--name")
     s.set_defaults(func=cmd_flow_export)
+
+    prompt = sub.add_parser("prompt", help="recorded prompts").add_subparsers(dest="prompt_cmd", required=True)
+    s = prompt.add_parser("upload", help="convert a recording (wav/mp3/ogg/flac) and use it for a prompt name")
+    s.add_argument("name", help="prompt name as used in flows, e.g. greeting")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_prompt_upload)
 
     s = sub.add_parser("status", help="live state of the running core")
     s.set_defaults(func=cmd_status)

@@ -141,18 +141,18 @@ class RssSampler(threading.Thread):
         self.pid = pid
         self.phase = "start"
         self.samples: list[tuple[str, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             rss = proc_status_kb(self.pid, "VmRSS")
             if rss is None:
                 return
             self.samples.append((self.phase, rss))
-            self._stop.wait(0.2)
+            self._halt.wait(0.2)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(2)
 
     def mb(self, phase: str | None = None, how=max) -> float | None:
@@ -300,6 +300,8 @@ class BoxError(Exception):
 class SippRun:
     """One SIPp process placing ``calls`` calls (at most ``calls`` at once) that each hold ``hold_s``."""
 
+    _live: "set[SippRun]" = set()
+
     def __init__(self, sipp: str, workdir: Path, box_port: int, calls: int, hold_s: float, rate: float,
                  echo: bool):
         self.dir = workdir
@@ -329,6 +331,7 @@ class SippRun:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT)
+        SippRun._live.add(self)
         return self
 
     def running(self) -> bool:
@@ -341,6 +344,7 @@ class SippRun:
         except subprocess.TimeoutExpired:
             self.kill()
         self._out.close()
+        SippRun._live.discard(self)
         return self.proc.returncode
 
     def kill(self):
@@ -351,6 +355,7 @@ class SippRun:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        SippRun._live.discard(self)
 
     # --- results -----------------------------------------------------------------------------
     def results(self) -> dict:
@@ -452,14 +457,14 @@ def r(x, nd=3):
 
 # --- the bench -----------------------------------------------------------------------------------
 def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, hold_s: float, rate: float,
-               echo: bool, idle_pct: float, label: str) -> dict:
+               echo: bool, idle_pct: float, label: str, measure: bool = True) -> dict:
     run = SippRun(sipp, workdir, box.port, n, hold_s, rate, echo)
     sampler.phase = "calls"
     run.start()
     # All N calls up: the box says so (the control socket is asked only until then).
     ramp_deadline = time.monotonic() + n / rate + 5
     held = 0
-    while time.monotonic() < ramp_deadline and run.running():
+    while measure and time.monotonic() < ramp_deadline and run.running():
         try:
             held = box.status()["calls_active"]
         except Exception:  # noqa: BLE001
@@ -470,7 +475,7 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
     res: dict = {"label": label, "held_at_start": held}
     # The window ends well before the first caller's BYE (hold counts from that caller's ACK).
     window = hold_s - (time.monotonic() - run.started) - 0.7
-    if held and window >= 1.0 and run.running():
+    if measure and held and window >= 1.0 and run.running():
         win = CpuWindow(box.pid).start()
         time.sleep(window)
         win.stop()
@@ -484,8 +489,9 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
             res["per_call"] = (win.pct - idle_pct) / held_both
     else:
         res.update(window_s=0.0, held=0)
-        say(f"  {label}: no hold window measured (calls held {held}/{n}, window {window:.1f} s); "
-            f"use a longer --hold")
+        if measure:
+            say(f"  {label}: no hold window measured (calls held {held}/{n}, window {window:.1f} s); "
+                f"use a longer --hold")
     rc = run.wait()
     sampler.phase = "between"
     res["sipp_rc"] = rc
@@ -498,9 +504,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=0, help="concurrent calls to hold (default: the box's call limit)")
-    ap.add_argument("--hold", type=float, default=12.0, help="seconds each call is held (default 12)")
+    ap.add_argument("--hold", type=float, default=15.0, help="seconds each call is held (default 15)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of N held calls (default 2)")
-    ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline before the calls (default 5)")
+    ap.add_argument("--idle", type=float, default=8.0, help="seconds of idle baseline before the calls (default 8)")
     ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
     ap.add_argument("--over", action="store_true", help="also offer N+2 calls and count the 486 rejections")
     ap.add_argument("--over-hold", type=float, default=3.0, help="hold of the --over calls (default 3)")
@@ -601,7 +607,7 @@ def main(argv=None) -> int:
                 hits0 = None
             m = n + 2
             res = hold_round(box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo,
-                             idle.pct, "over")
+                             idle.pct, "over", measure=False)
             runs.append(res.pop("run"))
             st_after = box.wait_idle()
             hits = (st_after["limit_hits"] - hits0) if (st_after and hits0 is not None) else None

@@ -21,11 +21,10 @@ import time
 from ..errors import CallLimitReached, SipError
 from ..store import calls as store_calls
 from ..store.db import utcnow as _now
+from .doctor import MAX_HANDOVERS  # R18: the doctor checks the same bound statically
 
 log = logging.getLogger("centralka.flow")
 
-# R18: how many times one call may be handed over (the doctor checks the same bound statically).
-MAX_HANDOVERS = 3
 # Between digits of an extension: long enough for an elderly caller, short for post-dial digits.
 INTER_DIGIT_S = 3.0
 MEDIA_WAIT_S = 3.0
