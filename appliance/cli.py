@@ -65,20 +65,16 @@ def ask_core(settings, cmd: str, **fields) -> dict:
 def cmd_run(args) -> int:
     from .core import Core
 
+    from . import systemd
+
     settings = _settings(args)
     core = Core(settings)
-    _notify_ready = None
-    try:
-        from .systemd import ready as _notify_ready  # noqa: F401
-    except ImportError:
-        pass
 
     def ready(c):
         st = c.status()
         logging.getLogger("centralka").info("ready: SIP %s:%d, call limit %d", st["sip"]["address"],
                                             st["sip"]["port"], st["call_limit"])
-        if _notify_ready:
-            _notify_ready()
+        systemd.ready()
 
     asyncio.run(core.run_until_signal(ready))
     return EXIT_OK

@@ -16,6 +16,7 @@ import time
 import wave
 from pathlib import Path
 
+from . import systemd
 from .errors import FlowError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
@@ -116,6 +117,16 @@ class Core:
                                  retry_max=s.trunk.retry_max_s)
         await self._start_control()
         self.started_at = time.time()
+        interval = systemd.watchdog_interval()
+        if interval:
+            # Pinged from the event loop itself: a loop stuck in a callback stops the pings and
+            # systemd restarts the core.
+            self.tasks.add(asyncio.get_running_loop().create_task(self._watchdog(interval)))
+
+    async def _watchdog(self, interval: float):
+        while True:
+            systemd.watchdog_ping()
+            await asyncio.sleep(interval)
 
     async def stop(self):
         self.stopping.set()

@@ -1,0 +1,62 @@
+"""The core as systemd runs it: readiness, watchdog, clean stop, clear errors on bad setup."""
+
+import socket
+import subprocess
+import sys
+import time
+
+from appliance.demo import demo_flow_text
+
+from .sipkit import ROOT, free_port
+
+
+def test_core_reports_ready_and_pings_the_watchdog(make_box, staff, workdir):
+    sock_path = workdir / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(10)
+    try:
+        box = make_box(demo_flow_text(f"127.0.0.1:{staff.port}"),
+                       env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+        messages = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
+            messages.append(notify.recv(256).decode())
+        assert "READY=1" in messages
+        assert messages.count("WATCHDOG=1") >= 3
+        assert box.status()["calls_active"] == 0
+    finally:
+        notify.close()
+
+
+def _run_core(config, timeout=20):
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(config), "run"],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_bad_setting_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "centralka.toml"
+    cfg.write_text('[sip]\nport = "piec tysiecy"\n')
+    proc = _run_core(cfg)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"centralka: {cfg}: sip.port: expected int, got 'piec tysiecy'")
+
+
+def test_busy_sip_port_is_one_clear_line(make_box, staff, workdir, tmp_path):
+    box = make_box(demo_flow_text(f"127.0.0.1:{staff.port}"))
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(box.config.read_text().replace(str(workdir / "core.sock"), str(tmp_path / "second.sock")))
+    proc = _run_core(cfg)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"centralka: SIP stack on 127.0.0.1:{box.port}:") and "in use" in last
+
+
+def test_core_without_a_flow_says_what_to_do(tmp_path):
+    cfg = tmp_path / "centralka.toml"
+    cfg.write_text(f'[box]\ndata_dir = "{tmp_path}"\n[sip]\nport = {free_port()}\n'
+                   f'[control]\nsocket = "{tmp_path / "c.sock"}"\n')
+    proc = _run_core(cfg)
+    assert proc.returncode == 1
+    assert "no call flow in the database: import one with `centralka flow import FILE`" in proc.stderr
