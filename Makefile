@@ -37,7 +37,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/calls.py
+	$(BIN)/python bench/calls.py --over
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

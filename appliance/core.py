@@ -21,7 +21,7 @@ from .errors import FlowError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .media.prompts import PromptLibrary
-from .numbers import normalise_caller
+from .numbers import normalise_caller, user_part
 from .sip.stack import SipStack
 from .store import calls as store_calls
 from .store import flows as store_flows
@@ -172,11 +172,12 @@ class Core:
         self.tasks.discard(task)
         self.sessions.pop(call_id, None)
 
-    def on_limit(self, leg):
-        caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
+    def on_limit(self, remote_uri: str, local_uri: str, sip_call_id: str):
+        """A caller turned away at the call limit is a missed call: store it like any other."""
+        caller, kind = normalise_caller(user_part(remote_uri), self.settings.box.country)
         call_id = store_calls.start_call(
-            self.db, direction="in", line="sip", caller_raw=leg.remote_uri, caller=caller, caller_kind=kind,
-            dialled=leg.local_user, sip_call_id=leg.sip_call_id, flow=self.flow_name or "",
+            self.db, direction="in", line="sip", caller_raw=remote_uri, caller=caller, caller_kind=kind,
+            dialled=user_part(local_uri), sip_call_id=sip_call_id, flow=self.flow_name or "",
         )
         store_calls.add_step(self.db, call_id, "rejected", None,
                              {"code": 486, "reason": "call limit", "limit": self.stack.max_calls})

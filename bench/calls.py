@@ -8,7 +8,7 @@ offer, 200, ACK, hold, BYE; SIPp echoes the box's RTP back so every call carries
 
 Measured (see bench/README.md for the method):
 - CPU % of the box process per held call: utime+stime from /proc/<pid>/stat over the hold
-  window, minus an idle baseline measured before any call, divided by the calls held;
+  window, minus an idle baseline (measured before and after the rounds), divided by the calls held;
 - RSS of the box: idle, and the maximum sampled during the run;
 - INVITE -> 200 OK latency, median and p95, from SIPp's own per-message timestamps
   (``-trace_shortmsg``, microseconds);
@@ -457,7 +457,8 @@ def r(x, nd=3):
 
 # --- the bench -----------------------------------------------------------------------------------
 def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, hold_s: float, rate: float,
-               echo: bool, idle_pct: float, label: str, measure: bool = True) -> dict:
+               echo: bool, label: str, measure: bool = True, expect: int | None = None) -> dict:
+    """One SIPp run of ``n`` calls; CPU is measured while ``expect`` (default ``n``) calls are held."""
     run = SippRun(sipp, workdir, box.port, n, hold_s, rate, echo)
     sampler.phase = "calls"
     run.start()
@@ -469,7 +470,7 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
             held = box.status()["calls_active"]
         except Exception:  # noqa: BLE001
             held = 0
-        if held >= n:
+        if held >= (expect or n):
             break
         time.sleep(0.05)
     res: dict = {"label": label, "held_at_start": held}
@@ -485,8 +486,6 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
             res["held_at_end"] = None
         held_both = min(held, res["held_at_end"] or 0)
         res.update(window_s=win.wall, cpu_pct=win.pct, cpu_pct_ns=win.pct_ns, held=held_both)
-        if held_both:
-            res["per_call"] = (win.pct - idle_pct) / held_both
     else:
         res.update(window_s=0.0, held=0)
         if measure:
@@ -506,7 +505,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=0, help="concurrent calls to hold (default: the box's call limit)")
     ap.add_argument("--hold", type=float, default=15.0, help="seconds each call is held (default 15)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of N held calls (default 2)")
-    ap.add_argument("--idle", type=float, default=8.0, help="seconds of idle baseline before the calls (default 8)")
+    ap.add_argument("--idle", type=float, default=6.0, help="seconds of idle baseline, before and again after the rounds (default 6)")
     ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
     ap.add_argument("--over", action="store_true", help="also offer N+2 calls and count the 486 rejections")
     ap.add_argument("--over-hold", type=float, default=3.0, help="hold of the --over calls (default 3)")
@@ -514,6 +513,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sipp", default=os.environ.get("SIPP", "sipp"), help="SIPp binary (default: sipp on PATH)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SIPp traces)")
     args = ap.parse_args(argv)
+    if args.calls < 0 or args.rounds < 1 or args.hold <= 0 or args.idle <= 0 or args.rate <= 0 or args.over_hold <= 0:
+        ap.error("--calls must be >= 0; --rounds >= 1; --hold, --idle, --rate and --over-hold > 0")
 
     sipp = shutil.which(args.sipp)
     if sipp is None:
@@ -556,7 +557,7 @@ def main(argv=None) -> int:
         sampler = RssSampler(box.pid)
         sampler.start()
 
-        # Idle baseline.
+        # Idle baseline, before the calls (and again after them, below).
         sampler.phase = "settle"
         time.sleep(1.5)
         sampler.phase = "idle"
@@ -565,20 +566,19 @@ def main(argv=None) -> int:
         idle.stop()
         sampler.phase = "between"
         rss_idle = sampler.mb("idle", how=statistics.median)
-        say(f"idle: CPU {idle.pct:.2f} % of one core over {idle.wall:.1f} s (schedstat {idle.pct_ns:.2f} %), "
-            f"RSS {rss_idle} MB")
+        say(f"idle before the calls: CPU {idle.pct:.2f} % of one core over {idle.wall:.1f} s "
+            f"(schedstat {idle.pct_ns:.2f} %), RSS {rss_idle} MB")
 
         # Rounds of N held calls.
         rounds = []
         for i in range(1, args.rounds + 1):
             res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
-                             idle.pct, f"round {i}")
+                             f"round {i}", expect=min(n, limit))
             runs.append(res.pop("run"))
             rounds.append(res)
             line = (f"round {i}: {res['answered']}/{n} answered, held {res['held']} over {res['window_s']:.1f} s")
             if res.get("cpu_pct") is not None:
-                line += (f": box CPU {res['cpu_pct']:.2f} % -> {res.get('per_call', 0):.3f} % per call above idle"
-                         f" (schedstat {((res['cpu_pct_ns'] - idle.pct_ns) / res['held']) if res['held'] else 0:.3f} %)")
+                line += f": box CPU {res['cpu_pct']:.2f} % (schedstat {res['cpu_pct_ns']:.2f} %)"
             lat = res["to_200_ms"]
             if lat:
                 line += f"; INVITE->200 median {statistics.median(lat):.2f} ms, max {max(lat):.2f} ms"
@@ -586,7 +586,7 @@ def main(argv=None) -> int:
             problems = _round_problems(res, n)
             if problems:
                 say(f"  round {i} failures: {problems}")
-                if res["answered"] < n:
+                if res["unanswered"] or res["other"] or res["never_sent"] or res["sipp"].get("failed"):
                     say(runs[-1].tail())
             st_after = box.wait_idle()
             if st_after is None:
@@ -597,7 +597,20 @@ def main(argv=None) -> int:
                     f"{st_after['legs_in_use']} leg(s)")
             time.sleep(1.6)  # let parked pj objects go (stack.PARK_S = 1.5 s)
 
-        rss_after = sampler.samples[-1][1] / 1024 if sampler.samples else None
+        # Idle again: brackets the rounds against drift, and shows anything the calls left running.
+        idle_after = None
+        if box.alive() and any(x.get("cpu_pct") is not None for x in rounds):
+            sampler.phase = "idle_after"
+            idle_after = CpuWindow(box.pid).start()
+            time.sleep(args.idle)
+            idle_after.stop()
+            sampler.phase = "between"
+            say(f"idle after the calls: CPU {idle_after.pct:.2f} % over {idle_after.wall:.1f} s "
+                f"(schedstat {idle_after.pct_ns:.2f} %), RSS {sampler.mb('idle_after', how=statistics.median)} MB")
+        idle_pct = statistics.fmean([w.pct for w in (idle, idle_after) if w is not None])
+        idle_pct_ns = statistics.fmean([w.pct_ns for w in (idle, idle_after) if w is not None])
+        rss_after = sampler.mb("idle_after", how=statistics.median) or (
+            round(sampler.samples[-1][1] / 1024, 1) if sampler.samples else None)
 
         over = None
         if args.over and box.alive():
@@ -607,7 +620,7 @@ def main(argv=None) -> int:
                 hits0 = None
             m = n + 2
             res = hold_round(box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo,
-                             idle.pct, "over", measure=False)
+                             "over", measure=False)
             runs.append(res.pop("run"))
             st_after = box.wait_idle()
             hits = (st_after["limit_hits"] - hits0) if (st_after and hits0 is not None) else None
@@ -617,7 +630,7 @@ def main(argv=None) -> int:
                     "legs_left": st_after["legs_in_use"] if st_after else None}
             expected = max(0, m - limit)
             clean = (res["rejected_486"] == expected and res["answered"] == m - expected and not res["other"]
-                     and over["unanswered"] == 0 and over["box_alive"])
+                     and over["unanswered"] == 0 and over["box_alive"] and over["legs_left"] == 0)
             over["clean"] = clean
             say(f"over: {m} calls offered at once: {res['answered']} answered, {res['rejected_486']} rejected "
                 f"with 486 (expected {expected}), other responses {dict(res['other']) or 'none'}, unanswered "
@@ -627,12 +640,13 @@ def main(argv=None) -> int:
                 say(runs[-1].tail())
 
         # Aggregate.
-        measured = [x for x in rounds if x.get("per_call") is not None]
+        measured = [x for x in rounds if x.get("cpu_pct") is not None and x["held"]]
         lat = [v for x in rounds for v in x["to_200_ms"]]
         lat100 = [v for x in rounds for v in x["to_100_ms"]]
         failures = sum(_round_failures(x, n) for x in rounds)
-        per_call = statistics.fmean([x["per_call"] for x in measured]) if measured else None
-        per_call_ns = (statistics.fmean([(x["cpu_pct_ns"] - idle.pct_ns) / x["held"] for x in measured])
+        per_call = (statistics.fmean([(x["cpu_pct"] - idle_pct) / x["held"] for x in measured])
+                    if measured else None)
+        per_call_ns = (statistics.fmean([(x["cpu_pct_ns"] - idle_pct_ns) / x["held"] for x in measured])
                        if measured else None)
         held_pct = statistics.fmean([x["cpu_pct"] for x in measured]) if measured else None
         problems = box.problems()
@@ -646,11 +660,11 @@ def main(argv=None) -> int:
         if box_exit not in (0, None):
             problems.append(f"box exit status {box_exit} on SIGTERM")
 
-        say(f"CPU per held call: {_fmt(per_call, 3)} % of one core above an idle {idle.pct:.2f} % "
-            f"(box at {_fmt(held_pct, 2)} % with {n} calls; /proc/<pid>/stat, {1000 // HZ} ms ticks; "
-            f"schedstat says {_fmt(per_call_ns, 3)} %)")
-        say(f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB after the rounds "
-            f"(VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)")
+        say(f"CPU per held call: {_fmt(per_call, 3)} % of one core above idle {idle_pct:.2f} % (mean of before "
+            f"and after); box at {_fmt(held_pct, 2)} % with {measured[0]['held'] if measured else 0} calls held "
+            f"(/proc/<pid>/stat, {1000 // HZ} ms ticks; schedstat says {_fmt(per_call_ns, 3)} %)")
+        say(f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB idle after the "
+            f"rounds (VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)")
         say(f"INVITE->200 OK: median {_fmt(statistics.median(lat) if lat else None, 2)} ms, "
             f"p95 {_fmt(pct(lat, 95), 2)} ms over {len(lat)} calls (SIPp -trace_shortmsg timestamps); "
             f"INVITE->100 Trying median {_fmt(statistics.median(lat100) if lat100 else None, 2)} ms")
@@ -663,13 +677,14 @@ def main(argv=None) -> int:
 
         result = {
             "calls": n, "call_limit": limit, "build_call_limit": build,
-            "cpu_pct_per_call": r(per_call), "cpu_pct_idle": r(idle.pct),
+            "cpu_pct_per_call": r(per_call), "cpu_pct_idle": r(idle_pct),
             "rss_mb_idle": rss_idle, "rss_mb_max": rss_max,
             "invite_to_200_ms_median": r(statistics.median(lat) if lat else None, 2),
             "invite_to_200_ms_p95": r(pct(lat, 95), 2),
             "failures": failures,
             "hold_s": args.hold, "rounds": len(rounds), "rtp_echo": not args.no_echo,
             "cpu_pct_held": r(held_pct), "cpu_pct_per_call_schedstat": r(per_call_ns),
+            "cpu_pct_idle_before": r(idle.pct), "cpu_pct_idle_after": r(idle_after.pct if idle_after else None),
             "invite_to_100_ms_median": r(statistics.median(lat100) if lat100 else None, 2),
             "latency_samples": len(lat), "rss_mb_after": r(rss_after, 1),
             "legs_left": final["legs_in_use"] if final else None,
@@ -679,10 +694,12 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         return exit_code
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\nbench: interrupted ({exc or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        print(f"\nbench: interrupted ({str(exc) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up even if asked twice
+        # Finish cleaning up even if asked twice (the box is killed after 20 s at worst).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for run in runs:
             run.kill()
         _kill_current_sipp()

@@ -75,7 +75,7 @@ def wait_trunk(box, check, timeout=15):
     raise AssertionError(f"trunk state not reached within {timeout} s: {box.status()['trunk']}\n{box.log()}")
 
 
-def test_trunk_registers_with_digest_auth(make_box, staff, registrars):
+def test_trunk_registers_with_digest_auth_and_takes_calls(make_box, staff, registrars, caller):
     port = free_port()
     registrar = registrars(port)
     box = trunk_box(make_box, staff, port, "Trunk-s3cret")
@@ -84,6 +84,12 @@ def test_trunk_registers_with_digest_auth(make_box, staff, registrars):
     assert registrar.finish() == 0  # SIPp verified the digest computed from our password
     states = [r["state"] for r in box.db()["line_events"].rows_where("line = 'trunk'", order_by="id")]
     assert states[-1] == "registered"
+    # The provider delivers the clinic's number to the registered account: a trunk call.
+    caller.call(box.uri("clinic"))
+    caller.wait("confirmed")
+    caller.hangup()
+    call = box.wait_call_ended()
+    assert (call["line"], call["dialled"]) == ("trunk", "clinic")
 
 
 def test_wrong_password_is_reported_and_retried(make_box, staff, registrars):

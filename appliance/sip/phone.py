@@ -265,6 +265,7 @@ def main_json(argv=None) -> int:
 
 
 def run_terminal(args) -> int:
+    logging.getLogger("centralka").setLevel(logging.WARNING)  # the person wants the call, not logs
     if args.port == 0:
         args.port = _free_udp_port(args.address)
     args.answer_after = -1

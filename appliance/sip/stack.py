@@ -19,6 +19,7 @@ import ctypes
 import gc
 import logging
 import os
+import re
 import sys
 import time
 import weakref
@@ -177,15 +178,20 @@ class Leg:
         self._players.append(tone)
         return tone
 
-    def stop(self, player) -> None:
-        if player in self._players:
-            self._players.remove(player)
-            try:
-                if self._audio is not None:
-                    player.stopTransmit(self._audio)
-            except pj.Error:
-                pass
-            self.stack.park(player)
+    def stop(self, media) -> None:
+        """Disconnect a player, tone or recorder from this leg and park it for freeing."""
+        if media not in self._players:
+            return
+        self._players.remove(media)
+        try:
+            if self._audio is not None:
+                if isinstance(media, pj.AudioMediaRecorder):
+                    self._audio.stopTransmit(media)
+                else:
+                    media.stopTransmit(self._audio)
+        except pj.Error:
+            pass
+        self.stack.park(media)
 
     def record(self, path: str | Path):
         """Record what this leg's remote party sends (what *we* hear)."""
@@ -196,16 +202,6 @@ class Leg:
         self._audio.startTransmit(rec)
         self._players.append(rec)
         return rec
-
-    def stop_recording(self, rec) -> None:
-        if rec in self._players:
-            self._players.remove(rec)
-            try:
-                if self._audio is not None:
-                    self._audio.stopTransmit(rec)
-            except pj.Error:
-                pass
-            self.stack.park(rec)
 
     def bridge(self, other: "Leg") -> None:
         """Two-way audio between two legs (caller <-> agent)."""
@@ -229,10 +225,7 @@ class Leg:
 
     def _stop_all_media(self):
         for p in list(self._players):
-            if isinstance(p, pj.AudioMediaRecorder):
-                self.stop_recording(p)
-            else:
-                self.stop(p)
+            self.stop(p)
         self._unbridge_all()
 
     # --- callbacks from _Call (asyncio thread) ---------------------------------------------
@@ -338,7 +331,7 @@ class _Endpoint(pj.Endpoint):
         self.stack = stack
 
     def onRejectedIncomingCall(self, prm):
-        self.stack._guard(self.stack._rejected_by_pjsua, prm.statusCode, prm.reason, prm.remoteInfo)
+        self.stack._guard(self.stack._rejected_by_pjsua, prm)
 
 
 @dataclass
@@ -487,13 +480,15 @@ class SipStack:
             self.ep = None
 
     async def _poll(self):
+        # Block in pjsip's own select for up to POLL_S: a SIP packet is handled the moment it
+        # arrives (no polling delay on INVITE), and asyncio's due work runs between the calls.
         while True:
             try:
-                self.ep.libHandleEvents(0)
+                self.ep.libHandleEvents(int(POLL_S * 1000))
             except Exception:  # noqa: BLE001 — the loop must survive a bad callback
                 log.exception("libHandleEvents")
             self._free_parked()
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(0)
 
     def park(self, obj) -> None:
         self._parked.append((time.monotonic(), obj))
@@ -623,7 +618,7 @@ class SipStack:
             leg._local_hangup = True
             leg.answer(486, "Busy Here (call limit reached)")
             if self.on_limit:
-                self._guard(self.on_limit, leg)
+                self._guard(self.on_limit, leg.remote_uri, leg.local_uri, leg.sip_call_id)
             return
         if self.on_incoming is None:
             leg.answer(480, "Temporarily Unavailable")
@@ -635,10 +630,15 @@ class SipStack:
             leg.answer(500, "Internal Error")
             raise
 
-    def _rejected_by_pjsua(self, code, reason, remote):
+    def _rejected_by_pjsua(self, prm):
+        # pjsua itself answers 486 when every call slot of the build is taken; the call never
+        # reaches onIncomingCall, so this is the only place that knows a caller was turned away.
         self.limit_hits += 1
-        log.warning("pjsua rejected an incoming call from %s: %d %s (build call limit %d)", remote, code,
-                    reason, self.build_limit)
+        log.warning("call limit reached: all %d call legs of the pjsua2 build are in use; pjsua rejected "
+                    "a call from %s with %d %s", self.build_limit, prm.remoteInfo, prm.statusCode, prm.reason)
+        if self.on_limit:
+            m = re.search(r"^(?:Call-ID|i)\s*:\s*(\S+)", prm.rdata.wholeMsg, re.MULTILINE | re.IGNORECASE)
+            self._guard(self.on_limit, prm.remoteInfo, prm.localInfo, m.group(1) if m else "")
 
     def dial(self, uri: str, account: str = "local") -> Leg:
         """Start an outbound call; raises CallLimitReached / SipError when it cannot."""
