@@ -146,6 +146,35 @@ def cmd_prompt_upload(args) -> int:
     return EXIT_OK
 
 
+def cmd_phones(args) -> int:
+    from .store.db import open_db
+    from .store.phones import list_phones, remove_phone, set_phone
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    if args.phones_cmd == "list":
+        for p in list_phones(db):
+            print(f"{p['extension']:>6}  {p['name'] or '-'}  (since {p['created_at'][:10]})")
+        return EXIT_OK
+    if args.phones_cmd == "remove":
+        if not remove_phone(db, args.extension):
+            print(f"centralka: no phone {args.extension}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"phone {args.extension} removed")
+    else:
+        password = set_phone(db, args.extension, getattr(args, "name", "") or "")
+        host = f"{settings.kamailio.address}:{settings.kamailio.port}"
+        print(f"phone {args.extension}: user {args.extension}, password {password}, registrar {host}")
+        print("The password is shown only now; `centralka phones add` again gives a new one.")
+    try:
+        reply = ask_core(settings, "reload-phones")
+        if not reply.get("ok"):
+            print(f"note: {reply.get('error')}")
+    except CoreNotRunning:
+        pass
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     settings = _settings(args)
     reply = ask_core(settings, "status")
@@ -221,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="prompt name as used in flows, e.g. greeting")
     s.add_argument("file")
     s.set_defaults(func=cmd_prompt_upload)
+
+    phones = sub.add_parser("phones", help="desk phones registering at the box").add_subparsers(
+        dest="phones_cmd", required=True)
+    s = phones.add_parser("add", help="add a phone (or give it a new password); prints its password once")
+    s.add_argument("extension")
+    s.add_argument("--name", default="")
+    s.set_defaults(func=cmd_phones)
+    s = phones.add_parser("list", help="the phones and their extensions")
+    s.set_defaults(func=cmd_phones)
+    s = phones.add_parser("remove", help="remove a phone; it can no longer register")
+    s.add_argument("extension")
+    s.set_defaults(func=cmd_phones)
 
     s = sub.add_parser("status", help="live state of the running core")
     s.set_defaults(func=cmd_status)

@@ -17,15 +17,17 @@ import wave
 from pathlib import Path
 
 from . import systemd
-from .errors import FlowError
+from .errors import FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .media.prompts import PromptLibrary
 from .numbers import normalise_caller, user_part
+from .sip.kamailio import Kamailio
 from .sip.stack import SipStack
 from .store import calls as store_calls
 from .store import flows as store_flows
 from .store.db import open_db, utcnow
+from .store.phones import list_phones
 
 log = logging.getLogger("centralka.core")
 
@@ -37,6 +39,7 @@ class Core:
         self.flow = None
         self.flow_name = None
         self.stack: SipStack | None = None
+        self.kamailio: Kamailio | None = None
         self.sessions: dict[int, CallSession] = {}
         self.tasks: set[asyncio.Task] = set()
         self.rtp_port = rtp_port
@@ -115,6 +118,17 @@ class Core:
                                  password=s.trunk.password, realm=s.trunk.realm, proxy=s.trunk.proxy,
                                  expires=s.trunk.register_expires_s, retry_min=s.trunk.retry_min_s,
                                  retry_max=s.trunk.retry_max_s)
+        if s.kamailio.enabled:
+            self.kamailio = Kamailio(s.data_dir / "kamailio", address=s.kamailio.address, port=s.kamailio.port,
+                                     core_address=s.sip.address, core_port=s.sip.port,
+                                     ban_seconds=s.kamailio.ban_seconds, pike_window_s=s.kamailio.pike_window_s,
+                                     pike_max_requests=s.kamailio.pike_max_requests)
+            try:
+                self.kamailio.start(list_phones(self.db))
+            except SipError as exc:
+                # Desk phones are out, but trunk and direct calls must keep working (STYLE 5).
+                log.error("desk phones unavailable: %s", exc)
+                self.kamailio = None
         await self._start_control()
         self.started_at = time.time()
         interval = systemd.watchdog_interval()
@@ -134,6 +148,8 @@ class Core:
             self._server.close()
         if self.stack is not None:
             await self.stack.stop()
+        if self.kamailio is not None:
+            self.kamailio.stop()
         for t in list(self.tasks):
             t.cancel()
         if self.tasks:
@@ -154,6 +170,14 @@ class Core:
         await self.stop()
 
     # --- calls -----------------------------------------------------------------------------
+    def resolve_target(self, target: str) -> str:
+        """A flow target as a dialable SIP URI: ``ext:201`` is the desk phone registered as 201."""
+        if target.startswith("ext:"):
+            if self.kamailio is None:
+                raise SipError(f"{target}: desk phones need the registrar ([kamailio] enabled = true)")
+            return f"sip:{target[4:]}@{self.kamailio.uri_host}"
+        return target
+
     def on_incoming(self, leg, account_name: str):
         caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
         line = "trunk" if account_name == "trunk" else "sip"
@@ -201,6 +225,8 @@ class Core:
             "trunk": {"state": st.trunk.state, "code": st.trunk.code, "reason": st.trunk.reason,
                       "failures": st.trunk.failures, "next_retry_at": st.trunk.next_retry_at},
             "flow": self.flow_name,
+            "desk_phones": ({"registrar": self.kamailio.uri_host, "running": self.kamailio.proc.poll() is None}
+                            if self.kamailio else None),
             "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
             "pid": os.getpid(),
         }
@@ -237,6 +263,11 @@ class Core:
             except FlowError as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "flow": self.flow_name}
+        if cmd == "reload-phones":
+            if self.kamailio is None:
+                return {"ok": False, "error": "the desk phone registrar is not enabled"}
+            await asyncio.get_running_loop().run_in_executor(None, self.kamailio.restart, list_phones(self.db))
+            return {"ok": True}
         if cmd == "stop":
             self.stopping.set()
             return {"ok": True}

@@ -124,7 +124,7 @@ class Phone(Proc):
     """A pjsua2 phone in its own process (see appliance/sip/phone.py)."""
 
     def __init__(self, workdir: Path, name: str, *, answer_after: float = 0.5, say: dict | None = None,
-                 user: str | None = None):
+                 user: str | None = None, extra: list[str] | None = None):
         self.name = name
         self.port = free_port()
         self.record_dir = workdir / f"rec-{name}"
@@ -133,6 +133,7 @@ class Phone(Proc):
                "--cache-dir", str(workdir / "phone-cache")]
         for u, text in (say or {}).items():
             cmd += ["--say", f"{u}={text}"]
+        cmd += extra or []
         super().__init__(cmd, log_path=workdir / f"{name}.stderr")
         self.wait("ready", timeout=30)
 

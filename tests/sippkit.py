@@ -44,9 +44,13 @@ _KNOWN_EXITS = {0: "all calls successful", 1: "at least one call failed", 97: "e
                 255: "fatal error"}
 
 
+NO_SIPP = "sipp is not installed (Debian package sip-tester); the SIP edge tests need it"
+needs_sipp = pytest.mark.skipif(SIPP is None, reason=NO_SIPP)
+
+
 def require_sipp() -> str:
     if SIPP is None:
-        pytest.skip("sipp is not installed (Debian package sip-tester); the SIP edge tests need it")
+        pytest.skip(NO_SIPP)
     return SIPP
 
 
@@ -255,8 +259,9 @@ class RawSip:
             except socket.timeout:
                 break
             msg = data.decode(errors="replace")
-            if not msg.startswith("SIP/2.0 ") or _header(msg, "Call-ID") != call_id:
-                continue
+            if (not msg.startswith("SIP/2.0 ") or _header(msg, "Call-ID") != call_id
+                    or not (_header(msg, "CSeq") or "").endswith("INVITE")):
+                continue  # another call's message, or the answer to our own ACK/BYE
             reply.lines.append(msg.split("\r\n", 1)[0])
             if not msg.startswith("SIP/2.0 1") and reply.final is None:
                 reply.final = msg

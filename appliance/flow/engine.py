@@ -251,7 +251,7 @@ class CallSession:
             log.exception("cannot count transfer")
         self.step("transfer", node.id, {"target": target})
         try:
-            out = self.core.stack.dial(target)
+            out = self.core.stack.dial(self.core.resolve_target(target))
         except CallLimitReached as exc:
             log.warning("call %s: %s", self.call_id, exc)
             self.step("transfer_failed", node.id, {"target": target, "reason": "call limit"})

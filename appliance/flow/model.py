@@ -323,7 +323,8 @@ class _Loader:
 _KIND_WORDS = {
     "text": ("niepustym tekstem", "a non-empty string"),
     "node": ("identyfikatorem węzła (tekst)", "a node id (a string)"),
-    "sip": ("adresem sip:… w cudzysłowie", "a quoted sip: URI"),
+    "sip": ("adresem sip:… albo numerem telefonu biurkowego ext:NNN w cudzysłowie",
+            "a quoted sip: URI or a desk phone ext:NNN"),
     "seconds": ("liczbą sekund większą od zera", "a number of seconds greater than zero"),
     "count": ("liczbą całkowitą, co najmniej 0", "a whole number, 0 or more"),
     "bool": ("wartością true albo false", "true or false"),
@@ -335,8 +336,12 @@ def _fits(kind: str, value) -> bool:
     if kind in ("text", "node"):
         return isinstance(value, str) and value != ""
     if kind == "sip":
-        # Desk phones and mobiles come with later issues; until then every target is SIP.
-        return isinstance(value, str) and value.startswith("sip:") and len(value) > 4
+        # A SIP URI, or "ext:201" for a desk phone registered at the box (mobiles come later).
+        if not isinstance(value, str):
+            return False
+        if value.startswith("ext:"):
+            return value[4:].isdigit() and 2 <= len(value) - 4 <= 6
+        return value.startswith("sip:") and len(value) > 4 and not any(c in value for c in " \t\r\n<>\"")
     if kind == "seconds":
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         return number and math.isfinite(value) and value > 0

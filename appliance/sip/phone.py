@@ -48,10 +48,19 @@ class Phone:
     async def start(self):
         self.stack = SipStack(address=self.args.address, port=self.args.port, transports=("udp",),
                               user=self.args.user, rtp_port=self.args.rtp_port, on_incoming=self.on_incoming,
+                              on_trunk_state=self.on_registration,
                               log_path=self.args.sip_log, log_level=4 if self.args.sip_log else 0)
         await self.stack.start()
+        if getattr(self.args, "register", None):
+            # A desk phone: registers at the box's registrar (Kamailio) with its credentials.
+            self.stack.add_trunk(registrar=f"sip:{self.args.register}", username=self.args.user,
+                                 password=self.args.password or "", expires=self.args.expires,
+                                 retry_min=1, retry_max=5)
         self.emit({"event": "ready", "address": self.args.address, "port": self.args.port,
                    "call_limit": self.stack.max_calls})
+
+    def on_registration(self, state):
+        self.emit({"event": "registration", "state": state.state, "code": state.code, "reason": state.reason})
 
     def _spawn(self, coro):
         t = asyncio.get_running_loop().create_task(coro)
@@ -244,6 +253,9 @@ def add_arguments(p: argparse.ArgumentParser, *, terminal: bool):
         p.add_argument("--answer-after", type=float, default=1.0)
         p.add_argument("--say", action="append", help="USER=TEXT spoken when a call to USER is answered")
         p.add_argument("--record-dir")
+        p.add_argument("--register", metavar="HOST:PORT", help="register as --user at this registrar")
+        p.add_argument("--password", help="password for --register")
+        p.add_argument("--expires", type=int, default=60)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--user", default="phone", help="user part of this phone's address")
     p.add_argument("--rtp-port", type=int, default=0)

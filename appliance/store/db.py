@@ -79,6 +79,16 @@ def m003_line_events(db):
     )
 
 
+@migrations()
+def m004_phones(db):
+    # Desk phones: the password is shown once when generated; only its digest hash is kept.
+    db["phones"].create(
+        {"extension": str, "name": str, "ha1": str, "created_at": str, "updated_at": str},
+        pk="extension",
+        not_null={"ha1", "created_at"},
+    )
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:

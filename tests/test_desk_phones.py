@@ -1,0 +1,156 @@
+"""Desk phones register at the box through Kamailio: digest auth with credentials the box
+generates, no way to enumerate extensions, a flood gets banned, and the core rings a phone by
+its extension.
+"""
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from appliance.demo import DEMO_PHONES, demo_flow_text
+
+from .sipkit import ROOT, Phone, free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is installed by make test")
+
+
+@pytest.fixture
+def kbox(make_box, staff):
+    kport = free_port()
+    flow = demo_flow_text(f"127.0.0.1:{staff.port}").replace(
+        f'target = "sip:rejestracja@127.0.0.1:{staff.port}"', 'target = "ext:201"')
+    box = make_box(flow, settings=(f"\n[kamailio]\nenabled = true\nport = {kport}\nban_seconds = 3\n"
+                                   f"pike_window_s = 2\npike_max_requests = 20\n"))
+    box.kport = kport
+    return box
+
+
+def add_phone(box, extension):
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(box.config), "phones", "add",
+                          extension, "--name", "Rejestracja 1"], capture_output=True, text=True, cwd=ROOT,
+                         check=True).stdout
+    return re.search(r"password (\S+),", out).group(1)
+
+
+def desk_phone(workdir, box, extension, password, name=None):
+    return Phone(workdir, name or f"desk{extension}", answer_after=0.5, user=extension,
+                 say={extension: DEMO_PHONES["rejestracja"]},
+                 extra=["--register", f"127.0.0.1:{box.kport}", "--password", password])
+
+
+def sip_request(port, method, user, *, call_id=None, extra=""):
+    tag = uuid.uuid4().hex[:8]
+    call_id = call_id or uuid.uuid4().hex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lport = s.getsockname()[1]
+        msg = (f"{method} sip:{user if method != 'REGISTER' else ''}{'@' if method != 'REGISTER' else ''}127.0.0.1:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag={tag}\r\n"
+               f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
+               f"Contact: <sip:{user}@127.0.0.1:{lport}>\r\n{extra}Content-Length: 0\r\n\r\n")
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        s.settimeout(2)
+        try:
+            return s.recv(4096).decode()
+        except socket.timeout:
+            return None
+
+
+def test_desk_phone_registers_and_rings_from_the_menu(kbox, caller, workdir):
+    password = add_phone(kbox, "201")
+    phone = desk_phone(workdir, kbox, "201", password)
+    try:
+        ev = phone.wait("registration", state="registered", timeout=20)
+        assert ev["code"] == 200
+        caller.call(kbox.uri())
+        caller.wait("confirmed")
+        time.sleep(4)
+        caller.press("1")
+        ring = phone.wait("incoming", timeout=20)
+        assert ring["user"] == "201"
+        phone.wait("confirmed")
+        time.sleep(2)
+        caller.hangup()
+        call = kbox.wait_call_ended()
+        assert (call["outcome"], call["connected_to"]) == ("connected", "ext:201")
+    finally:
+        phone.stop()
+
+
+def test_wrong_password_cannot_register_and_the_caller_reaches_the_operator(kbox, staff, caller, workdir):
+    add_phone(kbox, "201")
+    phone = desk_phone(workdir, kbox, "201", "not-the-password")
+    try:
+        ev = phone.wait("registration", state="failed", timeout=20)
+        assert ev["code"] in (401, 403)
+        caller.call(kbox.uri())
+        caller.wait("confirmed")
+        time.sleep(4)
+        caller.press("1")
+        assert staff.wait("incoming", timeout=20)["user"] == "operator"
+        assert not phone.has("incoming")
+        caller.hangup()
+        call = kbox.wait_call_ended()
+        failed = [s for s in kbox.journey(call["id"]) if s["step"] == "transfer_failed"]
+        assert failed and '"code": 480' in failed[0]["detail"]
+    finally:
+        phone.stop()
+
+
+def _shape(reply):
+    """Status line and header names: what a scanner could compare between two users."""
+    lines = reply.split("\r\n")
+    names = sorted({l.split(":", 1)[0].lower() for l in lines[1:] if ":" in l})
+    realm = re.search(r'realm="([^"]*)"', reply)
+    return lines[0], names, realm.group(1) if realm else None
+
+
+def test_unknown_user_gets_the_same_answer_as_a_known_one(kbox):
+    add_phone(kbox, "201")
+    time.sleep(0.5)
+    for method in ("REGISTER", "INVITE"):
+        known = sip_request(kbox.kport, method, "201")
+        unknown = sip_request(kbox.kport, method, "999")
+        assert known and unknown
+        assert _shape(known) == _shape(unknown)
+        assert _shape(known)[0].startswith("SIP/2.0 40")  # a challenge (401/407), never 404
+    # A wrong password and an unknown user are answered alike too.
+    assert _shape(sip_request(kbox.kport, "REGISTER", "201", extra='Authorization: Digest username="201", '
+                              'realm="centralka", nonce="x", uri="sip:127.0.0.1", response="00"\r\n'))[0] \
+        == _shape(sip_request(kbox.kport, "REGISTER", "999"))[0]
+
+
+def test_a_request_flood_is_banned_then_forgiven(kbox):
+    add_phone(kbox, "201")
+    time.sleep(0.5)
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        for i in range(100):  # a scanner's burst: far more than any phone sends
+            s.sendto((f"OPTIONS sip:127.0.0.1:{kbox.kport} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]};"
+                      f"branch=z9hG4bKfl{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@127.0.0.1>;tag=f{i}\r\n"
+                      f"To: <sip:100@127.0.0.1>\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\n"
+                      f"Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", kbox.kport))
+        s.settimeout(0.5)
+        try:
+            while s.recv(4096):
+                answered += 1
+        except socket.timeout:
+            pass
+    assert 0 < answered < 60, answered
+    assert sip_request(kbox.kport, "REGISTER", "201") is None  # still banned
+    assert "banned 127.0.0.1" in (kbox.dir / "data" / "kamailio" / "kamailio.log").read_text()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if sip_request(kbox.kport, "REGISTER", "201"):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the ban never expired")
