@@ -5,9 +5,9 @@ gives, the call and journey it stores, its log and status, and that a normal cal
 through afterwards. The box is the real process (tests/sipkit.py ``Box``) running the demo
 flow, with the ``staff`` phone process answering as operator / rejestracja / poradnia / 555.
 
-A test that shows a box bug ends with ``box_bug(...)``, which raises ``BoxBug``; such a test is
-marked ``xfail(strict=True, raises=BoxBug)``, so every other assertion in it still fails for
-real, and the mark must go once the bug is fixed.
+Three box bugs these tests found (a CANCEL logged as an internal error, refused malformed
+INVITEs counted as call-limit rejections, Content-Length ignored over UDP) are fixed; their
+assertions stay.
 """
 
 from __future__ import annotations
@@ -17,22 +17,11 @@ import time
 
 import pytest
 
-from appliance.demo import demo_flow_text
 
-from .sipkit import Box
 from .sippkit import RawSip, needs_sipp, run_sipp
 
 # Skipped as a whole, before any box starts, when sipp is missing.
 pytestmark = [pytest.mark.sip, needs_sipp]
-
-
-class BoxBug(AssertionError):
-    """The box misbehaved in a way only a change to core code can fix (see the test's reason)."""
-
-
-def box_bug(condition: bool, message: str) -> None:
-    if condition:
-        raise BoxBug(message)
 
 
 # --- reading the box's records ---------------------------------------------------------------
@@ -70,31 +59,9 @@ def normal_call_gets_through(box, workdir) -> dict:
     return call
 
 
-@pytest.fixture
-def box_with_known_bug(workdir, staff):
-    """The demo box, for a test that shows a bug the box logs with a traceback.
-
-    conftest's ``make_box`` fails any test whose box log holds a traceback; here the test itself
-    checks the log (and reports the traceback as ``BoxBug``). Everything else is checked the same.
-    """
-    box = Box(workdir, demo_flow_text(f"127.0.0.1:{staff.port}"))
-    yield box
-    rc = box.stop()
-    log = box.log()
-    assert "Assertion" not in log, log
-    assert rc == 0, f"box exited with {rc}\n{log}"
-
-
 # --- 1. CANCEL -------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=BoxBug, reason=(
-    "box bug: when a CANCEL reaches the box before the flow answers (INVITE and CANCEL in one "
-    "poll of pjsua), CallSession.run calls leg.answer(200) on a terminated INVITE session; "
-    "SipError 'INVITE session already terminated (PJSIP_ESESSIONTERMINATED)' is logged as ERROR "
-    "with a traceback ('error at node None; sending caller to the operator') and the journey of a "
-    "simply cancelled call gets 'error' and 'operator' (reason error) steps"))
-def test_cancel_right_after_invite_is_stored_as_the_callers_hang_up(box_with_known_bug, staff, workdir):
-    box = box_with_known_bug
+def test_cancel_right_after_invite_is_stored_as_the_callers_hang_up(box, staff, workdir):
     run = run_sipp(box, "cancel_at_once.xml", workdir)
     call_codes = run.by_call()[1]
     # Either ending is right: the CANCEL won (487 for the INVITE, 200 for the CANCEL) or the box's
@@ -120,8 +87,8 @@ def test_cancel_right_after_invite_is_stored_as_the_callers_hang_up(box_with_kno
     normal_call_gets_through(box, workdir)
 
     bogus = [s for s in steps(box, call["id"]) if s in ("error", "operator")]
-    box_bug(bool(bogus) or "Traceback" in box.log(),
-            f"a cancelled call was stored with steps {bogus} and the box logged:\n{box.log()}")
+    assert not bogus and "Traceback" not in box.log(), \
+        f"a cancelled call was stored with steps {bogus} and the box logged:\n{box.log()}"
 
 
 # --- 2. BYE during the greeting --------------------------------------------------------------
@@ -198,12 +165,6 @@ def test_options_is_answered_and_register_is_not_accepted(box, workdir):
 # --- 5. malformed requests -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=BoxBug, reason=(
-    "box bug: SipStack._rejected_by_pjsua (pjsua2 onRejectedIncomingCall) treats every INVITE pjsua "
-    "refuses by itself as the call limit: an INVITE with a broken SDP, answered '400 Bad SDP', is "
-    "logged as 'call limit reached: all 4 call legs of the pjsua2 build are in use', counted in "
-    "status limit_hits and stored as a call with outcome 'rejected' and step rejected {code: 486, "
-    "reason: call limit}; the callback's prm.statusCode (400) says otherwise"))
 def test_malformed_invites_get_400_or_no_answer_and_leave_no_calls(box, workdir):
     hits_before = box.status()["limit_hits"]
     raw = RawSip(box)
@@ -238,15 +199,10 @@ def test_malformed_invites_get_400_or_no_answer_and_leave_no_calls(box, workdir)
 
     bogus = [(c["id"], c["outcome"], journey(box, c["id"])) for c in box.calls() if c["id"] != call["id"]]
     hits = box.status()["limit_hits"] - hits_before
-    box_bug(bool(bogus) or hits != 0 or "call limit" in box.log(),
-            f"refused requests left call rows {bogus}; limit_hits grew by {hits}; log:\n{box.log()[-1200:]}")
+    assert not bogus and hits == 0 and "call limit reached" not in box.log(), \
+        f"refused requests left call rows {bogus}; limit_hits grew by {hits}; log:\n{box.log()[-1200:]}"
 
 
-@pytest.mark.xfail(strict=True, raises=BoxBug, reason=(
-    "box bug (pjsip's UDP parser, RFC 3261 18.3): the box ignores Content-Length on UDP and takes "
-    "the rest of the datagram as the body. An INVITE whose Content-Length runs past the end of the "
-    "datagram (SHOULD be answered 400) and one whose Content-Length cuts the SDP short (the extra "
-    "bytes MUST be discarded, leaving a broken SDP) are both answered 200 OK and run the flow"))
 def test_invite_whose_content_length_disagrees_with_the_datagram_gets_400(box, workdir):
     raw = RawSip(box)
     try:
@@ -265,7 +221,7 @@ def test_invite_whose_content_length_disagrees_with_the_datagram_gets_400(box, w
     normal_call_gets_through(box, workdir)
 
     wrong = {name: r.lines for name, r in replies.items() if r.final_code != 400}
-    box_bug(bool(wrong), f"answered other than 400: {wrong}")
+    assert not wrong, f"answered other than 400: {wrong}"
 
 
 # --- 6. DTMF by SIP INFO ---------------------------------------------------------------------

@@ -106,7 +106,14 @@ class CallSession:
         leg = self.leg
         try:
             try:
-                leg.answer(200)
+                if not leg.alive:
+                    raise CallerGone()  # cancelled before we could answer
+                try:
+                    leg.answer(200)
+                except SipError:
+                    if not leg.alive:
+                        raise CallerGone() from None
+                    raise
                 self.step("answered", None, {"from": leg.remote_uri, "to": leg.local_uri})
                 store_calls.update_call(self.core.db, self.call_id, answered_at=_now())
                 await asyncio.wait_for(leg.media_active.wait(), MEDIA_WAIT_S)

@@ -319,7 +319,7 @@ class _Account(pj.Account):
 
     def onIncomingCall(self, prm):
         # An exception here would leave the caller at "100 Trying" for ever: never let one out.
-        self.stack._guard(self.stack._incoming, self, prm.callId)
+        self.stack._guard(self.stack._incoming, self, prm.callId, prm.rdata.wholeMsg)
 
     def onRegState(self, prm):
         self.stack._guard(self.stack._reg_state, self, prm.code, prm.reason)
@@ -600,11 +600,19 @@ class SipStack:
     def legs_in_use(self) -> int:
         return len(self.legs)
 
-    def _incoming(self, acc: _Account, call_id: int):
+    def _incoming(self, acc: _Account, call_id: int, whole_msg: str = ""):
         leg = Leg(self, "in", acc, call_id)
         self.legs.add(leg)
         self._all_legs.add(leg)
         leg._fill_info()
+        problem = _framing_problem(whole_msg)
+        if problem:
+            # RFC 3261 §18.3: over UDP a Content-Length that disagrees with the datagram is an
+            # error; pjsip accepts it, so we refuse the call here rather than guess the body.
+            log.warning("rejecting INVITE from %s with 400: %s", leg.remote_uri, problem)
+            leg._local_hangup = True
+            leg.answer(400, problem)
+            return
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         callers = sum(1 for l in self.legs if l.direction == "in")
@@ -631,6 +639,10 @@ class SipStack:
             raise
 
     def _rejected_by_pjsua(self, prm):
+        if prm.statusCode != 486:
+            # Not the limit: pjsua refused a broken request (bad SDP and the like).
+            log.warning("pjsua rejected an INVITE from %s: %d %s", prm.remoteInfo, prm.statusCode, prm.reason)
+            return
         # pjsua itself answers 486 when every call slot of the build is taken; the call never
         # reaches onIncomingCall, so this is the only place that knows a caller was turned away.
         self.limit_hits += 1
@@ -673,3 +685,18 @@ def _release_call(leg: Leg):
     call, leg.pj = leg.pj, None
     if call is not None:
         call.leg = None  # break the Leg <-> Call cycle; the parked reference keeps it alive
+
+
+def _framing_problem(whole_msg: str) -> str | None:
+    """Why a request's Content-Length does not match its body, or None when it does."""
+    if not whole_msg or "\r\n\r\n" not in whole_msg:
+        return None
+    head, body = whole_msg.split("\r\n\r\n", 1)
+    m = re.search(r"^(?:Content-Length|l)\s*:\s*(\S*)\s*$", head, re.MULTILINE | re.IGNORECASE)
+    if m is None:
+        return None  # allowed over UDP: the body is the rest of the datagram
+    if not m.group(1).isdigit():
+        return "Bad Content-Length"
+    if int(m.group(1)) != len(body.encode("utf-8", "surrogateescape")):
+        return "Content-Length does not match the body"
+    return None
