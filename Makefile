@@ -3,14 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio python3-venv
+APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps venv demo test bench clean
+.PHONY: all setup system-deps venv demo test bench bench-ewt clean
 
 all: setup
 
-setup: system-deps venv
+HOLD_MUSIC := appliance/data/hold_music.wav
+
+setup: system-deps venv $(HOLD_MUSIC)
 
 # Debian packages: installed only when one is missing, so repeated runs stay fast and offline.
 system-deps:
@@ -30,6 +32,10 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# Default hold music (R11): a public-domain score rendered once with fluidsynth (see README).
+$(HOLD_MUSIC): appliance/media/holdmusic.py $(BIN)/.installed | system-deps
+	$(BIN)/python -m appliance.media.holdmusic $@
+
 demo: setup
 	$(BIN)/centralka demo
 
@@ -39,5 +45,10 @@ test: setup
 bench: setup
 	$(BIN)/python bench/calls.py --over
 
+# Announced vs actual queue waits, ours against Asterisk's estimator, on replayed queue days.
+bench-ewt: setup
+	$(BIN)/python bench/ewt.py
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
+	rm -f appliance/data/hold_music.wav appliance/data/hold_music.json

@@ -175,6 +175,53 @@ def cmd_phones(args) -> int:
     return EXIT_OK
 
 
+def cmd_staff(args) -> int:
+    from .flow.staff import load_staff_text
+    from .store.db import open_db, utcnow
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    if args.staff_cmd == "import":
+        text = Path(args.file).read_text(encoding="utf-8")
+        staff = load_staff_text(text, source=args.file)
+        db["staff"].insert({"text": text, "updated_at": utcnow()})
+        print(f"{len(staff.agents)} agents, {len(staff.queues)} queues imported")
+        try:
+            reply = ask_core(settings, "reload")
+            print("running core reloaded" if reply.get("ok") else f"core did not reload: {reply.get('error')}")
+        except CoreNotRunning:
+            pass
+        return EXIT_OK
+    row = next(iter(db["staff"].rows_where(order_by="id desc", limit=1)), None)
+    if row is None:
+        print("centralka: no agents and queues yet: centralka staff import FILE", file=sys.stderr)
+        return EXIT_ERROR
+    if args.file in (None, "-"):
+        sys.stdout.write(row["text"])
+    else:
+        Path(args.file).write_text(row["text"], encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_agent(args) -> int:
+    from .store.db import open_db, utcnow
+
+    settings = _settings(args)
+    paused = args.agent_cmd == "pause"
+    try:
+        reply = ask_core(settings, args.agent_cmd, agent=args.agent)
+    except CoreNotRunning:
+        # The core reads the pause state at start: record it for then.
+        open_db(settings.db_path)["agent_state"].upsert({"agent": args.agent, "paused": int(paused),
+                                                         "changed_at": utcnow()}, pk="agent")
+        reply = {"ok": True}
+    if not reply.get("ok"):
+        print(f"centralka: {reply.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"agent {args.agent} {'paused' if paused else 'back'}")
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     settings = _settings(args)
     reply = ask_core(settings, "status")
@@ -262,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = phones.add_parser("remove", help="remove a phone; it can no longer register")
     s.add_argument("extension")
     s.set_defaults(func=cmd_phones)
+
+    staff = sub.add_parser("staff", help="agents and queues (import/export a TOML file)").add_subparsers(
+        dest="staff_cmd", required=True)
+    s = staff.add_parser("import", help="check and store agents and queues; a running core reloads them")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_staff)
+    s = staff.add_parser("export", help="write the agents and queues as TOML (stdout by default)")
+    s.add_argument("file", nargs="?")
+    s.set_defaults(func=cmd_staff)
+
+    for verb, text in (("pause", "stop offering queued calls to an agent"), ("unpause", "offer calls again")):
+        s = sub.add_parser(verb, help=text)
+        s.add_argument("agent")
+        s.set_defaults(func=cmd_agent, agent_cmd=verb)
 
     s = sub.add_parser("status", help="live state of the running core")
     s.set_defaults(func=cmd_status)

@@ -20,6 +20,8 @@ from . import systemd
 from .errors import FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
+from .flow.queue import QueueManager
+from .flow.staff import load_staff_text
 from .media.prompts import PromptLibrary
 from .numbers import normalise_caller, user_part
 from .sip.kamailio import Kamailio
@@ -40,6 +42,8 @@ class Core:
         self.flow_name = None
         self.stack: SipStack | None = None
         self.kamailio: Kamailio | None = None
+        self.queues: QueueManager | None = None
+        self.hold_music = None
         self.sessions: dict[int, CallSession] = {}
         self.tasks: set[asyncio.Task] = set()
         self.rtp_port = rtp_port
@@ -91,6 +95,31 @@ class Core:
             self.prompt_path(name, flow)
         self.flow, self.flow_name = flow, row["name"]
         log.info("call flow %r loaded (%d nodes)", row["name"], len(flow.nodes))
+        if self.started_at is not None:
+            self._check_queues_exist()
+
+    def load_staff(self):
+        """Agents and queues from the database (``centralka staff import``)."""
+        row = next(iter(self.db["staff"].rows_where(order_by="id desc", limit=1)), None)
+        if row is None:
+            return
+        staff = load_staff_text(row["text"], source="staff (database)")
+        if self.queues is None:
+            self.queues = QueueManager(self, staff)
+        else:
+            self.queues.apply(staff)
+        log.info("staff: %d agents, %d queues", len(staff.agents), len(staff.queues))
+        self._check_queues_exist()
+
+    def _check_queues_exist(self):
+        """A queue node naming a queue nobody configured would send every caller to the operator."""
+        if self.flow is None:
+            return
+        known = self.queues.queues if self.queues else {}
+        for node in self.flow.nodes.values():
+            if node.type == "queue" and node.params["queue"] not in known:
+                log.error("flow node %r uses queue %r, which is not configured (centralka staff import); "
+                          "its callers will go to the operator", node.id, node.params["queue"])
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self):
@@ -129,6 +158,18 @@ class Core:
                 # Desk phones are out, but trunk and direct calls must keep working (STYLE 5).
                 log.error("desk phones unavailable: %s", exc)
                 self.kamailio = None
+        self.load_staff()
+        if self.queues is None:
+            self._check_queues_exist()
+        try:
+            from .media.holdmusic import ensure_hold_music
+
+            # Building it the first time takes seconds: not on the event loop.
+            music = await asyncio.to_thread(ensure_hold_music, s.data_dir, s.sip.clock_rate)
+            self.hold_music = self.stack.shared_player(music)
+            log.info("hold music: %s", music)
+        except Exception as exc:  # noqa: BLE001 — no music is bad, no calls would be worse
+            log.error("no hold music: %s", exc)
         await self._start_control()
         self.started_at = time.time()
         interval = systemd.watchdog_interval()
@@ -146,14 +187,20 @@ class Core:
         self.stopping.set()
         if self._server is not None:
             self._server.close()
+        if self.queues is not None:
+            await self.queues.stop()
         if self.stack is not None:
-            await self.stack.stop()
-        if self.kamailio is not None:
-            self.kamailio.stop()
+            await self.stack.hangup_all()
+        # Sessions end once their calls are gone; none may outlive the SIP library.
         for t in list(self.tasks):
             t.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.hold_music = None
+        if self.stack is not None:
+            await self.stack.stop()
+        if self.kamailio is not None:
+            self.kamailio.stop()
         sock = Path(self.settings.control.socket)
         if sock.exists():
             sock.unlink()
@@ -227,6 +274,7 @@ class Core:
             "flow": self.flow_name,
             "desk_phones": ({"registrar": self.kamailio.uri_host, "running": self.kamailio.proc.poll() is None}
                             if self.kamailio else None),
+            "queues": self.queues.status() if self.queues else None,
             "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
             "pid": os.getpid(),
         }
@@ -260,13 +308,18 @@ class Core:
         if cmd == "reload":
             try:
                 self.load_active_flow()
+                self.load_staff()
             except FlowError as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "flow": self.flow_name}
+        if cmd in ("pause", "unpause"):
+            if self.queues is None or not self.queues.set_paused(str(req.get("agent")), cmd == "pause"):
+                return {"ok": False, "error": f"no agent {req.get('agent')!r}"}
+            return {"ok": True}
         if cmd == "reload-phones":
             if self.kamailio is None:
                 return {"ok": False, "error": "the desk phone registrar is not enabled"}
-            await asyncio.get_running_loop().run_in_executor(None, self.kamailio.restart, list_phones(self.db))
+            self.kamailio.update_phones(list_phones(self.db))
             return {"ok": True}
         if cmd == "stop":
             self.stopping.set()

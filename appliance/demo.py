@@ -18,8 +18,9 @@ from pathlib import Path
 
 from .config import load_settings
 from .errors import CentralkaError
-from .store.db import open_db
+from .store.db import open_db, utcnow
 from .store.flows import save_flow
+from .store.phones import set_phone
 
 log = logging.getLogger("centralka.demo")
 
@@ -49,7 +50,7 @@ def port_is_free(address: str, port: int) -> bool:
     return True
 
 
-def write_demo_config(directory: Path, sip_port: int) -> Path:
+def write_demo_config(directory: Path, sip_port: int, kamailio_port: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     data = directory.resolve()
     path = directory / "centralka.toml"
@@ -57,6 +58,7 @@ def write_demo_config(directory: Path, sip_port: int) -> Path:
         "# Written by `make demo`; the command line uses it when run from the repository root.\n"
         f'[box]\ndata_dir = "{data}"\n\n'
         f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
+        f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
         f'[control]\nsocket = "{data / "core.sock"}"\n',
         encoding="utf-8",
     )
@@ -83,6 +85,35 @@ async def start_phones(port: int, record_dir: Path | None = None, answer_after: 
     return proc
 
 
+AGENT_PHONES = {"201": "Rejestracja, stanowisko pierwsze. Słucham?",
+                "202": "Rejestracja, stanowisko drugie. Słucham?"}
+
+
+def demo_staff_text() -> str:
+    return (Path(__file__).with_name("data") / "demo_staff.toml").read_text(encoding="utf-8")
+
+
+async def start_agent_phone(ext: str, password: str, registrar: str, answer_after: float):
+    """A receptionist's desk phone: registers at the box's Kamailio like a real one."""
+    cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(free_udp_port()), "--user", ext,
+           "--answer-after", str(answer_after), "--say", f"{ext}={AGENT_PHONES[ext]}",
+           "--register", registrar, "--password", password]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    await asyncio.wait_for(proc.stdout.readline(), 30)
+    return proc
+
+
+def answer_delay() -> float:
+    """$CENTRALKA_DEMO_ANSWER_DELAY seconds (default 20, so a caller experiences the queue);
+    0 means the receptionists never answer."""
+    raw = os.environ.get("CENTRALKA_DEMO_ANSWER_DELAY", "20")
+    try:
+        delay = float(raw)
+    except ValueError:
+        raise CentralkaError(f"CENTRALKA_DEMO_ANSWER_DELAY={raw!r}: a number of seconds") from None
+    return -1.0 if delay == 0 else delay
+
+
 async def _log_phone_events(proc):
     while True:
         line = await proc.stdout.readline()
@@ -92,7 +123,9 @@ async def _log_phone_events(proc):
             ev = json.loads(line)
         except ValueError:
             continue
-        if ev.get("event") == "incoming":
+        if ev.get("event") == "registration" and ev.get("state") in ("registered", "failed"):
+            log.info("demo phone registration: %s (%s)", ev.get("state"), ev.get("code"))
+        elif ev.get("event") == "incoming":
             log.info("demo phone %r rings", ev.get("user"))
         elif ev.get("event") == "confirmed":
             log.info("demo phone %r answered", ev.get("user"))
@@ -104,24 +137,38 @@ async def _demo():
     sip_port = int(os.environ.get("CENTRALKA_SIP_PORT") or 5060)
     if not port_is_free("127.0.0.1", sip_port):
         raise CentralkaError(f"port {sip_port} on 127.0.0.1 is in use; set CENTRALKA_SIP_PORT to a free port")
-    cfg = write_demo_config(DEMO_DIR, sip_port)
+    delay = answer_delay()
+    kamailio_port = free_udp_port()
+    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port)
     settings = load_settings(cfg, env={})
     phones_port = free_udp_port()
     phones = await start_phones(phones_port)
-    watcher = asyncio.get_running_loop().create_task(_log_phone_events(phones))
+    procs = [phones]
+    loop = asyncio.get_running_loop()
+    watchers = [loop.create_task(_log_phone_events(phones))]
     try:
         db = open_db(settings.db_path)
         save_flow(db, "demo", demo_flow_text(f"127.0.0.1:{phones_port}"), activate=True)
+        db["staff"].insert({"text": demo_staff_text(), "updated_at": utcnow()})
+        passwords = {ext: set_phone(db, ext, f"Rejestracja {ext[-1]}") for ext in AGENT_PHONES}
+        db["agent_state"].delete_where()  # the demo starts with everyone at their desk
         db.conn.close()
         core = Core(settings)
 
         def ready(c):
+            for ext, password in passwords.items():
+                task = loop.create_task(start_agent_phone(ext, password, f"127.0.0.1:{kamailio_port}", delay))
+                task.add_done_callback(lambda t: (procs.append(t.result()),
+                                                  watchers.append(loop.create_task(_log_phone_events(t.result())))))
+            wait = "never answer" if delay < 0 else f"answer after {delay:g} s"
             print(
                 f"\nCentralka demo is running.\n"
                 f"  Call any number at sip:<number>@127.0.0.1:{sip_port} (UDP), e.g.\n"
                 f"    .venv/bin/centralka phone sip:48221234567@127.0.0.1:{sip_port}\n"
-                f"  Menu: 1 rejestracja, 2 poradnia, 0 operator, or dial extension 555; no key = operator.\n"
-                f"  Simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
+                f"  Menu: 1 rejestracja (queue), 2 poradnia, 0 operator, or dial extension 555; no key = operator.\n"
+                f"  Two receptionists' desk phones (201, 202) register at 127.0.0.1:{kamailio_port} and {wait}\n"
+                f"  (CENTRALKA_DEMO_ANSWER_DELAY). In the queue, * leaves for the operator.\n"
+                f"  Other simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
                 f"  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
                 f"  Stop with Ctrl-C.\n",
                 flush=True,
@@ -129,17 +176,24 @@ async def _demo():
 
         await core.run_until_signal(ready)
     finally:
-        watcher.cancel()
-        if phones.returncode is None:
-            try:
-                phones.stdin.write(b'{"cmd": "quit"}\n')
-                await phones.stdin.drain()
-                await asyncio.wait_for(phones.wait(), 5)
-            except (asyncio.TimeoutError, ConnectionError):
-                phones.kill()
-                await phones.wait()
+        for w in watchers:
+            w.cancel()
+        for proc in procs:
+            await _stop_phone(proc)
     print("Centralka demo stopped.", flush=True)
     return 0
+
+
+async def _stop_phone(proc):
+    if proc.returncode is not None:
+        return
+    try:
+        proc.stdin.write(b'{"cmd": "quit"}\n')
+        await proc.stdin.drain()
+        await asyncio.wait_for(proc.wait(), 5)
+    except (asyncio.TimeoutError, ConnectionError):
+        proc.kill()
+        await proc.wait()
 
 
 def run_demo(args) -> int:

@@ -26,12 +26,12 @@ def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.8):
     return heard_sequence(caller.recording(), refs, min_coverage=min_coverage)
 
 
-def test_key_1_reaches_registration_and_caller_hears_them(box, staff, caller, workdir):
+def test_key_2_reaches_the_department_and_caller_hears_them(box, staff, caller, workdir):
     caller.call(box.uri("48221234567"))
     caller.wait("confirmed")
     time.sleep(4.5)  # the greeting (about 3 s) and the start of the menu
-    caller.press("1")
-    assert staff.wait("incoming", timeout=20)["user"] == "rejestracja"
+    caller.press("2")
+    assert staff.wait("incoming", timeout=20)["user"] == "poradnia"
     staff.wait("confirmed")
     time.sleep(3)
     caller.hangup()
@@ -44,9 +44,9 @@ def test_key_1_reaches_registration_and_caller_hears_them(box, staff, caller, wo
     assert steps[:3] == ["answered", "enter", "play"]
     assert "choice" in steps and steps[-1] == "hangup"
     rec = caller.recording()
-    seq = heard(box, caller, workdir, "greeting", "menu", "connecting", staff_users=["rejestracja", "operator"],
+    seq = heard(box, caller, workdir, "greeting", "menu", "connecting", staff_users=["poradnia", "operator"],
                 min_coverage=0.1)
-    assert [h.name for h in seq][:4] == ["greeting", "menu", "connecting", "staff:rejestracja"]
+    assert [h.name for h in seq][:4] == ["greeting", "menu", "connecting", "staff:poradnia"]
     assert seq[0].coverage > 0.8 and seq[0].at < 1.0  # the whole greeting, starting at once (R1)
     assert seq[1].coverage < 0.5  # the menu was cut short by the key press
     assert "staff:operator" not in [h.name for h in seq]

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamail
 def kbox(make_box, staff):
     kport = free_port()
     flow = demo_flow_text(f"127.0.0.1:{staff.port}").replace(
-        f'target = "sip:rejestracja@127.0.0.1:{staff.port}"', 'target = "ext:201"')
+        f'target = "sip:poradnia@127.0.0.1:{staff.port}"', 'target = "ext:201"')
     box = make_box(flow, settings=(f"\n[kamailio]\nenabled = true\nport = {kport}\nban_seconds = 3\n"
                                    f"pike_window_s = 2\npike_max_requests = 20\n"))
     box.kport = kport
@@ -72,7 +72,7 @@ def test_desk_phone_registers_and_rings_from_the_menu(kbox, caller, workdir):
         caller.call(kbox.uri())
         caller.wait("confirmed")
         time.sleep(4)
-        caller.press("1")
+        caller.press("2")
         ring = phone.wait("incoming", timeout=20)
         assert ring["user"] == "201"
         phone.wait("confirmed")
@@ -93,7 +93,7 @@ def test_wrong_password_cannot_register_and_the_caller_reaches_the_operator(kbox
         caller.call(kbox.uri())
         caller.wait("confirmed")
         time.sleep(4)
-        caller.press("1")
+        caller.press("2")
         assert staff.wait("incoming", timeout=20)["user"] == "operator"
         assert not phone.has("incoming")
         caller.hangup()

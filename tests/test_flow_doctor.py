@@ -508,3 +508,40 @@ def test_finding_is_immutable():
     finding = Finding("error", "loop", "menu", "x")
     with pytest.raises(dataclasses.FrozenInstanceError):
         finding.code = "other"
+
+
+def _queue_flow(**params):
+    flow = load_flow_file(FLOWS / "queue_good.toml")
+    node = flow.nodes["rejestracja"]
+    flow.nodes["rejestracja"] = dataclasses.replace(node, params={**node.params, **params})
+    return flow
+
+
+def test_a_queue_is_a_human_destination():
+    flow = _queue_flow()
+    assert errors(check_flow(flow, durations(flow), "pl")) == set()
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_queue_announcing_less_than_once_a_minute_is_refused(lang):
+    ok = _queue_flow(announce_every=60)
+    assert errors(check_flow(ok, durations(ok), lang)) == set()
+    slow = _queue_flow(announce_every=61)
+    found = [f for f in check_flow(slow, durations(slow), lang) if f.level == "error"]
+    assert [(f.code, f.node) for f in found] == [("silence-too-long", "rejestracja")]
+    assert "R8" in found[0].message
+
+
+def test_queue_leave_key_must_be_one_key():
+    flow = _queue_flow(leave_key="12")
+    found = [f for f in check_flow(flow, durations(flow), "en") if f.level == "error"]
+    assert [(f.code, f.node) for f in found] == [("bad-key", "rejestracja")]
+
+
+def test_queue_timeout_into_a_hangup_is_a_dead_end():
+    flow = _queue_flow(on_timeout="do_widzenia")
+    flow.nodes["do_widzenia"] = Node("do_widzenia", "play", {"prompt": "menu", "role": "goodbye", "next": "koniec",
+                                                             "interruptible": True})
+    flow.nodes["koniec"] = Node("koniec", "hangup", {})
+    found = errors(check_flow(flow, durations(flow), "pl"))
+    assert ("dead-end", "rejestracja") in found

@@ -38,7 +38,10 @@ FILLER_PHRASES = [
         r"we value your call",
     )
 ]
-HUMAN_TYPES = ("transfer", "operator")
+HUMAN_TYPES = ("transfer", "operator", "queue")
+# R8/R10, seed 000: hold music is interrupted by "honest wait announcements"; a caller should
+# hear where they stand at least once a minute.
+MAX_QUEUE_ANNOUNCE_S = 60
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class _Doctor:
         for rule in (
             self.not_supported, self.no_operator, self.unknown_node, self.unknown_prompt,
             self.greeting_too_long, self.menu_too_many_options, self.bad_key, self.nested_menu,
-            self.loop, self.dead_end, self.hangup_not_allowed, self.silence_too_long,
+            self.loop, self.dead_end, self.hangup_not_allowed, self.silence_too_long, self.queue_rules,
             self.gdpr_mandatory, self.too_many_transfers, self.warnings,
         ):
             rule()
@@ -374,7 +377,7 @@ class _Doctor:
             node = self.flow.nodes[nid]
             if node.type in ("operator", "hangup") or node.type in RESERVED_TYPES:
                 continue  # a human, a hang-up (judged by its own rule), or refused already
-            missing = [k for k in ("next", "on_timeout", "on_invalid", "on_fail")
+            missing = [k for k in ("next", "on_timeout", "on_invalid", "on_fail", "on_leave", "on_no_agents")
                        if k in node.params and node.params[k] is None]
             for key in missing:
                 self.error(
@@ -391,17 +394,20 @@ class _Doctor:
                     "tu przebieg się kończy, a dzwoniący nie trafia do człowieka",
                     "the flow ends here without the caller reaching a human",
                 )
-            if node.type == "transfer" and node.params.get("on_fail") in self.flow.nodes:
-                # Ringing a person is not yet reaching one: the way on from a failed
-                # transfer must itself end at a human.
-                hangups = self.hangups_before_human(node.params["on_fail"])
+            fallbacks = {"transfer": ("on_fail",), "queue": ("on_timeout", "on_leave", "on_no_agents")}
+            for key in fallbacks.get(node.type, ()):
+                if node.params.get(key) not in self.flow.nodes:
+                    continue
+                # Ringing a person (or waiting for one) is not yet reaching one: the way on
+                # from a failed transfer or a queue must itself end at a human.
+                hangups = self.hangups_before_human(node.params[key])
                 if hangups:
                     names = ", ".join(self.q(h) for h in hangups)
                     self.error(
                         "dead-end", nid, "R6",
-                        f"gdy nikt nie odbierze, „on_fail” prowadzi do rozłączenia ({names}) "
+                        f"gdy nikt nie odbierze, „{key}” prowadzi do rozłączenia ({names}) "
                         "zamiast do człowieka",
-                        f"when nobody answers, “on_fail” leads to a hang-up ({names}) "
+                        f"when nobody answers, “{key}” leads to a hang-up ({names}) "
                         "instead of a human",
                     )
 
@@ -481,6 +487,28 @@ class _Doctor:
                     f"(„remind_every”), dozwolone jest najwyżej co {limit} s",
                     f"while it rings the caller hears a reminder every {self.secs(remind)} s "
                     f"(“remind_every”), at most every {limit} s is allowed",
+                )
+
+    def queue_rules(self):
+        for nid in self.order:
+            node = self.flow.nodes[nid]
+            if node.type != "queue":
+                continue
+            every = node.params.get("announce_every")
+            if every is not None and every > MAX_QUEUE_ANNOUNCE_S:
+                self.error(
+                    "silence-too-long", nid, "R8",
+                    f"w kolejce zapowiedź miejsca i czasu oczekiwania pada co {self.secs(every)} s "
+                    f"(„announce_every”), dozwolone jest najwyżej co {self.secs(MAX_QUEUE_ANNOUNCE_S)} s",
+                    f"in the queue the position and wait are announced every {self.secs(every)} s "
+                    f"(“announce_every”), at most every {self.secs(MAX_QUEUE_ANNOUNCE_S)} s is allowed",
+                )
+            key = node.params.get("leave_key")
+            if key is not None and (len(key) != 1 or key not in PHONE_KEYS):
+                self.error(
+                    "bad-key", nid, "R3",
+                    f"„leave_key” {self.q(key)} nie jest jednym klawiszem telefonu (0-9, *, #)",
+                    f"“leave_key” {self.q(key)} is not one phone key (0-9, *, #)",
                 )
 
     def gdpr_mandatory(self):

@@ -21,6 +21,7 @@ import time
 from ..errors import CallLimitReached, SipError
 from ..store import calls as store_calls
 from ..store.db import utcnow as _now
+from .announce import position_announcement
 from .doctor import MAX_HANDOVERS  # R18: the doctor checks the same bound statically
 
 log = logging.getLogger("centralka.flow")
@@ -91,10 +92,13 @@ class CallSession:
         self._check_alive()
         if interruptible and self.leg.digits:
             return True
-        path = self.core.prompt_path(prompt, self.flow)
+        return await self.play_path(self.core.prompt_path(prompt, self.flow), prompt,
+                                    interruptible=interruptible, node=node)
+
+    async def play_path(self, path, name: str, *, interruptible: bool = True, node: str | None = None) -> bool:
         duration = self.core.prompt_duration(path)
         player = self.leg.play(path)
-        self.step("play", node, {"prompt": prompt, "seconds": round(duration, 2)})
+        self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
             await self._wait_any(duration + 0.15, digits=interruptible)
         finally:
@@ -211,6 +215,84 @@ class CallSession:
             return None
         return p.get("on_fail") or self.flow.operator
 
+    async def node_queue(self, node):
+        """Wait for an agent with hold music and honest announcements (R8–R11)."""
+        p = node.params
+        queues = self.core.queues
+        q = queues.get(p["queue"]) if queues else None
+        if q is None:
+            raise RuntimeError(f"queue {p['queue']!r} is not configured (centralka staff import)")
+        self.step("enter", node.id, {"type": "queue", "queue": p["queue"]})
+        if p.get("prompt"):
+            await self.play(p["prompt"], interruptible=False, node=node.id)
+        if not q.can_serve():
+            queues.leave(queues.join(q, self), "no_agents")
+            self.step("queue_left", node.id, {"reason": "no_agents"})
+            return p["on_no_agents"]
+        self.handovers += 1
+        entry = queues.join(q, self)
+        music = self.core.hold_music
+        reason = "caller_hangup"
+        try:
+            started = time.monotonic()
+            deadline = started + p["max_wait"]
+            last_announce = -1e9
+            next_announce = started
+            leave_key = p.get("leave_key") or ""
+            self.leg.digits.clear()
+            while not entry.answered.done():
+                now = time.monotonic()
+                if now >= deadline:
+                    reason = "timeout"
+                    break
+                if q.cfg.when_no_agents == "leave" and not q.can_serve():
+                    reason = "no_agents"
+                    break
+                if now >= next_announce:
+                    if now - last_announce >= q.cfg.announce_min_gap_s:
+                        await self._announce_position(q, entry, node, music)
+                        last_announce = time.monotonic()
+                    next_announce = time.monotonic() + p["announce_every"]
+                    continue
+                if music is not None:
+                    self.leg.listen(music)
+                await self._wait_any(min(deadline, next_announce) - now, digits=bool(leave_key),
+                                     extra=(asyncio.shield(entry.answered),))
+                if leave_key and leave_key in self.leg.digits:
+                    reason = "left_by_key"
+                    break
+                self.leg.digits.clear()
+        finally:
+            if music is not None:
+                self.leg.unlisten(music)
+            if not entry.answered.done():
+                queues.leave(entry, reason if self.leg.alive else "caller_hangup")
+        if not entry.answered.done():
+            self.step("queue_left", node.id, {"reason": reason, "waited_s": round(time.monotonic() - started, 1)})
+            return {"timeout": p["on_timeout"], "left_by_key": p["on_leave"]}.get(reason, p["on_no_agents"])
+        agent, out = entry.answered.result()
+        self.step("queue_answered", node.id, {"agent": agent.agent.id, "waited_s": round(time.monotonic() - started, 1)})
+        talk_start = time.monotonic()
+        try:
+            await self.converse(out, node, f"agent:{agent.agent.id}", "connected")
+        finally:
+            queues.call_ended(entry, agent, time.monotonic() - talk_start)
+        return None
+
+    async def _announce_position(self, q, entry, node, music):
+        """Position and estimated wait, grammatical Polish (R10); nothing for the caller who is next."""
+        ahead = q.position(entry) - 1
+        wait = q.estimate(entry)
+        text = position_announcement(ahead, None if wait == float("inf") else wait, lang=self.flow.language)
+        if not text:
+            return
+        path = await asyncio.get_running_loop().run_in_executor(None, self.core.prompts.synthesise, text,
+                                                                "queue_position")
+        if music is not None:
+            self.leg.unlisten(music)
+        self.step("announce", node.id, {"ahead": ahead, "wait_s": None if wait == float("inf") else round(wait)})
+        await self.play_path(path, "queue_position", interruptible=False, node=node.id)
+
     async def node_operator(self, node):
         await self.operator(reason="flow", node=node)
         return None
@@ -301,16 +383,26 @@ class CallSession:
                 # No answer, a refusal, or the caller gave up while it rang: stop the ringing phone.
                 out.hangup()
                 self.outbound = None
-        # Answered: wait for the agent's audio, then bridge.
+        return await self.converse(out, node, target, "operator" if is_operator else "connected")
+
+    async def converse(self, out, node, target: str, outcome: str) -> bool:
+        """An answered leg: bridge it with the caller and stay until one side hangs up."""
+        self.outbound = out
+        out.owner = self
         try:
             await asyncio.wait_for(out.media_active.wait(), MEDIA_WAIT_S)
         except asyncio.TimeoutError:
             self.step("transfer_failed", node.id, {"target": target, "reason": "no audio"})
             out.hangup()
+            self.outbound = None
             return False
+        if not self.leg.alive:
+            out.hangup()  # the caller gave up just as the phone was picked up
+            self.outbound = None
+            raise CallerGone()
         self.leg.bridge(out)
         self.connected_to = target
-        self.outcome = "operator" if is_operator else "connected"
+        self.outcome = outcome
         self.step("connected", node.id, {"target": target, "user": out.remote_user})
         store_calls.update_call(self.core.db, self.call_id, connected_to=target)
         await asyncio.wait([asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from appliance.errors import FlowSyntaxError
 
-NODE_TYPES = ("play", "menu", "transfer", "operator", "hangup")
+NODE_TYPES = ("play", "menu", "transfer", "operator", "hangup", "queue")
 # Parsed and written back unchanged, but refused by the doctor until their issues land.
-RESERVED_TYPES = ("queue", "time", "callback", "voicemail", "identify")
+RESERVED_TYPES = ("time", "callback", "voicemail", "identify")
 PLAY_ROLES = ("gdpr", "goodbye")
 TOP_LEVEL_KEYS = ("name", "start", "operator", "language", "prompts", "extensions", "nodes")
 
@@ -63,6 +63,16 @@ NODE_KEYS: dict[str, tuple[_Key, ...]] = {
         _Key("on_fail", "node", default=_OPERATOR),
     ),
     "operator": (_Key("target", "sip", required=True), _Key("prompt", "text"), *_RING),
+    "queue": (
+        _Key("queue", "text", required=True),
+        _Key("prompt", "text"),
+        _Key("max_wait", "seconds", default=600),
+        _Key("announce_every", "seconds", default=30),
+        _Key("leave_key", "text"),
+        _Key("on_timeout", "node", default=_OPERATOR),
+        _Key("on_leave", "node", default=_OPERATOR),
+        _Key("on_no_agents", "node", default=_OPERATOR),
+    ),
     "hangup": (),
 }
 
@@ -425,6 +435,8 @@ def edges(flow: Flow, node_id: str) -> list[tuple[str, str]]:
             out += [(f"extension {number}", target) for number, target in flow.extensions.items()]
     elif node.type == "transfer":
         out.append(("on_fail", p.get("on_fail")))
+    elif node.type == "queue":
+        out += [(k, p.get(k)) for k in ("on_timeout", "on_leave", "on_no_agents")]
     elif node.type in RESERVED_TYPES:
         # A guess until these types are designed, so that the nodes after them are not
         # reported as unreachable.

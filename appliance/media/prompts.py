@@ -59,6 +59,7 @@ def write_wav_atomic(path: Path, samples: np.ndarray, rate: int) -> None:
             w.writeframes(samples.astype("<i2").tobytes())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # prompts are not secret; the web UI's user must read them
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -71,10 +71,16 @@ def write_credentials(db_dir: Path, phones: list[dict]) -> None:
         rows.append(f"{i}:{ext}:{REALM}::{p['ha1']}:\n")
     subscriber = "id(int,auto) username(str) domain(str,null) password(str,null) ha1(str) ha1b(str,null)\n" + "".join(rows)
     for name, text in (("version", version), ("subscriber", subscriber)):
+        path = db_dir / name
+        # db_text re-reads a table when its file's mtime (whole seconds) grows: two updates in
+        # one second must still look newer, or the second one would be ignored.
+        old = int(path.stat().st_mtime) if path.exists() else 0
         tmp = db_dir / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.chmod(tmp, 0o600)
-        os.replace(tmp, db_dir / name)
+        stamp = max(int(time.time()), old + 1)
+        os.utime(tmp, (stamp, stamp))
+        os.replace(tmp, path)
 
 
 def generate_config(*, address: str, port: int, core_address: str, core_port: int, db_dir: Path,
@@ -98,6 +104,8 @@ mpath="{modules_dir()}/"
 
 {mods}
 
+# Re-read the credentials file when it changes (new phones need no restart).
+modparam("db_text", "db_mode", 1)
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "max_expires", 600)
 modparam("registrar", "min_expires", 30)
@@ -295,11 +303,11 @@ class Kamailio:
             s.settimeout(0.2)
             return s.connect_ex((self.address, self.port)) == 0
 
-    def restart(self, phones: list[dict]) -> None:
-        """New credentials take effect. Registrations are kept in memory only, so phones register
-        again (they do within their expiry; desk phones retry at once on a 401)."""
-        self.stop()
-        self.start(phones)
+    def update_phones(self, phones: list[dict]) -> None:
+        """New or changed credentials take effect at once: db_text re-reads a table file whose
+        modification time changed, so Kamailio keeps running and phones stay registered."""
+        write_credentials(self.dir / "db", phones)
+        log.info("desk phone credentials updated (%d phones)", len(phones))
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

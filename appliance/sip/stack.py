@@ -94,6 +94,7 @@ class Leg:
         self._audio = None
         self._players: list = []
         self._links: set = set()  # legs this one is bridged with
+        self._sources: set = set()  # shared players (hold music) this leg listens to
         self.owner = None  # whoever handles this leg (a flow session, a phone)
         self.pj = _Call(self, account, pj.PJSUA_INVALID_ID if call_id is None else call_id)
 
@@ -203,6 +204,23 @@ class Leg:
         self._players.append(rec)
         return rec
 
+    def listen(self, source) -> None:
+        """Hear a shared source (the one hold-music player all waiting callers share)."""
+        if self._audio is None or source in self._sources:
+            return
+        source.startTransmit(self._audio)
+        self._sources.add(source)
+
+    def unlisten(self, source) -> None:
+        if source not in self._sources:
+            return
+        self._sources.discard(source)
+        try:
+            if self._audio is not None:
+                source.stopTransmit(self._audio)
+        except pj.Error:
+            pass
+
     def bridge(self, other: "Leg") -> None:
         """Two-way audio between two legs (caller <-> agent)."""
         if self._audio is None or other._audio is None:
@@ -226,6 +244,8 @@ class Leg:
     def _stop_all_media(self):
         for p in list(self._players):
             self.stop(p)
+        for src in list(self._sources):
+            self.unlisten(src)
         self._unbridge_all()
 
     # --- callbacks from _Call (asyncio thread) ---------------------------------------------
@@ -280,6 +300,11 @@ class Leg:
                     self._audio.startTransmit(p)
                 else:
                     p.startTransmit(self._audio)
+            except pj.Error:
+                pass
+        for src in self._sources:
+            try:
+                src.startTransmit(self._audio)
             except pj.Error:
                 pass
         for other in self._links:
@@ -381,6 +406,7 @@ class SipStack:
         self._trunk_cfg = None
         self._trunk_retry: asyncio.TimerHandle | None = None
         self._parked: list[tuple[float, object]] = []
+        self._shared: list = []
         self._poller: asyncio.Task | None = None
         self.errors = 0
         self.limit_hits = 0
@@ -438,16 +464,22 @@ class SipStack:
         log.info("SIP listening on %s:%d (%s); call limit %d (build %d)", self.address, self.port,
                  "/".join(self.transports), self.max_calls, self.build_limit)
 
+    async def hangup_all(self, wait_s: float = 2.0) -> None:
+        """End every call and wait (briefly) for pjsua to confirm."""
+        for leg in list(self.legs):
+            leg.hangup()
+        deadline = time.monotonic() + wait_s
+        while self.legs and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
+        """Hang up, unregister, and destroy the library. Whoever holds a pj object from
+        ``shared_player`` must drop it before this (a pj object alive after libDestroy aborts)."""
         if self.ep is None:
             return
         if self._trunk_retry:
             self._trunk_retry.cancel()
-        for leg in list(self.legs):
-            leg.hangup()
-        deadline = time.monotonic() + 2.0
-        while self.legs and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self.hangup_all()
         for acc in self.accounts.values():
             try:
                 acc.shutdown()
@@ -470,6 +502,7 @@ class SipStack:
             leg.pj = None
         self.legs.clear()
         self._parked.clear()
+        self._shared.clear()
         self.accounts.clear()
         gc.collect()
         if self.ep is not None:
@@ -489,6 +522,16 @@ class SipStack:
                 log.exception("libHandleEvents")
             self._free_parked()
             await asyncio.sleep(0)
+
+    def shared_player(self, path: str | Path):
+        """A looping player that many legs can listen to (one for all waiting callers, R11)."""
+        player = pj.AudioMediaPlayer()
+        try:
+            player.createPlayer(str(path), 0)
+        except pj.Error as exc:
+            raise SipError(f"cannot play {path}: {exc.info()}") from exc
+        self._shared.append(player)
+        return player
 
     def park(self, obj) -> None:
         self._parked.append((time.monotonic(), obj))

@@ -89,6 +89,22 @@ def m004_phones(db):
     )
 
 
+@migrations()
+def m005_queues(db):
+    # The agents-and-queues configuration as the admin wrote it (TOML), like flows.
+    db["staff"].create({"id": int, "text": str, "updated_at": str}, pk="id", not_null={"text"})
+    db["agent_state"].create({"agent": str, "paused": int, "changed_at": str}, pk="agent")
+    # Measured handling times per queue: a restart must not reset the wait estimate (R10).
+    db["queue_stats"].create({"queue": str, "stats": str}, pk="queue")
+    # One row per stay in a queue: the exit reason, the wait and who answered.
+    db["queue_calls"].create(
+        {"id": int, "call_id": int, "queue": str, "joined_at": str, "answered_at": str, "left_at": str,
+         "reason": str, "wait_s": float, "agent": str, "handle_s": float},
+        pk="id", foreign_keys=[("call_id", "calls", "id")], not_null={"queue", "joined_at"},
+    )
+    db["queue_calls"].create_index(["joined_at"])
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:

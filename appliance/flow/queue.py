@@ -1,0 +1,324 @@
+"""The queue (ACD): callers wait in order, agents are rung by the queue's strategy (R9).
+
+One ``QueueManager`` per core. Each queue keeps its waiting callers in order; a dispatcher offers
+the caller at the head (and the next ones, while agents are left) to available agents:
+
+- ring_all: every available agent's phones ring; the first to answer takes the call;
+- round_robin: the next agent after the one who rang last (memory survives between calls);
+- longest_idle: the agent whose last call ended longest ago;
+- fewest_calls: the agent who has taken the fewest calls today.
+
+An agent is available when not paused, not on a call, not ringing, past the wrap-up time of
+the last call, and not found unreachable in the last half minute (a phone that is not
+registered answers 480 at once). Handling times (talk + wrap-up) are measured per queue and
+persisted, and feed the wait estimate announced to callers (R10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..errors import CallLimitReached, SipError
+from ..store.db import utcnow
+from .estimate import HandlingStats, estimate_wait
+from .staff import Agent, QueueConfig, Staff
+
+log = logging.getLogger("centralka.queue")
+
+UNREACHABLE_S = 30.0
+RETRY_S = 2.0
+
+
+@dataclass
+class AgentState:
+    agent: Agent
+    paused: bool = False
+    busy: bool = False
+    ringing: bool = False
+    wrapup_until: float = 0.0
+    unreachable_until: float = 0.0
+    last_call_end: float = 0.0  # wall clock; 0 = no call yet today
+    calls_today: int = 0
+    call_started: float | None = None
+
+    def available(self, now: float) -> bool:
+        return (not self.paused and not self.busy and not self.ringing and now >= self.wrapup_until
+                and now >= self.unreachable_until and bool(self.agent.phones))
+
+
+@dataclass
+class QueueEntry:
+    session: object
+    queue: "QueueRuntime"
+    joined: float
+    row_id: int
+    answered: asyncio.Future
+    ringing: bool = False
+    done: bool = False
+
+
+@dataclass
+class QueueRuntime:
+    cfg: QueueConfig
+    manager: "QueueManager"
+    stats: HandlingStats
+    waiting: list[QueueEntry] = field(default_factory=list)
+    last_rung: str | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def members(self) -> list[AgentState]:
+        return [self.manager.agents[m] for m in self.cfg.members if m in self.manager.agents]
+
+    def can_serve(self) -> bool:
+        """Is anyone there at all (logged in and not paused), now or after their current call?"""
+        now = time.monotonic()
+        return any(not a.paused and a.agent.phones and now >= a.unreachable_until for a in self.members())
+
+    def position(self, entry: QueueEntry) -> int:
+        return self.waiting.index(entry) + 1 if entry in self.waiting else 0
+
+    def estimate(self, entry: QueueEntry) -> float:
+        """Seconds until this caller is answered, from measured handling times (R10)."""
+        now, now_wall = time.monotonic(), time.time()
+        busy, idle = [], 0
+        for a in self.members():
+            if a.paused or not a.agent.phones or now < a.unreachable_until:
+                continue
+            if a.busy and a.call_started:
+                busy.append(now_wall - a.call_started)  # handling = talk + wrap-up, from the answer
+            elif a.ringing:
+                busy.append(0.0)  # about to take a call
+            elif now < a.wrapup_until:
+                # In wrap-up: the handling time observed includes it, so count it as a call
+                # nearly done (elapsed = the handling time minus what is left of the wrap-up).
+                busy.append(max(0.0, self.stats.mean - (a.wrapup_until - now)))
+            else:
+                idle += 1
+        return estimate_wait(self.position(entry), busy, idle, self.stats)
+
+
+class QueueManager:
+    def __init__(self, core, staff: Staff):
+        self.core = core
+        self.agents: dict[str, AgentState] = {}
+        self.queues: dict[str, QueueRuntime] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.apply(staff)
+
+    # --- configuration ---------------------------------------------------------------------
+    def apply(self, staff: Staff) -> None:
+        db = self.core.db
+        paused = {r["agent"]: bool(r["paused"]) for r in db["agent_state"].rows}
+        old = self.agents
+        self.agents = {}
+        for aid, agent in staff.agents.items():
+            prev = old.get(aid)
+            st = AgentState(agent=agent, paused=paused.get(aid, False))
+            if prev:
+                st.busy, st.ringing, st.wrapup_until = prev.busy, prev.ringing, prev.wrapup_until
+                st.last_call_end, st.calls_today, st.call_started = prev.last_call_end, prev.calls_today, prev.call_started
+            self.agents[aid] = st
+        for qid, cfg in staff.queues.items():
+            row = next(iter(db["queue_stats"].rows_where("queue = ?", [qid])), None)
+            stats = HandlingStats.from_dict(json.loads(row["stats"])) if row else HandlingStats()
+            if qid in self.queues:
+                self.queues[qid].cfg = cfg
+            else:
+                q = QueueRuntime(cfg=cfg, manager=self, stats=stats)
+                self.queues[qid] = q
+                self._tasks.append(asyncio.get_running_loop().create_task(self._dispatch(q), name=f"queue-{qid}"))
+        self.kick()
+
+    def get(self, qid: str) -> QueueRuntime | None:
+        return self.queues.get(qid)
+
+    def set_paused(self, aid: str, paused: bool) -> bool:
+        st = self.agents.get(aid)
+        if st is None:
+            return False
+        st.paused = paused
+        self.core.db["agent_state"].upsert({"agent": aid, "paused": int(paused), "changed_at": utcnow()}, pk="agent")
+        self.kick()
+        return True
+
+    def kick(self) -> None:
+        for q in self.queues.values():
+            q.wake.set()
+
+    async def stop(self):
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "agents": {aid: {"paused": a.paused, "busy": a.busy, "ringing": a.ringing,
+                             "wrapup_s": max(0.0, round(a.wrapup_until - now, 1)),
+                             "calls_today": a.calls_today, "available": a.available(now)}
+                       for aid, a in self.agents.items()},
+            "queues": {qid: {"waiting": len(q.waiting), "strategy": q.cfg.strategy,
+                             "mean_handle_s": round(q.stats.mean, 1), "observed": q.stats.count}
+                       for qid, q in self.queues.items()},
+        }
+
+    # --- callers ---------------------------------------------------------------------------
+    def join(self, q: QueueRuntime, session) -> QueueEntry:
+        row = self.core.db["queue_calls"].insert({"call_id": session.call_id, "queue": q.cfg.id,
+                                                  "joined_at": utcnow()}).last_pk
+        entry = QueueEntry(session=session, queue=q, joined=time.monotonic(), row_id=row,
+                           answered=asyncio.get_running_loop().create_future())
+        q.waiting.append(entry)
+        q.wake.set()
+        return entry
+
+    def leave(self, entry: QueueEntry, reason: str) -> None:
+        """The caller leaves without an agent: timeout, hung up, left by key, no agents."""
+        q = entry.queue
+        entry.done = True
+        if entry in q.waiting:
+            q.waiting.remove(entry)
+        waited = time.monotonic() - entry.joined
+        self.core.db["queue_calls"].update(entry.row_id, {"left_at": utcnow(), "reason": reason,
+                                                          "wait_s": round(waited, 2)})
+        if reason != "no_agents":
+            # Callers who hang up while waiting shorten the queue for those behind them; a key
+            # press or the time limit is not impatience.
+            q.stats.observe_wait(waited, abandoned=reason == "caller_hangup")
+        q.wake.set()
+
+    def answered(self, entry: QueueEntry, agent: AgentState) -> None:
+        waited = time.monotonic() - entry.joined
+        self.core.db["queue_calls"].update(entry.row_id, {"answered_at": utcnow(), "agent": agent.agent.id,
+                                                          "reason": "answered", "wait_s": round(waited, 2)})
+        entry.queue.stats.observe_wait(waited, abandoned=False)
+
+    def call_ended(self, entry: QueueEntry, agent: AgentState, talk_s: float) -> None:
+        q = entry.queue
+        agent.busy = False
+        agent.call_started = None
+        agent.last_call_end = time.time()
+        agent.calls_today += 1
+        agent.wrapup_until = time.monotonic() + q.cfg.wrapup_s
+        handle = talk_s + q.cfg.wrapup_s
+        q.stats.observe(handle)
+        db = self.core.db
+        db["queue_calls"].update(entry.row_id, {"left_at": utcnow(), "handle_s": round(handle, 2)})
+        db["queue_stats"].upsert({"queue": q.cfg.id, "stats": json.dumps(q.stats.to_dict())}, pk="queue")
+        # Wake the dispatcher when the wrap-up is over, not before.
+        asyncio.get_running_loop().call_later(q.cfg.wrapup_s + 0.05, self.kick)
+
+    # --- dispatching -----------------------------------------------------------------------
+    def _choose(self, q: QueueRuntime, free: list[AgentState]) -> list[AgentState]:
+        if not free:
+            return []
+        strategy = q.cfg.strategy
+        if strategy == "ring_all":
+            return free
+        if strategy == "round_robin":
+            order = list(q.cfg.members)
+            start = order.index(q.last_rung) + 1 if q.last_rung in order else 0
+            rotated = order[start:] + order[:start]
+            return [next(a for a in free if a.agent.id == aid) for aid in rotated
+                    if any(a.agent.id == aid for a in free)][:1]
+        if strategy == "longest_idle":
+            return [min(free, key=lambda a: (a.last_call_end, q.cfg.members.index(a.agent.id)))]
+        if strategy == "fewest_calls":
+            return [min(free, key=lambda a: (a.calls_today, a.last_call_end, q.cfg.members.index(a.agent.id)))]
+        raise ValueError(strategy)
+
+    async def _dispatch(self, q: QueueRuntime):
+        while True:
+            await q.wake.wait()
+            q.wake.clear()
+            try:
+                now = time.monotonic()
+                for entry in list(q.waiting):
+                    if entry.ringing or entry.done:
+                        continue
+                    free = [a for a in q.members() if a.available(now)]
+                    chosen = self._choose(q, free)
+                    if not chosen:
+                        break
+                    entry.ringing = True
+                    for a in chosen:
+                        a.ringing = True
+                    asyncio.get_running_loop().create_task(self._ring(q, entry, chosen))
+            except Exception:  # noqa: BLE001 — a dispatcher must never die
+                log.exception("queue %s: dispatcher error", q.cfg.id)
+                await asyncio.sleep(RETRY_S)
+                q.wake.set()
+
+    async def _ring(self, q: QueueRuntime, entry: QueueEntry, agents: list[AgentState]):
+        legs = {}
+        stack = self.core.stack
+        try:
+            for a in agents:
+                if q.cfg.strategy == "round_robin":
+                    q.last_rung = a.agent.id
+                for ext in a.agent.phones:
+                    try:
+                        leg = stack.dial(self.core.resolve_target(f"ext:{ext}"))
+                    except CallLimitReached as exc:
+                        log.warning("queue %s: cannot ring %s: %s", q.cfg.id, a.agent.id, exc)
+                        continue
+                    except SipError as exc:
+                        log.warning("queue %s: cannot ring %s (%s): %s", q.cfg.id, a.agent.id, ext, exc)
+                        a.unreachable_until = time.monotonic() + UNREACHABLE_S
+                        continue
+                    legs[leg] = a
+            entry.session.step("agent_ringing", None, {"queue": q.cfg.id,
+                                                       "agents": sorted({a.agent.id for a in legs.values()})})
+            winner = await self._first_answer(entry, legs, q.cfg.ring_timeout)
+        finally:
+            for a in agents:
+                a.ringing = False
+        if winner is not None:
+            leg, agent = winner
+            for other in legs:
+                if other is not leg:
+                    other.hangup()
+            if entry.done or entry.answered.done() or not entry.session.leg.alive:
+                leg.hangup()  # the caller left while the phone was being picked up
+            else:
+                agent.busy = True
+                agent.call_started = time.time()
+                if entry in q.waiting:
+                    q.waiting.remove(entry)
+                self.answered(entry, agent)
+                entry.answered.set_result((agent, leg))
+        else:
+            for leg, agent in legs.items():
+                leg.hangup()
+                d = leg.disconnected.result() if leg.disconnected.done() else None
+                if d is not None and d.code in (404, 408, 480, 503):
+                    agent.unreachable_until = time.monotonic() + UNREACHABLE_S
+                    log.info("queue %s: agent %s unreachable (%d %s)", q.cfg.id, agent.agent.id, d.code, d.reason)
+            entry.ringing = False
+            if not legs:
+                await asyncio.sleep(RETRY_S)
+        q.wake.set()
+
+    async def _first_answer(self, entry, legs: dict, timeout: float):
+        if not legs:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            for leg, agent in legs.items():
+                if leg.confirmed.done() and leg.confirmed.result():
+                    return leg, agent
+            live = [leg for leg in legs if leg.alive]
+            left = deadline - time.monotonic()
+            if not live or left <= 0 or entry.done or not entry.session.leg.alive:
+                return None
+            waits = [asyncio.ensure_future(asyncio.shield(leg.confirmed)) for leg in live]
+            waits += [asyncio.ensure_future(asyncio.shield(leg.disconnected)) for leg in live]
+            waits.append(asyncio.ensure_future(asyncio.shield(entry.session.leg.disconnected)))
+            done, pending = await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+

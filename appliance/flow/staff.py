@@ -1,0 +1,107 @@
+"""Agents and queues: who answers queued calls, and how they are rung (R9).
+
+Kept in the database as a TOML text the admin can export, edit, diff and import (like flows)
+until the web UI arrives:
+
+    [agents.anna]
+    name = "Anna Nowak"
+    phones = ["201"]                 # desk phones (extensions registered at the box)
+
+    [queues.rejestracja]
+    name = "Rejestracja"
+    strategy = "round_robin"         # ring_all | round_robin | longest_idle | fewest_calls
+    members = ["anna", "basia"]
+    ring_timeout = 15                # seconds one attempt rings before the next agent
+    wrapup_s = 10                    # after a call the agent gets this long before the next
+    announce_min_gap_s = 20          # never two position announcements closer than this
+    when_no_agents = "leave"         # leave: take the flow's on_no_agents path; wait: stay queued
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import FlowSyntaxError
+
+STRATEGIES = ("ring_all", "round_robin", "longest_idle", "fewest_calls")
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    name: str
+    phones: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    id: str
+    name: str
+    strategy: str
+    members: tuple[str, ...]
+    ring_timeout: float = 15
+    wrapup_s: float = 10
+    announce_min_gap_s: float = 20
+    when_no_agents: str = "leave"
+
+
+@dataclass
+class Staff:
+    agents: dict[str, Agent] = field(default_factory=dict)
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+
+
+_QUEUE_KEYS = {"name": str, "strategy": str, "members": list, "ring_timeout": (int, float),
+               "wrapup_s": (int, float), "announce_min_gap_s": (int, float), "when_no_agents": str}
+
+
+def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FlowSyntaxError(str(exc), source=source) from exc
+
+    def fail(msg):
+        raise FlowSyntaxError(msg, source=source)
+
+    unknown = set(data) - {"agents", "queues"}
+    if unknown:
+        fail(f"unknown table(s): {', '.join(sorted(unknown))} (expected [agents.*] and [queues.*])")
+    staff = Staff()
+    for aid, raw in data.get("agents", {}).items():
+        if not isinstance(raw, dict):
+            fail(f"agents.{aid} must be a table")
+        extra = set(raw) - {"name", "phones"}
+        if extra:
+            fail(f"agents.{aid}: unknown key(s) {', '.join(sorted(extra))}")
+        phones = raw.get("phones", [])
+        if not isinstance(phones, list) or not all(isinstance(p, str) and p.isdigit() for p in phones):
+            fail(f"agents.{aid}.phones: a list of extensions such as [\"201\"]")
+        staff.agents[aid] = Agent(aid, str(raw.get("name", aid)), tuple(phones))
+    for qid, raw in data.get("queues", {}).items():
+        if not isinstance(raw, dict):
+            fail(f"queues.{qid} must be a table")
+        for key, value in raw.items():
+            if key not in _QUEUE_KEYS:
+                fail(f"queues.{qid}: unknown key {key!r}")
+            if not isinstance(value, _QUEUE_KEYS[key]) or isinstance(value, bool):
+                fail(f"queues.{qid}.{key}: wrong type {type(value).__name__}")
+        strategy = raw.get("strategy", "ring_all")
+        if strategy not in STRATEGIES:
+            fail(f"queues.{qid}.strategy: {strategy!r}; one of {', '.join(STRATEGIES)}")
+        members = tuple(raw.get("members", []))
+        missing = [m for m in members if m not in staff.agents]
+        if missing:
+            fail(f"queues.{qid}.members: no agent {', '.join(missing)}")
+        if raw.get("when_no_agents", "leave") not in ("leave", "wait"):
+            fail(f"queues.{qid}.when_no_agents: 'leave' or 'wait'")
+        for key in ("ring_timeout", "wrapup_s", "announce_min_gap_s"):
+            if key in raw and raw[key] < 0:
+                fail(f"queues.{qid}.{key}: must not be negative")
+        staff.queues[qid] = QueueConfig(
+            id=qid, name=str(raw.get("name", qid)), strategy=strategy, members=members,
+            ring_timeout=raw.get("ring_timeout", 15), wrapup_s=raw.get("wrapup_s", 10),
+            announce_min_gap_s=raw.get("announce_min_gap_s", 20),
+            when_no_agents=raw.get("when_no_agents", "leave"))
+    return staff

@@ -1,0 +1,456 @@
+"""Bench: how wrong is the announced wait? Ours (appliance/flow/estimate.py) against Asterisk's.
+
+R10 asks for an honest estimate "better than a naive average". This replays clinic days through
+an exact FIFO queue simulation (discrete events) and scores, for every caller who had to queue
+and was then answered, the wait each estimator announced at the moment the caller joined against
+the wait the caller actually had. Both are scored as heard: ours rounded as the announcement
+rounds it (announce.announced_wait_s), Asterisk's in whole minutes as app_queue says it.
+
+A simulated day (seeded numpy generator, nothing here is tuned to any estimator):
+
+- clinic hours 8:00-18:00; arrivals are a non-homogeneous Poisson process (thinning) with a
+  morning peak around 9:30 and a smaller one after lunch; the load level sets the peak offered
+  load per agent (light 0.6, busy 0.9, overloaded 1.25);
+- 2-4 agents per day (or --agents K); an agent needs 2-8 s to pick up after being rung;
+- talk time lognormal, median 3 min (sigma 0.7), with a day-to-day factor (some days every call
+  is longer); wrap-up 20-40 s; a call's handling time is talk + wrap-up;
+- callers hang up after a patience time (lognormal, median 5 min); their wait is censored:
+  counted, not scored;
+- ours sees what the engine sees: position, each busy agent's elapsed handling time (from the
+  answer, through the wrap-up), idle agents, and HandlingStats learned from the calls completed
+  so far and from how long callers waited or held out before hanging up (kept across days, as
+  the database keeps it); Asterisk sees its running average of past answered waits (also kept).
+
+The oracle row is a yardstick (``--no-oracle`` skips it): a predictor that knows the generator's
+true distributions and the exact state, so its error is the floor any estimator can reach on
+these days; the part of the error above it is the estimator's fault, the rest is chance.
+
+The scored callers are those who found no free agent on arrival (the ones an announcement is
+for) and were answered. Callers taken at once would be easy points for ours (it says "less than
+a minute", Asterisk its average) and are left out on purpose.
+
+``--from-db PATH`` replays real records instead, from the SQLite table
+``queue_calls(joined_at, answered_at, left_at, handle_s, queue)`` the engine writes.
+
+The last line printed is one JSON object: ours_mae_s, asterisk_mae_s, ratio (as announced, over
+the scored callers), days (--days, per load level; sim_days is the total), callers (all), ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from appliance.flow.announce import announced_wait_s  # noqa: E402
+from appliance.flow.estimate import AsteriskEstimator, HandlingStats, _ndtri, estimate_wait  # noqa: E402
+
+_erfc = np.vectorize(math.erfc, otypes=[float])
+
+OPEN_H, CLOSE_H = 8.0, 18.0
+TALK_MEDIAN_S = 180.0
+TALK_SIGMA = 0.7
+DAY_FACTOR_SIGMA = 0.15
+WRAPUP_S = (20.0, 40.0)
+RING_S = (2.0, 8.0)
+PATIENCE_MEDIAN_S = 300.0
+PATIENCE_SIGMA = 0.8
+SCENARIOS = {"light": 0.6, "busy": 0.9, "overloaded": 1.25}   # peak offered load per agent
+
+
+def arrival_profile(hour: float) -> float:
+    """Relative arrival intensity over the clinic day, at most 1 (morning peak, after-lunch bump)."""
+    return min(1.0, 0.3 + 0.7 * math.exp(-0.5 * ((hour - 9.5) / 1.0) ** 2)
+               + 0.3 * math.exp(-0.5 * ((hour - 13.5) / 1.2) ** 2))
+
+
+@dataclass
+class Caller:
+    joined: float
+    handle_s: float = 0.0          # talk + wrap-up, if answered
+    ring_s: float = 0.0
+    patience: float = math.inf
+    ours_s: float | None = None    # announced at join (seconds as heard)
+    ours_raw_s: float | None = None
+    asterisk_s: float | None = None
+    oracle_s: float | None = None
+    queued: bool = False           # found no free agent on arrival (hears an announcement)
+    answered: float | None = None
+    abandoned: bool = False
+
+
+@dataclass
+class Tally:
+    callers: int = 0
+    queued: int = 0
+    abandoned: int = 0
+    err_ours: list = field(default_factory=list)
+    err_ours_raw: list = field(default_factory=list)
+    err_ast: list = field(default_factory=list)
+    err_oracle: list = field(default_factory=list)
+    waits: list = field(default_factory=list)
+
+    def add(self, c: Caller) -> None:
+        self.callers += 1
+        self.abandoned += c.abandoned
+        if not c.queued:
+            return
+        self.queued += 1
+        if c.abandoned or c.answered is None:
+            return   # censored: the true wait is unknown, only that it was longer than patience
+        if not math.isfinite(c.ours_raw_s):
+            return   # nobody could answer at all: the box announces no time (operator path)
+        wait = c.answered - c.joined
+        self.waits.append(wait)
+        self.err_ours.append(c.ours_s - wait)
+        self.err_ours_raw.append(c.ours_raw_s - wait)
+        self.err_ast.append(c.asterisk_s - wait)
+        if c.oracle_s is not None:
+            self.err_oracle.append(c.oracle_s - wait)
+
+    def merge(self, other: "Tally") -> None:
+        self.callers += other.callers
+        self.queued += other.queued
+        self.abandoned += other.abandoned
+        for name in ("err_ours", "err_ours_raw", "err_ast", "err_oracle", "waits"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def mae(self, name: str) -> float:
+        errs = getattr(self, name)
+        return float(np.mean(np.abs(errs))) if errs else float("nan")
+
+
+class Estimators:
+    """Both estimators' learned state; carried from day to day like the box keeps it."""
+
+    def __init__(self):
+        self.stats = HandlingStats()
+        self.asterisk = AsteriskEstimator()
+
+    def announce(self, c: Caller, position: int, busy_elapsed: list[float], idle: int) -> None:
+        raw = estimate_wait(position, busy_elapsed, idle, self.stats)
+        c.ours_raw_s = raw
+        c.ours_s = announced_wait_s(raw) if math.isfinite(raw) else raw
+        c.asterisk_s = self.asterisk.announced_s(0.0)
+
+
+# --- synthetic days --------------------------------------------------------------------------
+
+def generate_day(rng: np.random.Generator, agents: int, peak_load: float) -> tuple[list[Caller], float]:
+    """The day's callers (arrival, handling, ring and patience times) and its true talk median."""
+    day_factor = math.exp(rng.normal(0.0, DAY_FACTOR_SIGMA))
+    talk_median = TALK_MEDIAN_S * day_factor
+    mean_handle = talk_median * math.exp(TALK_SIGMA ** 2 / 2) + sum(WRAPUP_S) / 2
+    peak_rate = peak_load * agents / mean_handle            # callers per second at the peak
+    t, end = OPEN_H * 3600.0, CLOSE_H * 3600.0
+    callers = []
+    while True:
+        t += rng.exponential(1.0 / peak_rate)
+        if t >= end:
+            break
+        if rng.random() <= arrival_profile(t / 3600.0):        # thinning
+            callers.append(Caller(
+                joined=t,
+                handle_s=talk_median * math.exp(rng.normal(0.0, TALK_SIGMA)) + rng.uniform(*WRAPUP_S),
+                ring_s=rng.uniform(*RING_S),
+                patience=PATIENCE_MEDIAN_S * math.exp(rng.normal(0.0, PATIENCE_SIGMA))))
+    return callers, talk_median
+
+
+def simulate_day(callers: list[Caller], agents: int, est: Estimators, oracle: "Oracle | None" = None) -> None:
+    """Exact FIFO ACD: events are arrivals, abandonments and agents freeing (after talk + wrap)."""
+    events: list[tuple[float, int, str, int]] = []       # (time, seq, kind, caller or agent)
+    seq = 0
+
+    def push(t, kind, ident):
+        nonlocal seq
+        heapq.heappush(events, (t, seq, kind, ident))
+        seq += 1
+
+    for i, c in enumerate(callers):
+        push(c.joined, "arrive", i)
+    busy_since: dict[int, float] = {}        # agent -> when the agent was taken (rung)
+    free_agents = list(range(agents))
+    queue: list[int] = []
+
+    def assign(now: float) -> None:
+        while queue and free_agents:
+            i = queue.pop(0)
+            a = free_agents.pop(0)
+            c = callers[i]
+            c.answered = now + c.ring_s
+            est.asterisk.observe_wait(c.answered - c.joined)
+            est.stats.observe_wait(c.answered - c.joined, abandoned=False)
+            # Elapsed handling counts from the answer, as the engine measures it; while the
+            # phone rings the agent looks like one whose call just began.
+            busy_since[a] = c.answered
+            push(c.answered + c.handle_s, "free", a)
+            push(c.answered + c.handle_s, "done", i)
+
+    while events:
+        now, _, kind, ident = heapq.heappop(events)
+        if kind == "arrive":
+            c = callers[ident]
+            position = len(queue) + 1
+            idle = len(free_agents) if not queue else 0
+            busy = [max(0.0, now - busy_since[a]) for a in busy_since]
+            est.announce(c, position, busy, idle)
+            c.queued = idle == 0
+            if oracle is not None and c.queued:
+                c.oracle_s = oracle.predict(position, [t - now for t in busy_since.values()],
+                                            [now - callers[q].joined for q in queue])
+            queue.append(ident)
+            if c.queued:
+                push(now + c.patience, "abandon", ident)
+            assign(now)
+        elif kind == "abandon":
+            if ident in queue:
+                queue.remove(ident)
+                callers[ident].abandoned = True
+                est.stats.observe_wait(callers[ident].patience, abandoned=True)
+        elif kind == "done":
+            est.stats.observe(callers[ident].handle_s)
+        elif kind == "free":
+            del busy_since[ident]
+            free_agents.append(ident)
+            assign(now)
+
+
+class Oracle:
+    """A yardstick, not an estimator the box could use: it knows the generator's true
+    distributions (the day's talk median, wrap-up, ring and patience laws) and how long each
+    caller ahead has waited, plays the queue forward many times from the exact state and
+    announces the median. No estimator working from the same state can expect a smaller absolute
+    error, so its MAE is the floor for ours and shows how much of the error is pure chance."""
+
+    SAMPLES = 400
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng([seed, 99])
+        self.talk_median = TALK_MEDIAN_S
+
+    def _lognormal_above(self, median: float, sigma: float, lower: np.ndarray) -> np.ndarray:
+        """Lognormal draws conditioned on exceeding ``lower`` (elementwise), by inverse CDF."""
+        z0 = (np.log(np.maximum(lower, 1e-9)) - math.log(median)) / sigma
+        tail = np.where(lower > 0, 0.5 * _erfc(z0 / math.sqrt(2.0)), 1.0)
+        return median * np.exp(-sigma * _ndtri(np.maximum(self.rng.random(lower.shape) * tail, 1e-300)))
+
+    def _handle_rest(self, elapsed: float, n: int) -> np.ndarray:
+        """Rest of talk + wrap-up given that it has lasted ``elapsed`` (exact: the wrap-up is
+        drawn in proportion to how likely it makes the observed survival)."""
+        wrap = self.rng.uniform(*WRAPUP_S, 8 * n)
+        z = (np.log(np.maximum(elapsed - wrap, 1e-9)) - math.log(self.talk_median)) / TALK_SIGMA
+        weight = np.where(elapsed - wrap > 0, 0.5 * _erfc(z / math.sqrt(2.0)), 1.0)
+        wrap = self.rng.choice(wrap, size=n, p=weight / weight.sum())
+        talk = self._lognormal_above(self.talk_median, TALK_SIGMA, elapsed - wrap)
+        return np.maximum(talk + wrap - elapsed, 0.0)
+
+    def _handle_new(self, n: int) -> np.ndarray:
+        return (self.talk_median * np.exp(self.rng.normal(0.0, TALK_SIGMA, n))
+                + self.rng.uniform(*WRAPUP_S, n))
+
+    def predict(self, position: int, answered_in: list[float], ahead_waited: list[float]) -> float:
+        """``answered_in``: per busy agent, answer time minus now (> 0 while still ringing)."""
+        n = self.SAMPLES
+        free = np.zeros((n, len(answered_in)))
+        for i, d in enumerate(answered_in):
+            free[:, i] = d + self._handle_new(n) if d > 0 else self._handle_rest(-d, n)
+        rows = np.arange(n)
+        for waited in ahead_waited:
+            k = free.argmin(axis=1)
+            start = free[rows, k]
+            patience = self._lognormal_above(PATIENCE_MEDIAN_S, PATIENCE_SIGMA, np.full(n, waited)) - waited
+            taken = self.rng.uniform(*RING_S, n) + self._handle_new(n)
+            free[rows, k] = np.where(patience < start, start, start + taken)
+        return float(np.median(free.min(axis=1) + self.rng.uniform(*RING_S, n)))
+
+
+def run_synthetic(days: int, seed: int, agents: int | None,
+                  with_oracle: bool = False) -> dict[str, tuple[Tally, dict]]:
+    results = {}
+    for level_no, (level, load) in enumerate(SCENARIOS.items()):
+        rng = np.random.default_rng([seed, level_no])
+        est = Estimators()
+        oracle = Oracle(seed) if with_oracle else None
+        tally = Tally()
+        agent_days = []
+        for _ in range(days):
+            k = agents if agents else int(rng.integers(2, 5))
+            agent_days.append(k)
+            callers, talk_median = generate_day(rng, k, load)
+            if oracle is not None:
+                oracle.talk_median = talk_median
+            simulate_day(callers, k, est, oracle)
+            for c in callers:
+                tally.add(c)
+        results[level] = (tally, {"peak_load": load, "agents": f"{min(agent_days)}-{max(agent_days)}"
+                                  if min(agent_days) != max(agent_days) else str(agent_days[0])})
+    return results
+
+
+# --- replay from the engine's records -------------------------------------------------------
+
+def _ts(text) -> float | None:
+    if text in (None, ""):
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    return datetime.fromisoformat(str(text)).timestamp()
+
+
+def replay_db(path: str, agents: int | None) -> dict[str, tuple[Tally, dict]]:
+    """Replay real stays from ``queue_calls``. The number of agents is not recorded; it is
+    --agents if given, else the most calls seen in progress at once that day (a lower bound)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT queue, joined_at, answered_at, left_at, handle_s FROM queue_calls "
+                           "ORDER BY joined_at").fetchall()
+    except sqlite3.Error as e:
+        print(f"--from-db {path}: no usable queue_calls table ({e}); nothing to replay")
+        return {}
+    finally:
+        con.close()
+    by_queue: dict[str, list] = {}
+    for q, joined, answered, left, handle in rows:
+        j = _ts(joined)
+        if j is None:
+            continue
+        by_queue.setdefault(q or "?", []).append((j, _ts(answered), _ts(left), handle))
+    results = {}
+    for q, stays in by_queue.items():
+        tally, est = Tally(), Estimators()
+        days = sorted({datetime.fromtimestamp(s[0]).date() for s in stays})
+        for day in days:
+            todays = [s for s in stays if datetime.fromtimestamp(s[0]).date() == day]
+            _replay_day(todays, agents, est, tally)
+        results[f"db:{q}"] = (tally, {"peak_load": "-", "agents": str(agents or "auto"), "days": len(days)})
+    return results
+
+
+def _replay_day(stays: list, agents: int | None, est: Estimators, tally: Tally) -> None:
+    # A call is "on an agent" from answered_at for handle_s seconds (talk + wrap-up).
+    calls = [(a, a + (h or 0.0)) for (_, a, _, h) in stays if a is not None]
+    if agents is None:
+        points = sorted([(s, 1) for s, _ in calls] + [(e, -1) for _, e in calls])
+        level = peak = 0
+        for _, d in points:
+            level += d
+            peak = max(peak, level)
+        agents = max(1, peak)
+    events = []
+    for i, (j, a, left, h) in enumerate(stays):
+        events.append((j, 1, "join", i))
+        if a is not None:
+            events.append((a, 0, "answer", i))
+            if h is not None:
+                events.append((a + h, 0, "done", i))
+        elif left is not None:
+            events.append((left, 0, "left", i))
+    events.sort()
+    waiting: list[int] = []
+    on_call: dict[int, float] = {}
+    for t, _, kind, i in events:
+        j, a, left, h = stays[i]
+        if kind == "join":
+            c = Caller(joined=j, answered=a, abandoned=a is None)
+            busy = [t - s for s in on_call.values()]
+            # Agents not on a call are free or already ringing for the callers ahead; either
+            # way the first callers in line take them.
+            idle = max(0, agents - len(busy))
+            est.announce(c, len(waiting) + 1, busy, idle)
+            c.queued = len(waiting) + 1 > idle
+            tally.add(c)
+            if a is None or a > j:
+                waiting.append(i)
+        elif kind == "answer":
+            if i in waiting:
+                waiting.remove(i)
+            est.asterisk.observe_wait(a - j)
+            est.stats.observe_wait(a - j, abandoned=False)
+            on_call[i] = a
+        elif kind == "done":
+            on_call.pop(i, None)
+            est.stats.observe(h)
+        elif kind == "left":
+            # Left without an answer (hung up, or by key/timeout: the table keeps no difference
+            # here that this replay reads, so all count as giving up).
+            if i in waiting:
+                waiting.remove(i)
+            est.stats.observe_wait(left - j, abandoned=True)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def print_table(name: str, tally: Tally, info: dict) -> None:
+    print(f"\n{name}: peak load {info['peak_load']}, agents {info['agents']}")
+    print(f"  callers {tally.callers}, queued {tally.queued}, abandoned {tally.abandoned} "
+          f"(censored, not scored), scored {len(tally.waits)}, "
+          f"mean wait {np.mean(tally.waits) if tally.waits else float('nan'):.0f} s")
+    print(f"  {'estimator':<26}{'MAE s':>8}{'bias s':>9}{'<=1 min':>9}")
+    for label, key in (("ours (as announced)", "err_ours"), ("ours (seconds)", "err_ours_raw"),
+                       ("asterisk (announced)", "err_ast"), ("oracle (knows generator)", "err_oracle")):
+        errs = np.asarray(getattr(tally, key), dtype=float)
+        if errs.size == 0:
+            continue
+        print(f"  {label:<26}{np.mean(np.abs(errs)):>8.0f}{np.mean(errs):>+9.0f}"
+              f"{100 * np.mean(np.abs(errs) <= 60):>8.0f}%")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--days", type=int, default=20, help="simulated days per load level (default 20)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the day generator (default 1)")
+    ap.add_argument("--agents", type=int, default=None, help="agents every day (default: 2-4, drawn per day)")
+    ap.add_argument("--no-oracle", dest="oracle", action="store_false",
+                    help="skip the oracle that knows the generator (the error floor; ~5 s of a default run)")
+    ap.add_argument("--from-db", metavar="PATH", help="replay queue_calls from this SQLite database instead")
+    args = ap.parse_args(argv)
+
+    started = time.monotonic()
+    if args.from_db:
+        if not Path(args.from_db).exists():
+            print(f"--from-db {args.from_db}: no such file; nothing to replay")
+            results = {}
+        else:
+            results = replay_db(args.from_db, args.agents)
+        days = sim_days = sum(info.get("days", 0) for _, info in results.values())
+    else:
+        results = run_synthetic(args.days, args.seed, args.agents, args.oracle)
+        days, sim_days = args.days, args.days * len(results)
+
+    total = Tally()
+    for name, (tally, info) in results.items():
+        print_table(name, tally, info)
+        total.merge(tally)
+    ours, ast = total.mae("err_ours"), total.mae("err_ast")
+    ratio = ours / ast if ast and math.isfinite(ast) and ast > 0 else float("nan")
+    print(f"\nall: ours {ours:.0f} s, asterisk {ast:.0f} s, ratio {ratio:.2f} "
+          f"({time.monotonic() - started:.1f} s)")
+    summary = {"ours_mae_s": _num(ours), "asterisk_mae_s": _num(ast), "ratio": _num(ratio, 3),
+               "ours_raw_mae_s": _num(total.mae("err_ours_raw")), "days": days, "sim_days": sim_days,
+               "callers": total.callers, "queued": total.queued, "scored": len(total.waits),
+               "abandoned": total.abandoned, "seed": args.seed,
+               **({"oracle_mae_s": _num(total.mae("err_oracle")),
+                   "oracle_ratio": _num(total.mae("err_oracle") / ast, 3)} if total.err_oracle else {}),
+               "source": args.from_db or "synthetic"}
+    print(json.dumps(summary))
+    return 0
+
+
+def _num(x: float, digits: int = 1):
+    return round(x, digits) if math.isfinite(x) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
