@@ -225,7 +225,7 @@ class CallSession:
         self.step("enter", node.id, {"type": "queue", "queue": p["queue"]})
         if p.get("prompt"):
             await self.play(p["prompt"], interruptible=False, node=node.id)
-        if not q.can_serve():
+        if q.cfg.when_no_agents == "leave" and not q.can_serve():
             queues.leave(queues.join(q, self), "no_agents")
             self.step("queue_left", node.id, {"reason": "no_agents"})
             return p["on_no_agents"]
