@@ -61,6 +61,22 @@ def ask_core(settings, cmd: str, **fields) -> dict:
     return json.loads(data or b"{}")
 
 
+def _tell_core(settings, cmd: str, done: str) -> None:
+    """Ask a running core to pick up a change; say so only when there is one to ask."""
+    try:
+        reply = ask_core(settings, cmd)
+    except CoreNotRunning:
+        return
+    print(done if reply.get("ok") else f"note: the running core did not take it: {reply.get('error')}")
+
+
+def _write_out(text: str, file: str | None) -> None:
+    if file in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(file).write_text(text, encoding="utf-8")
+
+
 # --- commands -------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     from .core import Core
@@ -114,11 +130,7 @@ def cmd_flow_import(args) -> int:
     name = args.name or flow.name or Path(args.file).stem
     save_flow(db, name, text, activate=True)
     print(f"flow {name!r} imported and active")
-    try:
-        reply = ask_core(settings, "reload")
-        print("running core reloaded" if reply.get("ok") else f"core did not reload: {reply.get('error')}")
-    except CoreNotRunning:
-        pass
+    _tell_core(settings, "reload", "running core reloaded")
     return EXIT_OK
 
 
@@ -132,10 +144,7 @@ def cmd_flow_export(args) -> int:
     if row is None:
         print("no such flow", file=sys.stderr)
         return EXIT_ERROR
-    if args.file in (None, "-"):
-        sys.stdout.write(row["text"])
-    else:
-        Path(args.file).write_text(row["text"], encoding="utf-8")
+    _write_out(row["text"], args.file)
     return EXIT_OK
 
 
@@ -166,12 +175,7 @@ def cmd_phones(args) -> int:
         host = f"{settings.kamailio.address}:{settings.kamailio.port}"
         print(f"phone {args.extension}: user {args.extension}, password {password}, registrar {host}")
         print("The password is shown only now; `centralka phones add` again gives a new one.")
-    try:
-        reply = ask_core(settings, "reload-phones")
-        if not reply.get("ok"):
-            print(f"note: {reply.get('error')}")
-    except CoreNotRunning:
-        pass
+    _tell_core(settings, "reload-phones", "the registrar has the change")
     return EXIT_OK
 
 
@@ -186,20 +190,13 @@ def cmd_staff(args) -> int:
         staff = load_staff_text(text, source=args.file)
         db["staff"].insert({"text": text, "updated_at": utcnow()})
         print(f"{len(staff.agents)} agents, {len(staff.queues)} queues imported")
-        try:
-            reply = ask_core(settings, "reload")
-            print("running core reloaded" if reply.get("ok") else f"core did not reload: {reply.get('error')}")
-        except CoreNotRunning:
-            pass
+        _tell_core(settings, "reload", "running core reloaded")
         return EXIT_OK
     row = next(iter(db["staff"].rows_where(order_by="id desc", limit=1)), None)
     if row is None:
         print("centralka: no agents and queues yet: centralka staff import FILE", file=sys.stderr)
         return EXIT_ERROR
-    if args.file in (None, "-"):
-        sys.stdout.write(row["text"])
-    else:
-        Path(args.file).write_text(row["text"], encoding="utf-8")
+    _write_out(row["text"], args.file)
     return EXIT_OK
 
 

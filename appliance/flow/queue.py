@@ -107,6 +107,7 @@ class QueueManager:
         self.agents: dict[str, AgentState] = {}
         self.queues: dict[str, QueueRuntime] = {}
         self._tasks: list[asyncio.Task] = []
+        self._ringers: set[asyncio.Task] = set()
         self.apply(staff)
 
     # --- configuration ---------------------------------------------------------------------
@@ -150,9 +151,10 @@ class QueueManager:
             q.wake.set()
 
     async def stop(self):
-        for t in self._tasks:
+        tasks = self._tasks + list(self._ringers)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -247,7 +249,9 @@ class QueueManager:
                     entry.ringing = True
                     for a in chosen:
                         a.ringing = True
-                    asyncio.get_running_loop().create_task(self._ring(q, entry, chosen))
+                    task = asyncio.get_running_loop().create_task(self._ring(q, entry, chosen))
+                    self._ringers.add(task)
+                    task.add_done_callback(self._ringers.discard)
             except Exception:  # noqa: BLE001 — a dispatcher must never die
                 log.exception("queue %s: dispatcher error", q.cfg.id)
                 await asyncio.sleep(RETRY_S)

@@ -144,19 +144,7 @@ request_route {{
         xlog("L_WARN", "centralka: malformed request from $si:$sp\\n");
         exit;
     }}
-    if (has_totag()) {{
-        route(IN_DIALOG);
-        exit;
-    }}
-    if (is_method("CANCEL")) {{
-        if (t_check_trans()) {{
-            t_relay();
-        }}
-        exit;
-    }}
-    if (is_method("ACK")) {{
-        exit;
-    }}
+    route(NOT_NEW);
     route(AUTH);
     if (is_method("REGISTER")) {{
         if (!save("location")) {{
@@ -188,6 +176,23 @@ route[AUTH] {{
     consume_credentials();
 }}
 
+# In-dialog requests, CANCEL and a stray ACK: handled here, and the script ends.
+route[NOT_NEW] {{
+    if (has_totag()) {{
+        route(IN_DIALOG);
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            t_relay();
+        }}
+        exit;
+    }}
+    if (is_method("ACK")) {{
+        exit;
+    }}
+}}
+
 route[IN_DIALOG] {{
     if (loose_route()) {{
         t_relay();
@@ -204,19 +209,7 @@ route[IN_DIALOG] {{
 }}
 
 route[FROM_CORE] {{
-    if (has_totag()) {{
-        route(IN_DIALOG);
-        exit;
-    }}
-    if (is_method("CANCEL")) {{
-        if (t_check_trans()) {{
-            t_relay();
-        }}
-        exit;
-    }}
-    if (is_method("ACK")) {{
-        exit;
-    }}
+    route(NOT_NEW);
     record_route();
     if (!lookup("location")) {{
         sl_send_reply("480", "Not Registered");
