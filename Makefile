@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps venv demo test bench bench-ewt clean
+.PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt clean
 
 all: setup
 
@@ -44,6 +44,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/calls.py --over
+
+# Callers waiting in a queue with hold music and announcements: CPU per caller, latency.
+bench-queue: setup
+	$(BIN)/python bench/calls.py --queue
 
 # Announced vs actual queue waits, ours against Asterisk's estimator, on replayed queue days.
 bench-ewt: setup

@@ -16,6 +16,12 @@ Measured (see bench/README.md for the method):
 
 ``--over`` also offers N+2 calls at once and reports how many got 486 (the limit hit cleanly).
 
+``--queue`` holds the N callers in a queue instead: each presses 1 (SIP INFO dtmf-relay, scenario
+``bench/uac_queue.xml``) and waits with the shared hold music and position announcements (the
+bench's own flow and staff file, an agent nobody can reach, ``when_no_agents = "wait"``). The same
+figures are measured per waiting caller, and the box's database is checked afterwards: every
+caller joined the queue (``queue_calls``) and heard announcements (``call_steps`` 'announce').
+
 Human-readable lines first, then exactly one JSON line, last. A benchmark never fails on a
 timing: the exit code is non-zero only when SIPp is missing (2) or the box cannot start (1).
 """
@@ -41,6 +47,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = Path(__file__).resolve().with_name("uac_hold.xml")
+QUEUE_SCENARIO = Path(__file__).resolve().with_name("uac_queue.xml")
+QUEUE_KEY_MS = 1000  # uac_queue.xml presses 1 this long after the ACK
+QUEUE_ID = "rejestracja"
+QUEUE_ANNOUNCE_EVERY_S = 10
 DIALLED = "48221234567"
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -90,6 +100,13 @@ def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def cpu_ticks_children(pid: int) -> int:
+    """cutime + cstime: CPU of the box's ended and reaped children (espeak-ng, sox), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[13]) + int(fields[14])
 
 
 def cpu_ns(pid: int) -> int:
@@ -172,7 +189,7 @@ def _die_with_parent():
 
 
 class Box:
-    def __init__(self, workdir: Path, staff: str):
+    def __init__(self, workdir: Path, staff: str, flow_text: str | None = None, staff_text: str | None = None):
         from appliance.config import ENV_OVERRIDES
         from appliance.demo import demo_flow_text
 
@@ -185,7 +202,7 @@ class Box:
             f'[control]\nsocket = "{workdir / "core.sock"}"\n',
             encoding="utf-8",
         )
-        self.flow_text = demo_flow_text(staff)
+        self.flow_text = flow_text if flow_text is not None else demo_flow_text(staff)
         flow_file = workdir / "flow.toml"
         flow_file.write_text(self.flow_text, encoding="utf-8")
         self.env = {k: v for k, v in os.environ.items()
@@ -197,6 +214,15 @@ class Box:
                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
         if imp.returncode != 0:
             raise BoxError(f"flow import failed (exit {imp.returncode}):\n{imp.stdout}{imp.stderr}")
+        if staff_text is not None:
+            # Agents and queues, as an admin adds them (`centralka staff import FILE`).
+            staff_file = workdir / "staff.toml"
+            staff_file.write_text(staff_text, encoding="utf-8")
+            imp = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(self.config),
+                                  "staff", "import", str(staff_file)],
+                                 cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+            if imp.returncode != 0:
+                raise BoxError(f"staff import failed (exit {imp.returncode}):\n{imp.stdout}{imp.stderr}")
 
     def start(self, timeout: float = 60) -> dict:
         self._err = open(self.stderr_path, "wb")
@@ -245,6 +271,17 @@ class Box:
                 return st
             time.sleep(0.2)
         return st
+
+    def db(self):
+        """The box's database, read-only (the box keeps writing it)."""
+        import sqlite3
+
+        from appliance.config import load_settings
+
+        path = load_settings(self.config, env={}).db_path
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        con.row_factory = sqlite3.Row
+        return con
 
     def log(self, tail: int = 4000) -> str:
         try:
@@ -303,7 +340,7 @@ class SippRun:
     _live: "set[SippRun]" = set()
 
     def __init__(self, sipp: str, workdir: Path, box_port: int, calls: int, hold_s: float, rate: float,
-                 echo: bool):
+                 echo: bool, scenario: Path = SCENARIO, lead_ms: int = 0):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.calls = calls
@@ -314,9 +351,9 @@ class SippRun:
         control = free_port(taken=taken)
         self.deadline_s = hold_s + calls / rate + 25
         self.cmd = [
-            sipp, f"127.0.0.1:{box_port}", "-sf", str(SCENARIO), "-s", DIALLED,
+            sipp, f"127.0.0.1:{box_port}", "-sf", str(scenario), "-s", DIALLED,
             "-i", "127.0.0.1", "-p", str(local), "-mi", "127.0.0.1", "-mp", str(media), "-cp", str(control),
-            "-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(int(hold_s * 1000)),
+            "-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(int(hold_s * 1000) - lead_ms),
             "-recv_timeout", "10s", "-timeout", f"{int(self.deadline_s)}s", "-nostdin",
             "-trace_shortmsg", "-shortmessage_file", str(self.dir / "short.log"),
             "-trace_stat", "-stf", str(self.dir / "stat.csv"), "-fd", "1",
@@ -380,8 +417,8 @@ class SippRun:
                 else:
                     c.setdefault("final", (code, t))
         out = {"attempted": 0, "answered": 0, "rejected_486": 0, "unanswered": 0, "other": defaultdict(int),
-               "to_200_ms": [], "to_100_ms": []}
-        for c in calls.values():
+               "to_200_ms": [], "to_100_ms": [], "answered_ids": []}
+        for call_id, c in calls.items():
             if "invite" not in c:
                 continue
             out["attempted"] += 1
@@ -392,6 +429,7 @@ class SippRun:
                 out["unanswered"] += 1
             elif final[0] == 200:
                 out["answered"] += 1
+                out["answered_ids"].append(call_id)
                 out["to_200_ms"].append((final[1] - c["invite"]) * 1000)
             elif final[0] == 486:
                 out["rejected_486"] += 1
@@ -456,18 +494,32 @@ def r(x, nd=3):
 
 
 # --- the bench -----------------------------------------------------------------------------------
+def _calls_active(st: dict) -> int:
+    return st["calls_active"]
+
+
+def queue_waiting(st: dict) -> int:
+    return ((st.get("queues") or {}).get("queues", {}).get(QUEUE_ID) or {}).get("waiting", 0)
+
+
 def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, hold_s: float, rate: float,
-               echo: bool, label: str, measure: bool = True, expect: int | None = None) -> dict:
-    """One SIPp run of ``n`` calls; CPU is measured while ``expect`` (default ``n``) calls are held."""
-    run = SippRun(sipp, workdir, box.port, n, hold_s, rate, echo)
+               echo: bool, label: str, measure: bool = True, expect: int | None = None,
+               scenario: Path = SCENARIO, lead_ms: int = 0, count=_calls_active, ramp_extra_s: float = 5,
+               in_place: str = "calls held") -> dict:
+    """One SIPp run of ``n`` calls; CPU is measured while ``expect`` (default ``n``) calls are held.
+
+    ``count`` reads from the box's status how many calls are in place (default: calls active;
+    the queue mode counts callers waiting in the queue)."""
+    run = SippRun(sipp, workdir, box.port, n, hold_s, rate, echo, scenario=scenario, lead_ms=lead_ms)
     sampler.phase = "calls"
+    child0 = cpu_ticks_children(box.pid)
     run.start()
     # All N calls up: the box says so (the control socket is asked only until then).
-    ramp_deadline = time.monotonic() + n / rate + 5
+    ramp_deadline = time.monotonic() + n / rate + ramp_extra_s
     held = 0
     while measure and time.monotonic() < ramp_deadline and run.running():
         try:
-            held = box.status()["calls_active"]
+            held = count(box.status())
         except Exception:  # noqa: BLE001
             held = 0
         if held >= (expect or n):
@@ -481,7 +533,7 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
         time.sleep(window)
         win.stop()
         try:
-            res["held_at_end"] = box.status()["calls_active"]
+            res["held_at_end"] = count(box.status())
         except Exception:  # noqa: BLE001
             res["held_at_end"] = None
         held_both = min(held, res["held_at_end"] or 0)
@@ -489,10 +541,14 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
     else:
         res.update(window_s=0.0, held=0)
         if measure:
-            say(f"  {label}: no hold window measured (calls held {held}/{n}, window {window:.1f} s); "
+            say(f"  {label}: no hold window measured ({in_place} {held}/{n}, window {window:.1f} s); "
                 f"use a longer --hold")
     rc = run.wait()
     sampler.phase = "between"
+    try:
+        res["children_cpu_s"] = (cpu_ticks_children(box.pid) - child0) / HZ
+    except OSError:
+        res["children_cpu_s"] = None
     res["sipp_rc"] = rc
     res.update(run.results())
     res["run"] = run
@@ -503,7 +559,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=0, help="concurrent calls to hold (default: the box's call limit)")
-    ap.add_argument("--hold", type=float, default=15.0, help="seconds each call is held (default 15)")
+    ap.add_argument("--hold", type=float, default=None,
+                    help="seconds each call is held (default 15; 30 with --queue)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of N held calls (default 2)")
     ap.add_argument("--idle", type=float, default=6.0, help="seconds of idle baseline, before and again after the rounds (default 6)")
     ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
@@ -512,7 +569,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-echo", action="store_true", help="SIPp sends no RTP back (default: echo the box's RTP)")
     ap.add_argument("--sipp", default=os.environ.get("SIPP", "sipp"), help="SIPp binary (default: sipp on PATH)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SIPp traces)")
+    ap.add_argument("--queue", action="store_true",
+                    help="callers press 1 and wait in a queue (hold music, announcements) instead of the menu")
     args = ap.parse_args(argv)
+    if args.hold is None:
+        args.hold = 30.0 if args.queue else 15.0
+    if args.queue and args.hold < QUEUE_KEY_MS / 1000 + 1:
+        ap.error(f"--hold must be at least {QUEUE_KEY_MS / 1000 + 1:g} s with --queue (the key is pressed after "
+                 f"{QUEUE_KEY_MS / 1000:g} s)")
     if args.calls < 0 or args.rounds < 1 or args.hold <= 0 or args.idle <= 0 or args.rate <= 0 or args.over_hold <= 0:
         ap.error("--calls must be >= 0; --rounds >= 1; --hold, --idle, --rate and --over-hold > 0")
 
@@ -538,7 +602,14 @@ def main(argv=None) -> int:
     t_begin = time.monotonic()
     try:
         try:
-            box = Box(work, f"127.0.0.1:{dead.getsockname()[1]}")
+            phones = f"127.0.0.1:{dead.getsockname()[1]}"
+            if args.queue:
+                box = Box(work, phones, flow_text=queue_flow_text(phones), staff_text=QUEUE_STAFF)
+            else:
+                # The demo's agents and queue, so the demo flow's queue node is configured.
+                from appliance.demo import demo_staff_text
+
+                box = Box(work, phones, staff_text=demo_staff_text())
             st = box.start()
         except (BoxError, OSError, subprocess.SubprocessError) as exc:
             print(f"bench: the box did not start: {exc}", file=sys.stderr)
@@ -550,7 +621,17 @@ def main(argv=None) -> int:
         if n > limit:
             say(f"note: --calls {n} is above the call limit {limit}: {n - limit} call(s) will get 486 and count "
                 f"as failures")
-        in_menu = box.seconds_in_menu()
+        if args.queue:
+            q_st = (st.get("queues") or {}).get("queues", {}).get(QUEUE_ID)
+            say(f"queue mode: callers press 1 (SIP INFO) {QUEUE_KEY_MS / 1000:g} s after the ACK and wait in queue "
+                f"{QUEUE_ID!r} (announce_every {QUEUE_ANNOUNCE_EVERY_S} s; its one agent, phone 299, cannot be "
+                f"reached: when_no_agents = wait)"
+                + ("" if q_st is not None else f"; NOTE: the box reports no queue {QUEUE_ID!r}"))
+            first_gap = args.hold - QUEUE_KEY_MS / 1000 - 1
+            if first_gap < QUEUE_ANNOUNCE_EVERY_S + 5:
+                say(f"note: with --hold {args.hold:g} a caller waits about {first_gap:.0f} s in the queue, too short "
+                    f"for a second announcement")
+        in_menu = None if args.queue else box.seconds_in_menu()
         if in_menu is not None and args.hold > in_menu - 1:
             say(f"note: a silent caller leaves the greeting/menu after about {in_menu:.1f} s; with --hold "
                 f"{args.hold:g} the calls reach the operator node (no free leg: 'all lines busy' prompts)")
@@ -572,11 +653,18 @@ def main(argv=None) -> int:
         # Rounds of N held calls.
         rounds = []
         for i in range(1, args.rounds + 1):
-            res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
-                             f"round {i}", expect=min(n, limit))
+            if args.queue:
+                res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
+                                 f"round {i}", expect=min(n, limit), scenario=QUEUE_SCENARIO, lead_ms=QUEUE_KEY_MS,
+                                 count=queue_waiting, ramp_extra_s=5 + QUEUE_KEY_MS / 1000,
+                                 in_place="callers in the queue")
+            else:
+                res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
+                                 f"round {i}", expect=min(n, limit))
             runs.append(res.pop("run"))
             rounds.append(res)
-            line = (f"round {i}: {res['answered']}/{n} answered, held {res['held']} over {res['window_s']:.1f} s")
+            line = (f"round {i}: {res['answered']}/{n} answered, {'waiting' if args.queue else 'held'} "
+                    f"{res['held']} over {res['window_s']:.1f} s")
             if res.get("cpu_pct") is not None:
                 line += f": box CPU {res['cpu_pct']:.2f} % (schedstat {res['cpu_pct_ns']:.2f} %)"
             lat = res["to_200_ms"]
@@ -595,6 +683,12 @@ def main(argv=None) -> int:
             if st_after["calls_active"] or st_after["legs_in_use"]:
                 say(f"  after round {i} the box still holds {st_after['calls_active']} call(s), "
                     f"{st_after['legs_in_use']} leg(s)")
+            if args.queue:
+                try:
+                    res["queue"] = queue_check(box, res["answered_ids"])
+                except Exception as exc:  # noqa: BLE001 — the callers are counted as not queued
+                    res["queue"] = queue_check_failed(res["answered_ids"], exc)
+                say(_queue_line(res["queue"], n, res.get("children_cpu_s")))
             time.sleep(1.6)  # let parked pj objects go (stack.PARK_S = 1.5 s)
 
         # Idle again: brackets the rounds against drift, and shows anything the calls left running.
@@ -644,6 +738,9 @@ def main(argv=None) -> int:
         lat = [v for x in rounds for v in x["to_200_ms"]]
         lat100 = [v for x in rounds for v in x["to_100_ms"]]
         failures = sum(_round_failures(x, n) for x in rounds)
+        queue_summary = _queue_summary(rounds) if args.queue else None
+        if queue_summary is not None:
+            failures += queue_summary["failures"]
         per_call = (statistics.fmean([(x["cpu_pct"] - idle_pct) / x["held"] for x in measured])
                     if measured else None)
         per_call_ns = (statistics.fmean([(x["cpu_pct_ns"] - idle_pct_ns) / x["held"] for x in measured])
@@ -660,14 +757,23 @@ def main(argv=None) -> int:
         if box_exit not in (0, None):
             problems.append(f"box exit status {box_exit} on SIGTERM")
 
-        say(f"CPU per held call: {_fmt(per_call, 3)} % of one core above idle {idle_pct:.2f} % (mean of before "
-            f"and after); box at {_fmt(held_pct, 2)} % with {measured[0]['held'] if measured else 0} calls held "
+        what = ("CPU per waiting caller", "callers waiting in the queue") if args.queue else ("CPU per held call",
+                                                                                              "calls held")
+        say(f"{what[0]}: {_fmt(per_call, 3)} % of one core above idle {idle_pct:.2f} % (mean of before "
+            f"and after); box at {_fmt(held_pct, 2)} % with {measured[0]['held'] if measured else 0} {what[1]} "
             f"(/proc/<pid>/stat, {1000 // HZ} ms ticks; schedstat says {_fmt(per_call_ns, 3)} %)")
         say(f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB idle after the "
             f"rounds (VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)")
         say(f"INVITE->200 OK: median {_fmt(statistics.median(lat) if lat else None, 2)} ms, "
             f"p95 {_fmt(pct(lat, 95), 2)} ms over {len(lat)} calls (SIPp -trace_shortmsg timestamps); "
             f"INVITE->100 Trying median {_fmt(statistics.median(lat100) if lat100 else None, 2)} ms")
+        if queue_summary is not None:
+            qs = queue_summary
+            say(f"queue (database): {qs['joined']}/{qs['callers']} callers joined the queue, {qs['announced']} heard "
+                f"announcements ({qs['announced_2plus']} at least two; {qs['announce_steps']} in all, "
+                f"{_fmt(qs['announcements_per_caller_median'], 1)} per announced caller), {qs['head_silent']} at the "
+                f"head heard none by design; queue failures {qs['failures']} (not queued {qs['not_joined']}, "
+                f"silent with callers ahead {qs['silent_behind']})")
         say(f"failures: {failures} of {n * len(rounds)} calls; box log errors: {len(problems)}; "
             f"box exit {box_exit}; {time.monotonic() - t_begin:.0f} s in all")
         for p in problems[:10]:
@@ -691,6 +797,8 @@ def main(argv=None) -> int:
             "box_log_errors": len(problems), "box_exit": box_exit,
             "over": over,
         }
+        if args.queue:
+            result = {"mode": "queue", **result, "queue": queue_summary}
         print(json.dumps(result), flush=True)
         return exit_code
     except (KeyboardInterrupt, Interrupted) as exc:
@@ -710,6 +818,202 @@ def main(argv=None) -> int:
         dead.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# --- queue mode ------------------------------------------------------------------------------------
+QUEUE_FLOW = """\
+# bench/calls.py --queue: key 1 waits in the queue; announcements every 10 s.
+name = "bench-queue"
+start = "powitanie"
+operator = "operator"
+language = "pl"
+
+[prompts]
+greeting = "Dzień dobry, tu przychodnia Centralka."
+menu = "Rejestracja, wciśnij 1. Operator, 0."
+
+[nodes.powitanie]
+type = "play"
+prompt = "greeting"
+next = "menu"
+
+[nodes.menu]
+type = "menu"
+prompt = "menu"
+timeout = 5
+repeats = 1
+on_timeout = "operator"
+on_invalid = "operator"
+
+[nodes.menu.options]
+"1" = "rejestracja"
+"0" = "operator"
+
+[nodes.rejestracja]
+type = "queue"
+queue = "{queue}"
+max_wait = 600
+announce_every = {every}
+on_timeout = "operator"
+on_leave = "operator"
+on_no_agents = "operator"
+
+[nodes.operator]
+type = "operator"
+target = "sip:operator@{phones}"
+ring_timeout = 25
+remind_every = 12
+"""
+
+# One agent whose desk phone (299) is never registered (no registrar runs in the bench): the box
+# finds it unreachable and, with when_no_agents = "wait", keeps the callers queued. The minimum
+# gap between announcements is lowered to the flow's announce_every, so the flow sets the pace.
+QUEUE_STAFF = f"""\
+[agents.bench]
+name = "Bench agent (phone never registered)"
+phones = ["299"]
+
+[queues.{QUEUE_ID}]
+name = "Rejestracja (bench)"
+strategy = "ring_all"
+members = ["bench"]
+ring_timeout = 15
+wrapup_s = 10
+announce_min_gap_s = {QUEUE_ANNOUNCE_EVERY_S}
+when_no_agents = "wait"
+"""
+
+
+def queue_flow_text(phones: str) -> str:
+    return QUEUE_FLOW.format(queue=QUEUE_ID, every=QUEUE_ANNOUNCE_EVERY_S, phones=phones)
+
+
+def _iso_s(text: str | None) -> float | None:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def queue_check(box: Box, call_ids: list[str]) -> dict:
+    """From the box's database: did each answered caller press 1, join the queue and hear announcements?
+
+    A caller is expected to hear announcements when someone was already waiting ahead when they
+    joined: the box announces nothing to the caller at the head of the queue (position 1)."""
+    if not call_ids:
+        return _queue_counts([])
+    con = box.db()
+    try:
+        ph = ",".join("?" * len(call_ids))
+        calls = {row["sip_call_id"]: dict(row) for row in con.execute(
+            f"SELECT id, sip_call_id, answered_at FROM calls WHERE sip_call_id IN ({ph})", call_ids)}
+        ids = [c["id"] for c in calls.values()]
+        ph = ",".join("?" * len(ids))
+        stays = defaultdict(list)
+        for row in con.execute(f"SELECT * FROM queue_calls WHERE call_id IN ({ph}) ORDER BY id", ids):
+            stays[row["call_id"]].append(dict(row))
+        steps = defaultdict(list)
+        for row in con.execute(f"SELECT call_id, step, detail FROM call_steps WHERE call_id IN ({ph}) "
+                               "AND step IN ('choice', 'announce') ORDER BY id", ids):
+            steps[row["call_id"]].append((row["step"], json.loads(row["detail"]) if row["detail"] else {}))
+        everyone = [dict(row) for row in con.execute(
+            "SELECT id, joined_at, left_at FROM queue_calls WHERE queue = ?", [QUEUE_ID])]
+    finally:
+        con.close()
+    per = []
+    for sip_id in call_ids:
+        c = calls.get(sip_id)
+        if c is None:
+            per.append({"in_db": False, "pressed_1": False, "joined": False, "announces": 0, "ahead_at_join": None})
+            continue
+        st = steps.get(c["id"], [])
+        mine = [q for q in stays.get(c["id"], []) if q["queue"] == QUEUE_ID]
+        info = {"in_db": True, "pressed_1": any(s == "choice" and d.get("key") == "1" for s, d in st),
+                "joined": bool(mine), "announces": sum(1 for s, _ in st if s == "announce"),
+                "with_estimate": sum(1 for s, d in st if s == "announce" and d.get("wait_s") is not None),
+                "ahead_at_join": None}
+        if mine:
+            q = mine[0]
+            joined = q["joined_at"]
+            info["ahead_at_join"] = sum(1 for o in everyone if o["id"] != q["id"] and o["joined_at"] < joined
+                                        and (o["left_at"] is None or o["left_at"] > joined))
+            info["reason"] = q["reason"]
+            info["wait_s"] = q["wait_s"]
+            a, j = _iso_s(c["answered_at"]), _iso_s(joined)
+            info["join_after_answer_s"] = (j - a) if a is not None and j is not None else None
+        per.append(info)
+    return _queue_counts(per)
+
+
+def queue_check_failed(call_ids: list[str], exc: Exception) -> dict:
+    say(f"  queue check: cannot read the box's database: {exc}")
+    return _queue_counts([{"in_db": False, "pressed_1": False, "joined": False, "announces": 0,
+                           "ahead_at_join": None} for _ in call_ids])
+
+
+def _queue_counts(per: list[dict]) -> dict:
+    joined = [p for p in per if p["joined"]]
+    announced = [p for p in per if p["announces"]]
+    reasons: dict[str, int] = defaultdict(int)
+    for p in joined:
+        reasons[p.get("reason") or "still waiting"] += 1
+    not_joined = len(per) - len(joined)
+    silent_behind = sum(1 for p in joined if p["ahead_at_join"] and not p["announces"])
+    return {
+        "callers": len(per), "in_db": sum(p["in_db"] for p in per), "pressed_1": sum(p["pressed_1"] for p in per),
+        "joined": len(joined), "announced": len(announced),
+        "announced_2plus": sum(1 for p in per if p["announces"] >= 2),
+        "announce_steps": sum(p["announces"] for p in per),
+        "announce_counts": [p["announces"] for p in announced],
+        "with_estimate": sum(p.get("with_estimate", 0) for p in per),
+        "head_silent": sum(1 for p in joined if not p["ahead_at_join"] and not p["announces"]),
+        "not_joined": not_joined, "silent_behind": silent_behind, "failures": not_joined + silent_behind,
+        "reasons": dict(reasons),
+        "wait_s": [p["wait_s"] for p in joined if p.get("wait_s") is not None],
+        "join_after_answer_s": [p["join_after_answer_s"] for p in joined if p.get("join_after_answer_s") is not None],
+    }
+
+
+def _queue_line(q: dict, n: int, children_cpu_s) -> str:
+    counts = q["announce_counts"]
+    per = (f"{min(counts)}-{max(counts)} each" if counts and min(counts) != max(counts)
+           else f"{counts[0]} each" if counts else "none")
+    reasons = ", ".join(f"{k} x{v}" for k, v in sorted(q["reasons"].items())) or "none"
+    line = (f"  queue: {q['pressed_1']}/{n} pressed 1, {q['joined']}/{n} joined {QUEUE_ID!r} "
+            f"(median {_fmt(statistics.median(q['join_after_answer_s']) if q['join_after_answer_s'] else None, 2)} s "
+            f"after the answer), {q['announced']}/{n} heard announcements ({per}, {q['announce_steps']} in all, "
+            f"{q['with_estimate']} with a wait estimate); {q['head_silent']} at the head of the queue heard none "
+            f"(nothing is announced to the caller who is next); left: {reasons}; waited median "
+            f"{_fmt(statistics.median(q['wait_s']) if q['wait_s'] else None, 1)} s; child processes (espeak-ng, "
+            f"sox) used {_fmt(children_cpu_s, 2)} s of CPU in the round")
+    if q["failures"]:
+        line += (f"\n  round queue failures: {q['not_joined']} not queued, {q['silent_behind']} heard no "
+                 f"announcement although callers were ahead")
+    return line
+
+
+def _queue_summary(rounds: list[dict]) -> dict:
+    qs = [x["queue"] for x in rounds if "queue" in x]
+    counts = [c for q in qs for c in q["announce_counts"]]
+    waits = [w for q in qs for w in q["wait_s"]]
+    joins = [j for q in qs for j in q["join_after_answer_s"]]
+    reasons: dict[str, int] = defaultdict(int)
+    for q in qs:
+        for k, v in q["reasons"].items():
+            reasons[k] += v
+    out = {k: sum(q[k] for q in qs) for k in ("callers", "pressed_1", "joined", "announced", "announced_2plus",
+                                               "announce_steps", "with_estimate", "head_silent", "not_joined",
+                                               "silent_behind", "failures")}
+    out.update({
+        "queue": QUEUE_ID, "announce_every_s": QUEUE_ANNOUNCE_EVERY_S, "key_after_ack_s": QUEUE_KEY_MS / 1000,
+        "announcements_per_caller_min": min(counts) if counts else None,
+        "announcements_per_caller_median": statistics.median(counts) if counts else None,
+        "announcements_per_caller_max": max(counts) if counts else None,
+        "wait_s_median": r(statistics.median(waits), 2) if waits else None,
+        "join_after_answer_s_median": r(statistics.median(joins), 3) if joins else None,
+        "reasons": dict(reasons),
+        "children_cpu_s": [r(x.get("children_cpu_s"), 2) for x in rounds],
+    })
+    return out
 
 
 def _kill_current_sipp():

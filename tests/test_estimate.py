@@ -161,13 +161,50 @@ def test_asterisk_ignores_position():
 
 def test_short_bench_ours_beats_asterisk():
     text, summary = run_bench("--days", "2", "--seed", "7")
-    assert {"ours_mae_s", "asterisk_mae_s", "ratio", "days", "callers"} <= summary.keys()
+    assert {"ours_mae_s", "asterisk_mae_s", "ratio", "ours_join_mae_s", "asterisk_join_mae_s",
+            "join_ratio", "announcements", "announcements_made", "announcements_censored",
+            "next_in_line_silent", "days", "callers"} <= summary.keys()
     assert summary["days"] == 2 and summary["callers"] > 500
     assert summary["scored"] > 100
+    # Every announcement heard (the headline score): more of them than callers scored on
+    # joining, and those to callers who then hung up are counted but not scored.
+    assert summary["announcements"] > summary["scored"]
+    assert summary["announcements_censored"] > 0
+    assert summary["announcements_made"] == (summary["announcements"] + summary["announcements_censored"]
+                                             + summary["announcements_no_time"])
+    assert summary["next_in_line_silent"] > 0
     assert summary["ours_mae_s"] < summary["asterisk_mae_s"]
     assert summary["ratio"] < 0.85
+    # On joining only (the earlier score).
+    assert summary["ours_join_mae_s"] < summary["asterisk_join_mae_s"]
+    assert summary["join_ratio"] < 0.85
     for level in ("light", "busy", "overloaded"):
         assert f"\n{level}:" in text
+    assert "every announcement heard" in text and "on joining only" in text
+
+
+def test_bench_announcements_follow_the_box():
+    """Announcements on joining and then every 30 s while waiting, none to the caller who is
+    next, each saying the remaining wait; Asterisk's counts the time already waited."""
+    ewt = load_bench()
+    callers, _ = ewt.generate_day(__import__("numpy").random.default_rng([3, 2]), 2, 1.25)
+    ewt.simulate_day(callers, 2, ewt.Estimators())
+    checked = 0
+    for c in callers:
+        if not c.heard:
+            continue
+        assert c.queued
+        assert all(h.position >= 2 for h in c.heard)
+        offsets = [h.at - c.joined for h in c.heard]
+        assert all(o == pytest.approx(30.0 * round(o / 30.0)) for o in offsets)
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+        assert [h.position for h in c.heard] == sorted((h.position for h in c.heard), reverse=True)
+        end = c.answered if c.answered is not None else c.joined + c.patience
+        assert all(h.at < end for h in c.heard)
+        if offsets[0] == 0:
+            assert c.heard[0].ours_s == c.ours_s and c.heard[0].asterisk_s == c.asterisk_s
+        checked += 1
+    assert checked > 20
 
 
 def test_bench_replays_a_database(tmp_path):

@@ -138,8 +138,11 @@ def answered_by(clinic, timeout=30):
     raise AssertionError("no agent answered")
 
 
-def test_round_robin_takes_turns_and_wrapup_is_respected(clinic, caller, workdir):
-    c = clinic(strategy="round_robin", wrapup=4)
+@pytest.mark.parametrize("strategy", ["round_robin", "longest_idle", "fewest_calls"])
+def test_receptionists_take_turns_and_wrapup_is_respected(clinic, caller, workdir, strategy):
+    # With two receptionists each of these strategies alternates; test_strategy_choice below
+    # shows where they differ.
+    c = clinic(strategy=strategy, wrapup=4)
     first = []
     for n in range(2):
         call_into_queue(caller, c.box)
@@ -152,7 +155,8 @@ def test_round_robin_takes_turns_and_wrapup_is_respected(clinic, caller, workdir
     rows = c.queue_calls()
     assert [r["agent"] for r in rows] == ["anna", "basia"]
     assert all(r["reason"] == "answered" and r["handle_s"] > 4 for r in rows)
-    # A third call: anna's wrap-up is over, so she is next again.
+    # A third call: anna's wrap-up is over; she is next again (next in turn, idle longest,
+    # and of two with one call each the one whose call ended first).
     call_into_queue(caller, c.box)
     assert answered_by(c) == "201"
     caller.hangup()
@@ -249,3 +253,26 @@ def test_strategy_choice(strategy, expect):
     q = type("Q", (), {"cfg": staff.queues["rejestracja"], "last_rung": None})()
     chosen = qm._choose(q, list(qm.agents.values()))
     assert ",".join(a.agent.id for a in chosen) == expect
+
+
+def test_wrapup_keeps_the_next_call_away_from_the_agent(clinic, caller):
+    c = clinic(strategy="round_robin", wrapup=6)
+    c.cli("pause", "basia")
+    call_into_queue(caller, c.box)
+    assert answered_by(c) == "201"
+    caller.hangup()
+    caller.wait("disconnected")
+    first = c.box.wait_call_ended()
+    call_into_queue(caller, c.box)
+    assert answered_by(c) == "201"
+    caller.hangup()
+    second = c.box.wait_call_ended()
+    rings = [s for s in c.box.journey(second["id"]) if s["step"] == "agent_ringing"]
+    gap = _seconds(rings[0]["at"]) - _seconds(first["ended_at"])
+    assert gap >= 5.9, f"anna was rung {gap:.1f} s after her last call; wrap-up is 6 s"
+
+
+def _seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()

@@ -249,10 +249,11 @@ class CallSession:
                     reason = "no_agents"
                     break
                 if now >= next_announce:
+                    # The period runs from the start of one announcement to the next.
+                    next_announce = now + p["announce_every"]
                     if now - last_announce >= q.cfg.announce_min_gap_s:
+                        last_announce = now
                         await self._announce_position(q, entry, node, music)
-                        last_announce = time.monotonic()
-                    next_announce = time.monotonic() + p["announce_every"]
                     continue
                 if music is not None:
                     self.leg.listen(music)

@@ -275,8 +275,9 @@ class QueueManager:
                         a.unreachable_until = time.monotonic() + UNREACHABLE_S
                         continue
                     legs[leg] = a
-            entry.session.step("agent_ringing", None, {"queue": q.cfg.id,
-                                                       "agents": sorted({a.agent.id for a in legs.values()})})
+            if legs:
+                entry.session.step("agent_ringing", None, {"queue": q.cfg.id,
+                                                           "agents": sorted({a.agent.id for a in legs.values()})})
             winner = await self._first_answer(entry, legs, q.cfg.ring_timeout)
         finally:
             for a in agents:
