@@ -268,6 +268,37 @@ class RawSip:
                 self._acknowledge(text, msg, call_id)
         return reply
 
+    def invite_then_cancel(self, wait: float = 2.0) -> tuple[int | None, int | None]:
+        """An INVITE and, back to back, its CANCEL (the caller gives up at once). Returns the
+        final codes of the INVITE and of the CANCEL, told apart by CSeq (they share the branch,
+        which is why SIPp cannot tell them apart). The INVITE's final answer is acknowledged."""
+        text, call_id = self.invite()
+        via, frm, to = _header(text, "Via"), _header(text, "From"), _header(text, "To")
+        cancel = (f"CANCEL {text.split(' ', 2)[1]} SIP/2.0\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
+                  f"Call-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        self.sock.sendto(text.encode(), ("127.0.0.1", self.box.port))
+        self.sock.sendto(cancel.encode(), ("127.0.0.1", self.box.port))
+        invite_code = cancel_code = None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except socket.timeout:
+                break
+            msg = data.decode(errors="replace")
+            if not msg.startswith("SIP/2.0 ") or _header(msg, "Call-ID") != call_id:
+                continue
+            code, method = int(msg.split()[1]), (_header(msg, "CSeq") or "").split()[-1]
+            if code < 200:
+                continue
+            if method == "CANCEL" and cancel_code is None:
+                cancel_code = code
+            elif method == "INVITE" and invite_code is None:
+                invite_code = code
+                self._acknowledge(text, msg, call_id)
+        return invite_code, cancel_code
+
     def _acknowledge(self, request: str, response: str, call_id: str):
         to = _header(response, "To")
         frm = _header(response, "From")
