@@ -105,6 +105,57 @@ def m005_queues(db):
     db["queue_calls"].create_index(["joined_at"])
 
 
+@migrations()
+def m006_sms(db):
+    # SMS outbox (R12, R19, R22): a message is stored before the modem sees it; the states and
+    # the delivery guarantee are documented in appliance/gsm/outbox.py.
+    db["sms_outbox"].create(
+        {"id": int, "created_at": str, "kind": str, "number": str, "text": str, "original_text": str,
+         "encoding": str, "parts": int, "state": str, "attempts": int, "next_at": str, "expires_at": str,
+         "sent_at": str, "finished_at": str, "error": str, "dedupe_key": str},
+        pk="id", not_null={"created_at", "kind", "number", "text", "encoding", "parts", "state"},
+        defaults={"attempts": 0},
+    )
+    db["sms_outbox"].create_index(["state", "next_at"])
+    db["sms_outbox"].create_index(["number", "created_at"])
+    db["sms_outbox"].create_index(["created_at"])
+    db["sms_outbox"].create_index(["dedupe_key"], unique=True)  # NULLs do not collide
+    # One row per hand-over to the modem (and per recovery/admin decision), with its outcome.
+    db["sms_attempts"].create(
+        {"id": int, "sms_id": int, "started_at": str, "ended_at": str, "outcome": str, "detail": str},
+        pk="id", foreign_keys=[("sms_id", "sms_outbox", "id")], not_null={"sms_id", "started_at"},
+    )
+    db["sms_attempts"].create_index(["sms_id"])
+    # One row per SMS part the network accepted: its message reference (TP-MR) and delivery.
+    db["sms_parts"].create(
+        {"id": int, "sms_id": int, "seq": int, "mr": int, "status": str, "sent_at": str, "report_at": str},
+        pk="id", foreign_keys=[("sms_id", "sms_outbox", "id")], not_null={"sms_id", "mr", "status"},
+    )
+    db["sms_parts"].create_index(["mr"])
+    db["sms_parts"].create_index(["sms_id"])
+    # Every delivery (status) report as received, matched or not.
+    db["sms_reports"].create(
+        {"id": int, "received_at": str, "mr": int, "number": str, "status": str, "at": str,
+         "sms_id": int, "part_id": int},
+        pk="id", not_null={"received_at", "mr", "status"},
+    )
+    db["sms_reports"].create_index(["mr"])
+    # Incoming SMS: whole messages, and the parts of multipart ones until all have arrived.
+    db["sms_incoming"].create(
+        {"id": int, "number": str, "number_kind": str, "text": str, "sent_at": str, "received_at": str,
+         "parts": int, "complete": int, "forwarded_at": str},
+        pk="id", not_null={"number", "text", "received_at", "parts", "complete"},
+    )
+    db["sms_incoming"].create_index(["received_at"])
+    db["sms_incoming"].create_index(["number", "sent_at"])
+    db["sms_incoming_parts"].create(
+        {"id": int, "number": str, "ref": int, "total": int, "seq": int, "text": str, "sent_at": str,
+         "received_at": str, "group_id": int, "message_id": int},
+        pk="id", not_null={"number", "ref", "total", "seq", "text", "received_at"},
+    )
+    db["sms_incoming_parts"].create_index(["number", "ref", "total"])
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:
