@@ -97,7 +97,7 @@ async def start_agent_phone(ext: str, password: str, registrar: str, answer_afte
     """A receptionist's desk phone: registers at the box's Kamailio like a real one."""
     cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(free_udp_port()), "--user", ext,
            "--answer-after", str(answer_after), "--say", f"{ext}={AGENT_PHONES[ext]}",
-           "--register", registrar, "--password", password]
+           "--register", registrar, f"--password={password}"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     await asyncio.wait_for(proc.stdout.readline(), 30)
     return proc

@@ -41,7 +41,7 @@ def add_phone(box, extension):
 def desk_phone(workdir, box, extension, password, name=None):
     return Phone(workdir, name or f"desk{extension}", answer_after=0.5, user=extension,
                  say={extension: DEMO_PHONES["rejestracja"]},
-                 extra=["--register", f"127.0.0.1:{box.kport}", "--password", password])
+                 extra=["--register", f"127.0.0.1:{box.kport}", f"--password={password}"])
 
 
 def sip_request(port, method, user, *, call_id=None, extra=""):
@@ -154,3 +154,12 @@ def test_a_request_flood_is_banned_then_forgiven(kbox):
         time.sleep(1)
     else:
         raise AssertionError("the ban never expired")
+
+
+def test_generated_passwords_are_strong_and_easy_to_type():
+    from appliance.sip.kamailio import new_password
+
+    passwords = {new_password() for _ in range(200)}
+    assert len(passwords) == 200
+    for p in passwords:
+        assert len(p) == 20 and p.isalnum() and not set(p) & set("lIO01")

@@ -89,7 +89,7 @@ class Clinic:
             password = add_phone(self.box, ext)
             self.phones[ext] = Phone(workdir, f"agent{ext}", answer_after=delay, user=ext,
                                      say={ext: f"Rejestracja, stanowisko {ext[-1]}."},
-                                     extra=["--register", f"127.0.0.1:{self.kport}", "--password", password])
+                                     extra=["--register", f"127.0.0.1:{self.kport}", f"--password={password}"])
         for phone in self.phones.values():
             phone.wait("registration", state="registered", timeout=20)
 

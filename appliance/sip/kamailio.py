@@ -51,9 +51,14 @@ def ha1(username: str, password: str, realm: str = REALM) -> str:
     return hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()
 
 
-def new_password() -> str:
-    """A phone password nobody has to remember: typed once into the phone's web page."""
-    return secrets.token_urlsafe(15)
+# Letters and digits only, without look-alikes: typed once into a desk phone's web page, where
+# a leading "-" or an "l"/"1" mix-up costs a technician a visit.
+_PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
+
+
+def new_password(length: int = 20) -> str:
+    """A phone password nobody has to remember (about 115 bits)."""
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
 
 
 def write_credentials(db_dir: Path, phones: list[dict]) -> None:
