@@ -241,6 +241,29 @@ def cmd_calls(args) -> int:
     return EXIT_OK
 
 
+def cmd_sms(args) -> int:
+    from .gsm.outbox import list_outbox, plan_sms, queue_sms
+    from .store.db import open_db
+
+    settings = _settings(args)
+    db = open_db(settings.db_path)
+    if args.sms_cmd == "send":
+        sms_id = queue_sms(db, args.number, args.text, kind="manual", settings=settings)
+        row = db["sms_outbox"].get(sms_id)
+        print(f"sms #{sms_id} queued to {row['number']}: {plan_sms(args.text, settings).describe()}")
+        return EXIT_OK
+    rows = list_outbox(db, args.limit)
+    if not rows:
+        print("the SMS outbox is empty")
+    for r in reversed(rows):
+        text = r["text"].replace("\n", " ")
+        text = text if len(text) <= 40 else text[:39] + "…"
+        enc = "UCS-2" if r["encoding"] == "ucs2" else "GSM-7"
+        print(f"#{r['id']} {r['created_at'][:19]} {r['number']} {r['state']:<11} {r['parts']}×{enc} "
+              f"tries {r['attempts']} {text!r}" + (f" — {r['error']}" if r["error"] else ""))
+    return EXIT_OK
+
+
 def cmd_migrate(args) -> int:
     from .store.db import open_db
 
@@ -328,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--steps", action="store_true", help="show each call's steps")
     s.set_defaults(func=cmd_calls)
+
+    sms = sub.add_parser("sms", help="the SMS outbox (sent over the GSM modem)").add_subparsers(
+        dest="sms_cmd", required=True)
+    s = sms.add_parser("send", help="queue an SMS; prints its id and what it costs (parts, encoding)")
+    s.add_argument("number")
+    s.add_argument("text")
+    s.set_defaults(func=cmd_sms)
+    s = sms.add_parser("list", help="the outbox, newest last, with states")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_sms)
 
     s = sub.add_parser("migrate", help="create or upgrade the database")
     s.set_defaults(func=cmd_migrate)

@@ -23,7 +23,7 @@ PATIENT = "+48600123456"
 ALL_PROFILES = sorted(PROFILES)
 
 
-def wait_for(predicate, timeout=3.0, interval=0.01):
+def wait_for(predicate, timeout=10.0, interval=0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -364,14 +364,16 @@ def test_simcom_takes_cpcmreg_only_in_a_call(lab):
 
 @pytest.mark.parametrize("profile", ALL_PROFILES)
 def test_outgoing_call_is_placed_and_answered(lab, profile):
-    emulator = lab.emulator(profile, callee_answer_delay=1.0)
+    # The callee answers well after the library's first 0.5 s poll even on a loaded machine
+    # (answering before it is a library defect, tested below).
+    emulator = lab.emulator(profile, callee_answer_delay=2.5)
     _, modem = lab.connected(emulator=emulator)
-    call = modem.dial(PATIENT, timeout=5)
-    assert wait_for(lambda: call.answered, timeout=3)
+    call = modem.dial(PATIENT, timeout=10)
+    assert wait_for(lambda: call.answered, timeout=10)
     assert emulator.dialled == [PATIENT]
     emulator.hangup_remote()
     # Huawei says ^CEND; SIMCom and Quectel say nothing the library knows, but it polls AT+CLCC.
-    assert wait_for(lambda: not call.active, timeout=3)
+    assert wait_for(lambda: not call.active, timeout=10)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
