@@ -251,17 +251,9 @@ class RawSip:
         final answer is acknowledged (and a 200 OK also ended with BYE), as a caller would."""
         self.sock.sendto(text.encode(), ("127.0.0.1", self.box.port))
         reply = RawReply()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
-                break
-            msg = data.decode(errors="replace")
-            if (not msg.startswith("SIP/2.0 ") or _header(msg, "Call-ID") != call_id
-                    or not (_header(msg, "CSeq") or "").endswith("INVITE")):
-                continue  # another call's message, or the answer to our own ACK/BYE
+        for msg in self._responses(call_id, wait):
+            if not (_header(msg, "CSeq") or "").endswith("INVITE"):
+                continue  # the answer to our own ACK/BYE
             reply.lines.append(msg.split("\r\n", 1)[0])
             if not msg.startswith("SIP/2.0 1") and reply.final is None:
                 reply.final = msg
@@ -279,16 +271,7 @@ class RawSip:
         self.sock.sendto(text.encode(), ("127.0.0.1", self.box.port))
         self.sock.sendto(cancel.encode(), ("127.0.0.1", self.box.port))
         invite_code = cancel_code = None
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
-                break
-            msg = data.decode(errors="replace")
-            if not msg.startswith("SIP/2.0 ") or _header(msg, "Call-ID") != call_id:
-                continue
+        for msg in self._responses(call_id, wait):
             code, method = int(msg.split()[1]), (_header(msg, "CSeq") or "").split()[-1]
             if code < 200:
                 continue
@@ -298,6 +281,20 @@ class RawSip:
                 invite_code = code
                 self._acknowledge(text, msg, call_id)
         return invite_code, cancel_code
+
+    def _responses(self, call_id: str, wait: float):
+        """The box's responses for ``call_id`` arriving within ``wait`` seconds (other calls'
+        retransmissions are skipped)."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except socket.timeout:
+                return
+            msg = data.decode(errors="replace")
+            if msg.startswith("SIP/2.0 ") and _header(msg, "Call-ID") == call_id:
+                yield msg
 
     def _acknowledge(self, request: str, response: str, call_id: str):
         to = _header(response, "To")
