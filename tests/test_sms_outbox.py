@@ -22,6 +22,7 @@ from appliance.gsm.outbox import (Outbox, SmsPolicy, SmsRefused, SmsSendError, c
                                   delivery_from_tp_status, flush_incomplete, get_sms, list_outbox, queue_sms,
                                   record_status_report, resend, store_incoming)
 from appliance.gsm.smstext import TemplateError, prepare, render_template
+from appliance.gsm.sender import ModemSender
 from appliance.store.db import open_db
 
 PATIENT = "+48600123456"
@@ -599,39 +600,6 @@ def test_cli_transliterates_when_the_admin_says_so(box_config, capsys):
 
 
 # --- against the modem emulator, through the unmodified library -----------------------------------
-class LibrarySender:
-    """The smallest adapter over gsmmodem.modem.GsmModem: one AT+CMGS per part (the library's own
-    sendSms keeps only the last part's MR) and the sender protocol's errors."""
-
-    def __init__(self, modem):
-        self.modem = modem
-        self.concat_ref = 0
-
-    def send(self, number, text, *, ucs2):
-        from gsmmodem.exceptions import CommandError, TimeoutException
-        from gsmmodem.modem import CTRLZ
-
-        self.concat_ref = (self.concat_ref + 1) % 256
-        try:
-            pdus = encodeSmsSubmitPdu(number, text, reference=self.concat_ref, requestStatusReport=True)
-        except ValueError as exc:
-            raise SmsSendError(f"cannot encode: {exc}", transient=False) from exc
-        mrs = []
-        for pdu in pdus:
-            try:
-                self.modem.write(f"AT+CMGS={pdu.tpduLength}", timeout=5, expectedResponseTermSeq="> ")
-                lines = self.modem.write(str(pdu), timeout=35, writeTerm=CTRLZ)
-            except TimeoutException as exc:
-                raise SmsSendError(f"modem timeout: {exc}", transient=True, maybe_sent=True, sent_mrs=mrs) from exc
-            except CommandError as exc:  # refused before this part left; earlier parts did leave
-                raise SmsSendError(f"modem: {exc}", transient=True, sent_mrs=mrs) from exc
-            line = next((ln for ln in lines if ln.startswith("+CMGS:")), None)
-            if line is None:
-                raise SmsSendError("no +CMGS reply", transient=True, maybe_sent=True, sent_mrs=mrs)
-            mrs.append(int(line[6:].strip()))
-        return mrs
-
-
 def test_outbox_through_the_library_and_the_emulator(tmp_path):
     emulator_mod = pytest.importorskip("appliance.gsm.emulator")
     from gsmmodem.modem import GsmModem
@@ -653,7 +621,7 @@ def test_outbox_through_the_library_and_the_emulator(tmp_path):
             modem.connect()
             short = queue_sms(db, PATIENT, "Zażółć gęślą jaźń 🙂")
             long = queue_sms(db, "600123457", ("Zażółć gęślą jaźń. " * 8)[:150])
-            assert Outbox(open_db(path), LibrarySender(modem)).send_due() == 2
+            assert Outbox(open_db(path), ModemSender(modem)).send_due() == 2
 
             sent = emulator.sent_sms
             assert [(s["number"], s["encoding"]) for s in sent] == [(PATIENT, "ucs2")] + [("+48600123457", "ucs2")] * 3
@@ -677,3 +645,41 @@ def test_outbox_through_the_library_and_the_emulator(tmp_path):
             assert get_sms(db, short)["state"] == "sent"
         finally:
             modem.close()
+
+
+def test_a_silent_modem_is_a_retry_not_a_maybe_sent_sms(tmp_path):
+    # No "> " prompt means the PDU never left: retry later, never "uncertain".
+    emulator_mod = pytest.importorskip("appliance.gsm.emulator")
+    from gsmmodem.modem import GsmModem
+
+    db = open_db(tmp_path / "centralka.db")
+    with emulator_mod.ModemEmulator("simcom") as emulator:
+        modem = GsmModem(emulator.device, 115200)
+        modem.timeout = 0.1
+        try:
+            modem.connect()
+            sms_id = queue_sms(db, PATIENT, "Oddzwonimy dziś do 18:00.")
+            emulator.fault("no_reply")
+            clock = [time.time()]
+            outbox = Outbox(db, ModemSender(modem), clock=lambda: clock[0])
+            assert outbox.send_due() == 0
+            row = get_sms(db, sms_id)
+            assert row["state"] == "queued" and emulator.sent_sms == []
+            emulator.clear_faults()
+            clock[0] += 3600
+            sent = outbox.send_due()
+            assert sent == 1, (get_sms(db, sms_id), emulator.transcript()[-1500:])
+            assert [s["text"] for s in emulator.sent_sms] == ["Oddzwonimy dziś do 18:00."]
+        finally:
+            modem.close()
+
+
+@pytest.mark.parametrize("code, transient", [(42, True), (38, True), (500, True), (304, False), (1, False)])
+def test_modem_refusals_are_classified_for_the_outbox(code, transient):
+    from gsmmodem.exceptions import CmsError
+
+    from appliance.gsm.sender import _refused
+
+    err = _refused(CmsError("AT+CMGS=23", code), [7])
+    assert err.transient is transient
+    assert err.sent_mrs == [7] or list(err.sent_mrs) == [7]
