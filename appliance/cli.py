@@ -31,6 +31,14 @@ def _settings(args):
     return load_settings(path)
 
 
+def _box(args):
+    """The settings of the box this command acts on, and its database (created if new)."""
+    from .store.db import open_db
+
+    settings = _settings(args)
+    return settings, open_db(settings.db_path)
+
+
 def _prompts(settings, *, scratch_ok: bool = False):
     """The box's prompt library; ``scratch_ok`` lets a check run where no box is installed
     (speech is then rendered into the user's cache, and there are no uploaded recordings)."""
@@ -135,11 +143,9 @@ def cmd_flow_import(args) -> int:
 
 
 def cmd_flow_export(args) -> int:
-    from .store.db import open_db
     from .store.flows import active_flow, get_flow
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     row = get_flow(db, args.name) if args.name else active_flow(db)
     if row is None:
         print("no such flow", file=sys.stderr)
@@ -156,11 +162,9 @@ def cmd_prompt_upload(args) -> int:
 
 
 def cmd_phones(args) -> int:
-    from .store.db import open_db
     from .store.phones import list_phones, remove_phone, set_phone
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     if args.phones_cmd == "list":
         for p in list_phones(db):
             print(f"{p['extension']:>6}  {p['name'] or '-'}  (since {p['created_at'][:10]})")
@@ -181,10 +185,9 @@ def cmd_phones(args) -> int:
 
 def cmd_staff(args) -> int:
     from .flow.staff import load_staff_text
-    from .store.db import open_db, utcnow
+    from .store.db import utcnow
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     if args.staff_cmd == "import":
         text = Path(args.file).read_text(encoding="utf-8")
         staff = load_staff_text(text, source=args.file)
@@ -228,10 +231,8 @@ def cmd_status(args) -> int:
 
 def cmd_calls(args) -> int:
     from .store.calls import journey, recent_calls
-    from .store.db import open_db
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     for call in reversed(recent_calls(db, args.limit)):
         print(f"#{call['id']} {call['started_at']} {call['caller']} -> {call['dialled']} "
               f"{call['outcome'] or 'in progress'} (ended by {call['ended_by'] or '-'}, transfers {call['transfers']})")
@@ -243,10 +244,8 @@ def cmd_calls(args) -> int:
 
 def cmd_sms(args) -> int:
     from .gsm.outbox import list_outbox, plan_sms, queue_sms
-    from .store.db import open_db
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     if args.sms_cmd == "send":
         sms_id = queue_sms(db, args.number, args.text, kind="manual", settings=settings)
         row = db["sms_outbox"].get(sms_id)
@@ -265,10 +264,8 @@ def cmd_sms(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    from .store.db import open_db
 
-    settings = _settings(args)
-    db = open_db(settings.db_path)
+    settings, db = _box(args)
     print(f"{settings.db_path}: tables {', '.join(sorted(db.table_names()))}")
     return EXIT_OK
 
