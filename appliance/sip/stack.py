@@ -71,13 +71,16 @@ class Disconnect:
     by: str  # "local" or "remote"
 
 
-class Leg:
-    """One call leg, as the flow engine sees it. Futures resolve on the asyncio thread."""
+class MediaLeg:
+    """What every call leg shares, whatever carries it (a SIP call or the GSM modem's voice
+    channel): the state futures the flow engine waits on, received digits, and the audio
+    operations on the leg's conference port. Futures resolve on the asyncio thread."""
 
-    def __init__(self, stack: "SipStack", direction: str, account: "_Account", call_id: int | None = None):
+    line = "sip"
+
+    def __init__(self, stack: "SipStack", direction: str):
         self.stack = stack
         self.direction = direction
-        self.account = account
         self.loop = stack.loop
         self.confirmed = self.loop.create_future()
         self.disconnected = self.loop.create_future()
@@ -96,7 +99,6 @@ class Leg:
         self._links: set = set()  # legs this one is bridged with
         self._sources: set = set()  # shared players (hold music) this leg listens to
         self.owner = None  # whoever handles this leg (a flow session, a phone)
-        self.pj = _Call(self, account, pj.PJSUA_INVALID_ID if call_id is None else call_id)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -107,49 +109,28 @@ class Leg:
     def audio(self):
         return self._audio
 
-    def _fill_info(self):
-        try:
-            ci = self.pj.getInfo()
-        except (pj.Error, AttributeError):
-            return
-        self.remote_uri = ci.remoteUri
-        self.local_uri = ci.localUri
-        self.sip_call_id = ci.callIdString
-        self.remote_user = user_part(ci.remoteUri)
-        self.local_user = user_part(ci.localUri)
-
-    # --- actions ---------------------------------------------------------------------------
-    def answer(self, code: int = 200, reason: str = "") -> None:
-        prm = pj.CallOpParam(True)
-        prm.statusCode = code
-        if reason:
-            prm.reason = reason
-        try:
-            self.pj.answer(prm)
-        except pj.Error as exc:
-            raise SipError(f"answer {code} failed: {exc.info()}") from exc
-
-    def hangup(self, code: int = 0, reason: str = "") -> None:
-        if not self.alive:
-            return
-        self._local_hangup = True
+    def _ended(self, code: int, reason: str) -> None:
+        """The leg is over (either side): stop its media and resolve its futures."""
         self._stop_all_media()
-        prm = pj.CallOpParam(True)
-        if code:
-            prm.statusCode = code
-        if reason:
-            prm.reason = reason
-        try:
-            self.pj.hangup(prm)
-        except pj.Error as exc:
-            log.debug("hangup of %s: %s", self.sip_call_id, exc.info())
+        self._audio = None
+        if not self.confirmed.done():
+            self.confirmed.set_result(False)
+        if not self.disconnected.done():
+            by = "local" if self._local_hangup else "remote"
+            self.disconnected.set_result(Disconnect(code, reason, by))
+        self.digit_event.set()
+        self.stack._leg_ended(self)
 
-    def send_dtmf(self, digits: str) -> None:
-        try:
-            self.pj.dialDtmf(digits)
-        except pj.Error as exc:
-            raise SipError(f"DTMF {digits!r}: {exc.info()}") from exc
+    def _set_audio(self, audio) -> None:
+        """Give the leg its conference port (again, after a re-INVITE moved the stream)."""
+        if self._audio is None or audio.getPortId() != self._audio.getPortId():
+            old = self._audio
+            self._audio = audio
+            if old is not None:
+                self._reconnect_media()
+        self.media_active.set()
 
+    # --- audio -----------------------------------------------------------------------------
     def play(self, path: str | Path, loop: bool = False):
         """Start a file playing to this leg; returns a handle for ``stop``."""
         if self._audio is None:
@@ -248,51 +229,6 @@ class Leg:
             self.unlisten(src)
         self._unbridge_all()
 
-    # --- callbacks from _Call (asyncio thread) ---------------------------------------------
-    def _on_state(self):
-        try:
-            ci = self.pj.getInfo()
-        except (pj.Error, AttributeError):
-            return
-        if not self.sip_call_id:
-            self._fill_info()
-        state = ci.state
-        if state == pj.PJSIP_INV_STATE_EARLY and ci.lastStatusCode in (180, 183):
-            self.ringing.set()
-        elif state == pj.PJSIP_INV_STATE_CONFIRMED:
-            if not self.confirmed.done():
-                self.confirmed.set_result(True)
-        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._stop_all_media()
-            self._audio = None
-            if not self.confirmed.done():
-                self.confirmed.set_result(False)
-            if not self.disconnected.done():
-                by = "local" if self._local_hangup else "remote"
-                self.disconnected.set_result(Disconnect(ci.lastStatusCode, ci.lastReason, by))
-            self.digit_event.set()
-            self.stack._leg_ended(self)
-
-    def _on_media(self):
-        try:
-            ci = self.pj.getInfo()
-        except (pj.Error, AttributeError):
-            return
-        for i, mi in enumerate(ci.media):
-            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (
-                pj.PJSUA_CALL_MEDIA_ACTIVE,
-                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
-            ):
-                audio = self.pj.getAudioMedia(i)
-                if self._audio is None or audio.getPortId() != self._audio.getPortId():
-                    # A re-INVITE may give the stream a new port: move every player/link over.
-                    old = self._audio
-                    self._audio = audio
-                    if old is not None:
-                        self._reconnect_media()
-                self.media_active.set()
-                return
-
     def _reconnect_media(self):
         for p in self._players:
             try:
@@ -315,6 +251,89 @@ class Leg:
     def _on_digit(self, digit: str):
         self.digits.append(digit)
         self.digit_event.set()
+
+
+class Leg(MediaLeg):
+    """One SIP call leg (pjsua2 ``Call``)."""
+
+    def __init__(self, stack: "SipStack", direction: str, account: "_Account", call_id: int | None = None):
+        super().__init__(stack, direction)
+        self.account = account
+        self.pj = _Call(self, account, pj.PJSUA_INVALID_ID if call_id is None else call_id)
+
+    def _fill_info(self):
+        try:
+            ci = self.pj.getInfo()
+        except (pj.Error, AttributeError):
+            return
+        self.remote_uri = ci.remoteUri
+        self.local_uri = ci.localUri
+        self.sip_call_id = ci.callIdString
+        self.remote_user = user_part(ci.remoteUri)
+        self.local_user = user_part(ci.localUri)
+
+    # --- actions ---------------------------------------------------------------------------
+    def answer(self, code: int = 200, reason: str = "") -> None:
+        prm = pj.CallOpParam(True)
+        prm.statusCode = code
+        if reason:
+            prm.reason = reason
+        try:
+            self.pj.answer(prm)
+        except pj.Error as exc:
+            raise SipError(f"answer {code} failed: {exc.info()}") from exc
+
+    def hangup(self, code: int = 0, reason: str = "") -> None:
+        if not self.alive:
+            return
+        self._local_hangup = True
+        self._stop_all_media()
+        prm = pj.CallOpParam(True)
+        if code:
+            prm.statusCode = code
+        if reason:
+            prm.reason = reason
+        try:
+            self.pj.hangup(prm)
+        except pj.Error as exc:
+            log.debug("hangup of %s: %s", self.sip_call_id, exc.info())
+
+    def send_dtmf(self, digits: str) -> None:
+        try:
+            self.pj.dialDtmf(digits)
+        except pj.Error as exc:
+            raise SipError(f"DTMF {digits!r}: {exc.info()}") from exc
+
+    # --- callbacks from _Call (asyncio thread) ---------------------------------------------
+    def _on_state(self):
+        try:
+            ci = self.pj.getInfo()
+        except (pj.Error, AttributeError):
+            return
+        if not self.sip_call_id:
+            self._fill_info()
+        state = ci.state
+        if state == pj.PJSIP_INV_STATE_EARLY and ci.lastStatusCode in (180, 183):
+            self.ringing.set()
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED:
+            if not self.confirmed.done():
+                self.confirmed.set_result(True)
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self._ended(ci.lastStatusCode, ci.lastReason)
+
+    def _on_media(self):
+        try:
+            ci = self.pj.getInfo()
+        except (pj.Error, AttributeError):
+            return
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (
+                pj.PJSUA_CALL_MEDIA_ACTIVE,
+                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
+            ):
+                # A re-INVITE may give the stream a new port: every player/link moves over.
+                self._set_audio(self.pj.getAudioMedia(i))
+                return
 
 
 class _Call(pj.Call):
@@ -716,8 +735,10 @@ class SipStack:
         leg._fill_info()
         return leg
 
-    def _leg_ended(self, leg: Leg):
+    def _leg_ended(self, leg: MediaLeg):
         self.legs.discard(leg)
+        if not isinstance(leg, Leg):
+            return  # a GSM leg holds no pjsua call
         # The pj.Call object stays referenced until pjsua is certainly done with it; the Leg
         # (which sessions may keep for their records) lets go of it now.
         self.park(leg.pj)

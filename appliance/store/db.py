@@ -156,6 +156,20 @@ def m006_sms(db):
     db["sms_incoming_parts"].create_index(["number", "ref", "total"])
 
 
+@migrations()
+def m007_alarms(db):
+    # Things a person must see (R20): a line went down or came back, an SMS in doubt, a modem
+    # that needs a hand. Shown in the UI, e-mailed/SMSed to the admin when configured.
+    db["alarms"].create(
+        {"id": int, "at": str, "kind": str, "source": str, "severity": str, "text": str,
+         "detail": str, "notified_at": str, "acked_at": str, "acked_by": str},
+        pk="id",
+        not_null={"at", "kind", "source", "severity", "text"},
+    )
+    db["alarms"].create_index(["at"])
+    db["alarms"].create_index(["acked_at"])
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:
