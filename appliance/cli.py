@@ -51,11 +51,11 @@ def _prompts(settings, *, scratch_ok: bool = False):
                          speed=settings.prompts.speed, language=settings.box.language)
 
 
-def ask_core(settings, cmd: str, **fields) -> dict:
+def ask_core(settings, cmd: str, *, timeout: float = 10, **fields) -> dict:
     path = settings.control.socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
+            s.settimeout(timeout)
             s.connect(path)
             s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
             data = b""
@@ -250,6 +250,10 @@ def cmd_sms(args) -> int:
         sms_id = queue_sms(db, args.number, args.text, kind="manual", settings=settings)
         row = db["sms_outbox"].get(sms_id)
         print(f"sms #{sms_id} queued to {row['number']}: {plan_sms(args.text, settings).describe()}")
+        try:
+            ask_core(settings, "sms-wake")  # a running core sends it now rather than at its next look
+        except CoreNotRunning:
+            print("the core is not running: the SMS leaves when it starts")
         return EXIT_OK
     rows = list_outbox(db, args.limit)
     if not rows:
@@ -260,6 +264,35 @@ def cmd_sms(args) -> int:
         enc = "UCS-2" if r["encoding"] == "ucs2" else "GSM-7"
         print(f"#{r['id']} {r['created_at'][:19]} {r['number']} {r['state']:<11} {r['parts']}×{enc} "
               f"tries {r['attempts']} {text!r}" + (f" — {r['error']}" if r["error"] else ""))
+    return EXIT_OK
+
+
+def cmd_call(args) -> int:
+    settings = _settings(args)
+    reply = ask_core(settings, "test-call", number=args.number, timeout=60)
+    if not reply.get("ok"):
+        print(f"centralka: {reply.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"test call #{reply['call_id']} to {reply['number']} placed over the {reply['line']} line")
+    return EXIT_OK
+
+
+def cmd_alarms(args) -> int:
+    from .alarms import ack_alarm, list_alarms
+
+    settings, db = _box(args)
+    if args.ack:
+        if not ack_alarm(db, args.ack, os.environ.get("USER") or "admin"):
+            print(f"centralka: no unacknowledged alarm #{args.ack}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"alarm #{args.ack} acknowledged")
+        return EXIT_OK
+    rows = list_alarms(db, args.limit, unacked_only=args.open)
+    if not rows:
+        print("no alarms")
+    for r in reversed(rows):
+        ack = f" (acknowledged by {r['acked_by']})" if r["acked_at"] else ""
+        print(f"#{r['id']} {r['at'][:19]} {r['severity']:<8} {r['source']:<6} {r['text']}{ack}")
     return EXIT_OK
 
 
@@ -358,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sms.add_parser("list", help="the outbox, newest last, with states")
     s.add_argument("--limit", type=int, default=20)
     s.set_defaults(func=cmd_sms)
+
+    s = sub.add_parser("call", help="a test call to a number over the best line (SIP trunk or GSM)")
+    s.add_argument("number")
+    s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("alarms", help="line changes and other things a person must see")
+    s.add_argument("--limit", type=int, default=30)
+    s.add_argument("--open", action="store_true", help="only alarms nobody acknowledged")
+    s.add_argument("--ack", type=int, metavar="ID", help="acknowledge alarm ID")
+    s.set_defaults(func=cmd_alarms)
 
     s = sub.add_parser("migrate", help="create or upgrade the database")
     s.set_defaults(func=cmd_migrate)

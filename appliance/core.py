@@ -17,11 +17,12 @@ import wave
 from pathlib import Path
 
 from . import systemd
-from .errors import FlowError, SipError
+from .errors import CentralkaError, FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .flow.queue import QueueManager
 from .flow.staff import load_staff_text
+from .lines import LineFailed, Lines, NoLineAvailable
 from .media.prompts import PromptLibrary
 from .numbers import normalise_caller, user_part
 from .sip.kamailio import Kamailio
@@ -30,6 +31,7 @@ from .store import calls as store_calls
 from .store import flows as store_flows
 from .store.db import open_db, utcnow
 from .store.phones import list_phones
+from .tollguard import DestinationRefused
 
 log = logging.getLogger("centralka.core")
 
@@ -44,6 +46,7 @@ class Core:
         self.kamailio: Kamailio | None = None
         self.queues: QueueManager | None = None
         self.hold_music = None
+        self.lines: Lines | None = None
         self.sessions: dict[int, CallSession] = {}
         self.tasks: set[asyncio.Task] = set()
         self.rtp_port = rtp_port
@@ -126,6 +129,7 @@ class Core:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = open_db(s.db_path)
+        self.lines = Lines(self.db, s, lang=s.box.language)
         self.load_active_flow()
         self.stack = SipStack(
             address=s.sip.address,
@@ -147,6 +151,7 @@ class Core:
                                  password=s.trunk.password, realm=s.trunk.realm, proxy=s.trunk.proxy,
                                  expires=s.trunk.register_expires_s, retry_min=s.trunk.retry_min_s,
                                  retry_max=s.trunk.retry_max_s)
+            self.lines.set_dialer("trunk", self._dial_trunk)
         if s.kamailio.enabled:
             self.kamailio = Kamailio(s.data_dir / "kamailio", address=s.kamailio.address, port=s.kamailio.port,
                                      core_address=s.sip.address, core_port=s.sip.port,
@@ -255,9 +260,90 @@ class Core:
         store_calls.update_call(self.db, call_id, ended_at=utcnow(), ended_by="box", outcome="rejected")
 
     def on_trunk_state(self, state):
-        self.db["line_events"].insert({"at": utcnow(), "line": "trunk", "state": state.state,
-                                       "detail": f"{state.code} {state.reason}".strip()})
-        log.info("trunk: %s (%s %s)", state.state, state.code, state.reason)
+        detail = f"{state.code} {state.reason}".strip()
+        self.db["line_events"].insert({"at": utcnow(), "line": "trunk", "state": state.state, "detail": detail})
+        log.info("trunk: %s (%s)", state.state, detail)
+        if self.lines is None:
+            return
+        if state.state == "registered":
+            self.lines.update("trunk", "up", f"registered ({detail})")
+        elif state.state == "failed":
+            self.lines.update("trunk", "down", f"registration failed: {detail}")
+        elif state.state == "disabled":
+            self.lines.update("trunk", "absent", "not configured" if not self.settings.trunk.enabled else detail)
+        elif self.lines.health["trunk"].state == "absent":
+            self.lines.update("trunk", "degraded", "registering")
+
+    # --- outbound calls --------------------------------------------------------------------
+    async def _dial_trunk(self, e164: str):
+        """One outbound attempt over the SIP trunk; returns the leg once the far end rings.
+
+        Fails fast (LineFailed) on a refusal or when nothing rings within ``outbound.fail_fast_s``
+        so the caller of :meth:`Lines.dial` can go on to the GSM line within seconds.
+        """
+        t = self.settings.trunk
+        host = (t.get("domain") or t.registrar.split(":", 1)[-1]).split(";")[0]
+        fmt = t.get("dial_format", "e164")
+        user = e164 if fmt == "e164" else "00" + e164[1:] if fmt == "00" else _national(e164)
+        leg = self.stack.dial(f"sip:{user}@{host}", account="trunk")
+        fail_fast = float(self.settings.sections.get("outbound", {}).get("fail_fast_s", 6))
+        waits = [asyncio.ensure_future(leg.ringing.wait()), asyncio.ensure_future(asyncio.shield(leg.confirmed)),
+                 asyncio.ensure_future(asyncio.shield(leg.disconnected))]
+        try:
+            await asyncio.wait(waits, timeout=fail_fast, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if leg.disconnected.done():
+            d = leg.disconnected.result()
+            raise LineFailed(f"the trunk refused the call: {d.code} {d.reason}".strip())
+        if not (leg.ringing.is_set() or leg.confirmed.done()):
+            leg.hangup()
+            raise LineFailed(f"nothing rang within {fail_fast:g} s")
+        return leg
+
+    async def test_call(self, number: str) -> dict:
+        """A technician's test call: over the best line, plays ``test_call`` and hangs up."""
+        leg, line, e164 = await self.lines.dial(number, "test")
+        call_id = store_calls.start_call(self.db, direction="out", line=line, caller_raw="", caller=e164,
+                                         caller_kind="e164", dialled=e164, sip_call_id=leg.sip_call_id,
+                                         flow="")
+        store_calls.add_step(self.db, call_id, "dialled", None, {"line": line, "purpose": "test"})
+        task = asyncio.get_running_loop().create_task(self._run_test_call(leg, call_id), name=f"test-{call_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return {"line": line, "number": e164, "call_id": call_id}
+
+    async def _run_test_call(self, leg, call_id: int, ring_timeout: float = 45):
+        outcome = "no_answer"
+        try:
+            try:
+                answered = await asyncio.wait_for(asyncio.shield(leg.confirmed), ring_timeout)
+            except asyncio.TimeoutError:
+                answered = False
+            if answered:
+                outcome = "answered"
+                store_calls.update_call(self.db, call_id, answered_at=utcnow())
+                await asyncio.wait_for(leg.media_active.wait(), 5)
+                path = self.prompt_path("test_call", self.flow)
+                player = leg.play(path)
+                done = asyncio.ensure_future(asyncio.shield(leg.disconnected))
+                await asyncio.wait([done], timeout=self.prompt_duration(path) + 0.5)
+                done.cancel()
+                leg.stop(player)
+            elif leg.disconnected.done():
+                d = leg.disconnected.result()
+                outcome = "busy" if d.code in (486, 600) else "refused"
+        except (asyncio.TimeoutError, CentralkaError) as exc:
+            log.warning("test call %d: %s", call_id, exc)
+            outcome = "error"
+        finally:
+            by = "remote" if leg.disconnected.done() and leg.disconnected.result().by == "remote" else "box"
+            leg.hangup()
+            self.lines.finished(leg, outcome)
+            store_calls.add_step(self.db, call_id, "test_call", None, {"outcome": outcome})
+            store_calls.update_call(self.db, call_id, ended_at=utcnow(), ended_by="agent" if by == "remote" else "box",
+                                    outcome=outcome)
 
     # --- live state ------------------------------------------------------------------------
     def status(self) -> dict:
@@ -269,6 +355,7 @@ class Core:
             "call_limit": st.max_calls,
             "build_call_limit": st.build_limit,
             "limit_hits": st.limit_hits,
+            "lines": self.lines.snapshot() if self.lines else None,
             "trunk": {"state": st.trunk.state, "code": st.trunk.code, "reason": st.trunk.reason,
                       "failures": st.trunk.failures, "next_retry_at": st.trunk.next_retry_at},
             "flow": self.flow_name,
@@ -321,7 +408,19 @@ class Core:
                 return {"ok": False, "error": "the desk phone registrar is not enabled"}
             self.kamailio.update_phones(list_phones(self.db))
             return {"ok": True}
+        if cmd == "test-call":
+            try:
+                return {"ok": True, **await self.test_call(str(req.get("number", "")))}
+            except (DestinationRefused, NoLineAvailable) as exc:
+                return {"ok": False, "error": str(exc)}
         if cmd == "stop":
             self.stopping.set()
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def _national(e164: str) -> str:
+    """+48600123456 -> 600123456 (what most Polish trunks expect as a dialled number)."""
+    import phonenumbers
+
+    return str(phonenumbers.parse(e164).national_number)

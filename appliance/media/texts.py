@@ -12,6 +12,7 @@ BUILTIN_PROMPTS = {
         "to_operator": "Łączę z rejestracją.",
         "goodbye": "Dziękujemy za telefon. Do usłyszenia.",
         "all_lines_busy": "Wszystkie linie są zajęte. Proszę pozostać na linii.",
+        "test_call": "To jest połączenie testowe z centralki przychodni. Linia działa. Do widzenia.",
     },
     "en": {
         "connecting": "Connecting you.",
@@ -20,5 +21,6 @@ BUILTIN_PROMPTS = {
         "to_operator": "Connecting you to reception.",
         "goodbye": "Thank you for calling. Goodbye.",
         "all_lines_busy": "All lines are busy. Please stay on the line.",
+        "test_call": "This is a test call from the clinic's phone box. The line works. Goodbye.",
     },
 }

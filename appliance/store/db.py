@@ -170,6 +170,20 @@ def m007_alarms(db):
     db["alarms"].create_index(["acked_at"])
 
 
+@migrations()
+def m008_outbound(db):
+    # Every outbound attempt on every line (R20): which line, what happened. The toll-fraud
+    # guard's hourly caps count these rows.
+    db["outbound_calls"].create(
+        {"id": int, "at": str, "number": str, "purpose": str, "line": str, "outcome": str,
+         "detail": str, "call_id": int},
+        pk="id",
+        not_null={"at", "number", "purpose", "outcome"},
+    )
+    db["outbound_calls"].create_index(["at"])
+    db["outbound_calls"].create_index(["number", "at"])
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:
