@@ -309,6 +309,13 @@ def cmd_phone(args) -> int:
     return run_terminal(args)
 
 
+def cmd_demo_gsm(args) -> int:
+    from .demo import DEMO_DIR
+    from .demo_gsm import cmd_demo_gsm as run
+
+    return run(args, DEMO_DIR / "radio.sock")
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -401,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--open", action="store_true", help="only alarms nobody acknowledged")
     s.add_argument("--ack", type=int, metavar="ID", help="acknowledge alarm ID")
     s.set_defaults(func=cmd_alarms)
+
+    from .demo_gsm import add_arguments as add_demo_gsm
+
+    add_demo_gsm(sub)
+    sub.choices["demo-gsm"].set_defaults(func=cmd_demo_gsm)
 
     s = sub.add_parser("migrate", help="create or upgrade the database")
     s.set_defaults(func=cmd_migrate)

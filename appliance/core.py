@@ -47,6 +47,7 @@ class Core:
         self.queues: QueueManager | None = None
         self.hold_music = None
         self.lines: Lines | None = None
+        self.gsm = None  # GsmLine once started
         self.sessions: dict[int, CallSession] = {}
         self.tasks: set[asyncio.Task] = set()
         self.rtp_port = rtp_port
@@ -166,6 +167,7 @@ class Core:
         self.load_staff()
         if self.queues is None:
             self._check_queues_exist()
+        self._start_gsm()
         try:
             from .media.holdmusic import ensure_hold_music
 
@@ -183,6 +185,20 @@ class Core:
             # systemd restarts the core.
             self.tasks.add(asyncio.get_running_loop().create_task(self._watchdog(interval)))
 
+    def _start_gsm(self):
+        modem = self.settings.sections.get("modem") or {}
+        if not modem.get("enabled", True):
+            log.info("GSM modem disabled ([modem] enabled = false)")
+            return
+        from .gsmline import GsmLine
+
+        try:
+            self.gsm = GsmLine(self)
+            self.gsm.start()
+        except Exception:  # noqa: BLE001 — a broken modem must never stop SIP calls
+            log.exception("the GSM line could not start; SIP calls go on without it")
+            self.gsm = None
+
     async def _watchdog(self, interval: float):
         while True:
             systemd.watchdog_ping()
@@ -194,6 +210,8 @@ class Core:
             self._server.close()
         if self.queues is not None:
             await self.queues.stop()
+        if self.gsm is not None:
+            await self.gsm.stop()
         if self.stack is not None:
             await self.stack.hangup_all()
         # Sessions end once their calls are gone; none may outlive the SIP library.
@@ -232,7 +250,7 @@ class Core:
 
     def on_incoming(self, leg, account_name: str):
         caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
-        line = "trunk" if account_name == "trunk" else "sip"
+        line = account_name if account_name in ("trunk", "gsm") else "sip"
         call_id = store_calls.start_call(
             self.db, direction="in", line=line, caller_raw=leg.remote_uri, caller=caller, caller_kind=kind,
             dialled=leg.local_user, sip_call_id=leg.sip_call_id, flow=self.flow_name or "",
@@ -356,6 +374,7 @@ class Core:
             "build_call_limit": st.build_limit,
             "limit_hits": st.limit_hits,
             "lines": self.lines.snapshot() if self.lines else None,
+            "gsm": self.gsm.health() if self.gsm else None,
             "trunk": {"state": st.trunk.state, "code": st.trunk.code, "reason": st.trunk.reason,
                       "failures": st.trunk.failures, "next_retry_at": st.trunk.next_retry_at},
             "flow": self.flow_name,
@@ -407,6 +426,10 @@ class Core:
             if self.kamailio is None:
                 return {"ok": False, "error": "the desk phone registrar is not enabled"}
             self.kamailio.update_phones(list_phones(self.db))
+            return {"ok": True}
+        if cmd == "sms-wake":
+            if self.gsm is not None:
+                self.gsm.wake()
             return {"ok": True}
         if cmd == "test-call":
             try:

@@ -50,7 +50,7 @@ def port_is_free(address: str, port: int) -> bool:
     return True
 
 
-def write_demo_config(directory: Path, sip_port: int, kamailio_port: int) -> Path:
+def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     data = directory.resolve()
     path = directory / "centralka.toml"
@@ -59,7 +59,8 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int) -> Pat
         f'[box]\ndata_dir = "{data}"\n\n'
         f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
         f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
-        f'[control]\nsocket = "{data / "core.sock"}"\n',
+        f'[control]\nsocket = "{data / "core.sock"}"\n'
+        + (f'\n[modem]\ndevice = "{modem}"\n' if modem else ""),
         encoding="utf-8",
     )
     return path
@@ -139,7 +140,19 @@ async def _demo():
         raise CentralkaError(f"port {sip_port} on 127.0.0.1 is in use; set CENTRALKA_SIP_PORT to a free port")
     delay = answer_delay()
     kamailio_port = free_udp_port()
-    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port)
+    emulator = radio = None
+    modem = os.environ.get("CENTRALKA_MODEM", "")
+    if not modem:
+        # No real modem named: the demo plugs in an emulated one (a Huawei E173 on ptys) and
+        # plays the mobile network itself (`centralka demo-gsm`).
+        from .demo_gsm import RadioServer
+        from .gsm.emulator import ModemEmulator
+
+        emulator = ModemEmulator(os.environ.get("CENTRALKA_DEMO_MODEM", "huawei"), callee_answer_delay=4.0)
+        modem = f"{emulator.device},{emulator.voice_device}"
+        radio = RadioServer(emulator, DEMO_DIR / "radio.sock")
+        await radio.start()
+    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port, modem)
     settings = load_settings(cfg, env={})
     phones_port = free_udp_port()
     phones = await start_phones(phones_port)
@@ -169,8 +182,13 @@ async def _demo():
                 f"  Two receptionists' desk phones (201, 202) register at 127.0.0.1:{kamailio_port} and {wait}\n"
                 f"  (CENTRALKA_DEMO_ANSWER_DELAY). In the queue, * leaves for the operator.\n"
                 f"  Other simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
-                f"  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
-                f"  Stop with Ctrl-C.\n",
+                + (f"  GSM: an emulated modem is plugged in ({modem}). A mobile caller:\n"
+                   f"    .venv/bin/centralka demo-gsm call 600123456 --press 1 --wav heard.wav\n"
+                   f"  SMS: .venv/bin/centralka sms send 600123456 'Zażółć gęślą jaźń', then\n"
+                   f"    .venv/bin/centralka demo-gsm sent   (the PDUs that left the modem)\n"
+                   if radio else f"  GSM: the modem at {modem} ($CENTRALKA_MODEM).\n")
+                + "  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
+                "  Stop with Ctrl-C.\n",
                 flush=True,
             )
 
@@ -180,6 +198,10 @@ async def _demo():
             w.cancel()
         for proc in procs:
             await _stop_phone(proc)
+        if radio is not None:
+            radio.close()
+        if emulator is not None:
+            emulator.close()
     print("Centralka demo stopped.", flush=True)
     return 0
 

@@ -103,7 +103,8 @@ class Lines:
                 # (a line still starting — registering, looking for the modem — is not news)
                 self._alarmed.add(name)
                 self._alarm(name, old.state, state, reason)
-        log.info("line %s: %s -> %s (%s)", name, old.state, state, reason)
+        log.log(logging.INFO if old.state != state else logging.DEBUG, "line %s: %s -> %s (%s)",
+                name, old.state, state, reason)
         for listener in self.listeners:
             try:
                 listener(self.health[name], old.state)

@@ -1,0 +1,148 @@
+"""The GSM modem as the core's second line (R20, R22).
+
+Glue between the modem supervisor (its own thread: AT commands, SMS outbox, recovery ladder),
+the core's event loop (flow sessions, lines) and the media bridge (``sip.gsmleg.GsmLeg``, which
+puts the modem's voice channel into the pjsua2 conference):
+
+* an incoming GSM call becomes a ``GsmLeg`` and runs through the same flow as a SIP call;
+* outbound calls over GSM are a dialer of :class:`appliance.lines.Lines`;
+* the modem's health is the ``gsm`` line's health (line_events + alarms);
+* ``wake()`` makes the supervisor send a freshly queued SMS now.
+
+A missing modem never stops the core: the line is ``absent`` and the supervisor keeps looking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from .lines import LineFailed
+from .store.db import utcnow
+
+log = logging.getLogger("centralka.gsm")
+
+# Supervisor states -> line states (see appliance/lines.py).
+_LINE_STATE = {"up": "up", "degraded": "degraded", "down": "down", "pin_error": "down",
+               "connecting": "degraded", "absent": "absent"}
+DIAL_ACCEPT_TIMEOUT_S = 15
+
+
+class GsmLine:
+    def __init__(self, core):
+        self.core = core
+        self.settings = core.settings
+        self.supervisor = None
+        self.ports = None
+        self.leg = None  # the modem carries one voice call at a time
+        self._last_health: tuple | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        from .gsm.discovery import find_modem
+        from .gsm.supervisor import ModemSupervisor
+
+        self.loop = asyncio.get_running_loop()
+        modem = self.settings.sections.get("modem") or {}
+        configured = os.environ.get("CENTRALKA_MODEM") or modem.get("device") or None
+        try:
+            self.ports = find_modem(configured)
+        except Exception as exc:  # noqa: BLE001 — discovery trouble must not stop SIP calls
+            log.error("looking for the GSM modem failed: %s", exc)
+            self.ports = None
+        if self.ports is None:
+            log.warning("no GSM modem found%s; the GSM line is absent (SMS wait in the outbox)",
+                        f" at {configured}" if configured else "")
+        self.supervisor = ModemSupervisor(
+            device=self.ports.at if self.ports else configured,
+            voice_device=self.ports.voice if self.ports else None,
+            db_path=self.settings.db_path, settings=self.settings, pin=modem.get("pin") or None,
+            on_event=self._from_modem_thread)
+        self.supervisor.start()
+        self.core.lines.set_dialer("gsm", self.dial)
+
+    async def stop(self) -> None:
+        if self.leg is not None and self.leg.alive:
+            self.leg.hangup()
+        if self.supervisor is not None:
+            await asyncio.to_thread(self.supervisor.stop)
+
+    def wake(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.wake()
+
+    def health(self) -> dict | None:
+        return self.supervisor.health() if self.supervisor is not None else None
+
+    # --- events from the modem thread ------------------------------------------------------------
+    def _from_modem_thread(self, name: str, data: dict) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._event, name, data)
+
+    def _event(self, name: str, data: dict) -> None:
+        try:
+            if name == "health":
+                self._health(data)
+            elif name == "ring":
+                self._ring(data)
+            elif name == "call_connected":
+                if self.leg is not None and self.leg.alive:
+                    self.leg.modem_connected()
+            elif name == "call_ended":
+                leg, self.leg = self.leg, None
+                if leg is not None and leg.alive:
+                    leg.modem_ended(str(data.get("reason") or "ended"))
+            elif name == "sms_in":
+                log.info("SMS from %s stored (#%s)", data.get("number"), data.get("message_id"))
+            elif name == "alarm":
+                log.warning("modem: %s", data.get("text"))
+        except Exception:  # noqa: BLE001 — one bad event must not stop the next
+            log.exception("GSM event %s failed", name)
+
+    def _health(self, h: dict) -> None:
+        state = h.get("state", "absent")
+        reason = h.get("reason") or ""
+        key = (state, reason)
+        if key != self._last_health:
+            self._last_health = key
+            self.core.db["line_events"].insert({"at": utcnow(), "line": "gsm", "state": state, "detail": reason})
+        self.core.lines.update("gsm", _LINE_STATE.get(state, "down"), reason)
+
+    def _ring(self, data: dict) -> None:
+        from .sip.gsmleg import GsmLeg
+
+        if self.leg is not None and self.leg.alive:
+            return  # the network repeats RING for the call we already have
+        caller = str(data.get("caller") or "")
+        leg = GsmLeg(self.core.stack, "in", self.supervisor, self._voice_device(), remote_number=caller,
+                     local_number=str((self.settings.sections.get("modem") or {}).get("number", "")))
+        self.leg = leg
+        self.core.on_incoming(leg, "gsm")
+
+    def _voice_device(self) -> str | None:
+        # After a USB reset the modem may be back under another name: the supervisor knows.
+        h = self.health() or {}
+        return h.get("voice_device") or (self.ports.voice if self.ports else None)
+
+    # --- outbound (a dialer of Lines) ------------------------------------------------------------
+    async def dial(self, e164: str):
+        from .sip.gsmleg import GsmLeg
+
+        h = self.health() or {}
+        if h.get("state") not in ("up", "degraded"):
+            raise LineFailed(f"the GSM modem is {h.get('state', 'absent')}: {h.get('reason') or 'no modem'}")
+        if self.leg is not None and self.leg.alive:
+            raise LineFailed("the GSM modem is already on a call")
+        leg = GsmLeg(self.core.stack, "out", self.supervisor, self._voice_device(), remote_number=e164)
+        self.leg = leg
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.supervisor.dial(e164)), DIAL_ACCEPT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 — any refusal means: next line
+            self.leg = None
+            leg.modem_ended("dial failed")
+            raise LineFailed(f"the modem did not dial: {exc or type(exc).__name__}") from exc
+        leg.ringing.set()
+        return leg
