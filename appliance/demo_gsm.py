@@ -144,7 +144,7 @@ def cmd_demo_gsm(args, radio_path: Path) -> int:
     if args.gsm_cmd == "sent":
         for s in ask_radio(radio_path, "sent")["sent"]:
             udh = s.get("udh") or {}
-            part = f" part {udh['seq']}/{udh['total']} ref {udh['ref']}" if udh.get("total") else ""
+            part = f" part {udh['seq']}/{udh['parts']} ref {udh['ref']}" if udh.get("parts") else ""
             print(f"{s['sent_at'][:19]} to {s['number']} {s['encoding'].upper()}{part}: {s['text']!r}")
             print(f"    PDU {s['pdu_hex']}")
         return 0

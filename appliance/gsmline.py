@@ -64,6 +64,7 @@ class GsmLine:
         self.core.lines.set_dialer("gsm", self.dial)
 
     async def stop(self) -> None:
+        self.loop = None  # a box shutting down is not a line going down: no more events, no alarms
         if self.leg is not None and self.leg.alive:
             self.leg.hangup()
         if self.supervisor is not None:

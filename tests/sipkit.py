@@ -170,13 +170,20 @@ class Box:
         flow_file.write_text(flow_text, encoding="utf-8")
         rc = cli_main(["--config", str(self.config), "flow", "import", str(flow_file)])
         assert rc == 0, "flow import failed"
-        full_env = dict(os.environ)
-        full_env.pop("CENTRALKA_CONFIG", None)
-        full_env.update(env or {})
+        self.env = dict(os.environ)
+        self.env.pop("CENTRALKA_CONFIG", None)
+        self.env.update(env or {})
         self.stderr_path = workdir / "box.stderr"
+        self._launch()
+
+    def restart(self):
+        """Start the box again (after ``stop()`` or a kill), on the same data and ports."""
+        self._launch()
+
+    def _launch(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"),
-                                     env=full_env, cwd=ROOT)
+                                     stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
+                                     env=self.env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -671,14 +671,33 @@ class ModemSupervisor:
 
     # ------------------------------------------------------------------ SMS in, delivery reports
     def _drain_stored_sms(self) -> None:
-        """SMS and reports that reached the modem while nobody listened."""
+        """SMS and reports that reached the modem while nobody listened: the read memory, then
+        the status-report memory ("SR", where +CNMI ds=2 keeps delivery reports while the core
+        is down — the evidence that resolves an SMS left uncertain by a crash)."""
         try:
             stored = self._modem.list_stored()
         except CommandError as exc:
             log.info("cannot list stored SMS: %s", exc)
-            return
+            stored = []
         for index, pdu in stored:
             self._incoming_pdu(pdu, index=index)
+        if self._modem is None:
+            return
+        # (the library keeps the memory name it chose at connect with its quotes: '"ME"')
+        usual = (self._modem._smsMemReadDelete or "").strip('"')
+        try:
+            self._modem._setSmsMemory(readDelete="SR")
+            reports = self._modem.list_stored()
+        except CommandError as exc:
+            log.info("no status-report memory to read: %s", exc)
+            reports = []
+        for index, pdu in reports:
+            self._incoming_pdu(pdu, index=index, memory="SR")
+        if self._modem is not None and usual and self._modem._smsMemReadDelete != usual:
+            try:
+                self._modem._setSmsMemory(readDelete=usual)
+            except CommandError as exc:
+                log.warning("cannot switch back to SMS memory %s: %s", usual, exc)
 
     def _incoming_pdu(self, pdu: str, *, index: int | None = None, memory: str | None = None) -> None:
         try:
