@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import wave
 from pathlib import Path
@@ -34,6 +35,8 @@ from .store.phones import list_phones
 from .tollguard import DestinationRefused
 
 log = logging.getLogger("centralka.core")
+
+NOTIFY_EVERY_S = 5.0  # how often pending alarms / incoming SMS are looked at for e-mail
 
 
 class Core:
@@ -168,6 +171,7 @@ class Core:
         if self.queues is None:
             self._check_queues_exist()
         self._start_gsm()
+        self._start_notifier()
         try:
             from .media.holdmusic import ensure_hold_music
 
@@ -199,6 +203,27 @@ class Core:
             log.exception("the GSM line could not start; SIP calls go on without it")
             self.gsm = None
 
+    def _start_notifier(self):
+        """E-mail for alarms and incoming SMS ([mail]); its own thread and database connection,
+        because an SMTP server can take seconds to answer."""
+        self._notify_stop = threading.Event()
+        self._notify_thread = threading.Thread(target=self._notify_loop, name="notifier", daemon=True)
+        self._notify_thread.start()
+
+    def _notify_loop(self):
+        from .notify.mail import Notifier
+
+        try:
+            notifier = Notifier(open_db(self.settings.db_path), self.settings)
+        except CentralkaError as exc:
+            log.error("e-mail notifications unavailable: %s", exc)
+            return
+        while not self._notify_stop.wait(max(NOTIFY_EVERY_S, notifier.next_due_in())):
+            try:
+                notifier.run_once()
+            except Exception:  # noqa: BLE001 — the notifier must outlive any one failure
+                log.exception("notifier round failed")
+
     async def _watchdog(self, interval: float):
         while True:
             systemd.watchdog_ping()
@@ -210,6 +235,8 @@ class Core:
             self._server.close()
         if self.queues is not None:
             await self.queues.stop()
+        if getattr(self, "_notify_stop", None) is not None:
+            self._notify_stop.set()
         if self.gsm is not None:
             await self.gsm.stop()
         if self.stack is not None:

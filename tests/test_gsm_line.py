@@ -114,3 +114,26 @@ def test_kill_9_while_sending_then_every_sms_leaves_exactly_once(make_box, staff
         assert interrupted == 1
     finally:
         em.close()
+
+
+def test_an_incoming_sms_in_two_parts_reaches_the_staff_mailbox(make_box, staff, emulator):
+    from .test_notify_mail import MailServer
+
+    mail = MailServer().start()
+    try:
+        box = make_box(staff=staff, settings=modem_settings(emulator, (
+            f'\n[mail]\nhost = "127.0.0.1"\nport = {mail.port}\nsecurity = "none"\n'
+            'from_address = "centralka@przychodnia.test"\nrecipients = ["rejestracja@przychodnia.test"]\n')))
+        gsm_up(box)
+        text = ("Dzień dobry, nie mogę przyjść jutro na wizytę o 9:00. Proszę o nowy termin. "
+                "Pozdrawiam, Józef Żółtowski")  # 105 characters: two UCS-2 parts
+        emulator.deliver_sms("+48600123456", text, parts=2)
+        received = wait_for(lambda: mail.received, 30, "the forwarded SMS e-mail")
+        msg = received[0]
+        assert msg.rcpt_tos == ["rejestracja@przychodnia.test"]
+        assert "600 123 456" in msg.subject
+        assert text in msg.body  # both parts joined, Polish letters intact
+        row = next(box.db()["sms_incoming"].rows)
+        assert (row["number"], row["text"]) == ("+48600123456", text)
+    finally:
+        mail.stop()

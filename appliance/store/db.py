@@ -184,6 +184,15 @@ def m008_outbound(db):
     db["outbound_calls"].create_index(["number", "at"])
 
 
+@migrations()
+def m008_notify(db):
+    # E-mail notifications (appliance/notify/mail.py). sms_incoming.forwarded_at exists since
+    # m006; this keeps the notifier's own small facts across restarts: from which incoming SMS
+    # on forwarding started (switching mail on must not e-mail a year of old texts) and since
+    # when the mail server has been failing (one alarm per outage).
+    db["notify_state"].create({"key": str, "value": str, "updated_at": str}, pk="key")
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:
