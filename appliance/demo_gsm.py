@@ -70,7 +70,7 @@ class RadioServer:
         if cmd == "ring":
             if any(c["state"] in (0, 4) for c in em.calls):
                 return {"ok": False, "error": "the modem already has a call"}
-            self._heard_from = len(em.voice_received())
+            self._heard_from = len(em.voice_received)
             self._ringing = asyncio.get_running_loop().create_task(self._ring(str(req["number"])))
             return {"ok": True}
         if cmd == "state":
@@ -84,7 +84,7 @@ class RadioServer:
             em.hangup_remote()
             return {"ok": True}
         if cmd == "heard":
-            pcm = em.voice_received()[self._heard_from:]
+            pcm = em.voice_received[self._heard_from:]
             with wave.open(str(req["path"]), "wb") as w:
                 w.setnchannels(1)
                 w.setsampwidth(2)

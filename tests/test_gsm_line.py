@@ -137,3 +137,95 @@ def test_an_incoming_sms_in_two_parts_reaches_the_staff_mailbox(make_box, staff,
         assert (row["number"], row["text"]) == ("+48600123456", text)
     finally:
         mail.stop()
+
+
+# --- GSM calls ---------------------------------------------------------------------------------------
+def mobile_heard(emulator, workdir, name="mobile.wav"):
+    """What the mobile caller heard (the box's audio on the modem's voice port) as a WAV file."""
+    import wave
+
+    path = workdir / name
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(emulator.voice_received)
+    return path
+
+
+def ring_until_answered(emulator, number, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c["state"] == 0 for c in emulator.calls):
+            return
+        emulator.ring(number)
+        for _ in range(30):  # the network repeats RING every 3 s
+            if any(c["state"] == 0 for c in emulator.calls):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"the box did not answer the GSM call: {emulator.calls}")
+
+
+@pytest.mark.skipif(__import__("shutil").which("kamailio") is None, reason="kamailio is installed by make test")
+def test_a_gsm_caller_hears_the_greeting_and_reaches_a_queue_agent_by_keys(make_box, staff, workdir, emulator):
+    from appliance.media.prompts import PromptLibrary
+
+    from .audio import heard_sequence, longest_silence
+    from .test_queue import Clinic
+
+    clinic = Clinic(make_box, staff, workdir, settings=modem_settings(emulator))
+    try:
+        box = clinic.box
+        gsm_up(box)
+        ring_until_answered(emulator, "600123456")  # a national caller ID, as Polish networks send it
+        time.sleep(2.5)  # "Dzień dobry." and the start of the menu
+        emulator.caller_presses("1")  # in-band DTMF, as a mobile phone sends it over GSM
+        rang = wait_for(lambda: [p for p in clinic.phones.values() if p.has("incoming")], 30, "an agent's phone")
+        agent = rang[0]
+        agent.wait("confirmed", timeout=10)
+        time.sleep(4)  # the agent says who they are
+        emulator.hangup_remote()
+        call = box.wait_call_ended(timeout=20)
+        assert (call["line"], call["caller"], call["outcome"], call["ended_by"]) == (
+            "gsm", "+48600123456", "connected", "caller")
+        steps = {s["step"]: s for s in box.journey(call["id"])}
+        assert json_detail(steps["choice"])["key"] == "1"
+        voice = PromptLibrary(workdir / "phone-cache" / "centralka-phone-prompts", rate=8000).synthesise(
+            f"Rejestracja, stanowisko {agent.name[-1]}.", "say")
+        heard = [h.name for h in heard_sequence(mobile_heard(emulator, workdir), {
+            "greeting": box.prompt_file("greeting"), "menu": box.prompt_file("menu"), "agent": voice},
+            min_coverage=0.3)]
+        assert heard[0] == "greeting" and heard[-1] == "agent" and "menu" in heard
+        assert longest_silence(mobile_heard(emulator, workdir)) < 15
+    finally:
+        clinic.stop()
+
+
+def json_detail(step):
+    import json
+
+    return json.loads(step["detail"] or "{}")
+
+
+def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_box, staff, workdir, emulator,
+                                                                         capsys):
+    from .audio import heard_sequence
+    from .sipkit import free_port
+
+    dead = free_port()  # nobody listens: the trunk's registrar is unreachable (TCP: refused at once)
+    box = make_box(staff=staff, settings=modem_settings(emulator, (
+        f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{dead};transport=tcp"\nusername = "clinic"\n'
+        'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n')))
+    gsm_up(box)
+    wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "down", 20, "trunk down")
+    assert cli_main(["--config", str(box.config), "call", "600 123 456"]) == 0
+    assert "placed over the gsm line" in capsys.readouterr().out
+    assert emulator.dialled == ["+48600123456"]
+    call = box.wait_call_ended(timeout=30)  # the callee answers after 2 s; the test prompt; goodbye
+    assert (call["direction"], call["line"], call["outcome"]) == ("out", "gsm", "answered")
+    heard = heard_sequence(mobile_heard(emulator, workdir), {"test_call": box.prompt_file("test_call")})
+    assert [h.name for h in heard] == ["test_call"] and heard[0].coverage > 0.8
+    alarms = [(a["kind"], a["source"]) for a in box.db()["alarms"].rows_where(order_by="id")]
+    assert ("line_down", "trunk") in alarms
+    rows = box.db().execute("SELECT line, outcome FROM outbound_calls ORDER BY id").fetchall()
+    assert rows == [("gsm", "answered")]  # a trunk known to be down is not even tried first

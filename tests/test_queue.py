@@ -76,10 +76,10 @@ announce_min_gap_s = 5
 
 class Clinic:
     def __init__(self, make_box, staff, workdir, *, strategy="round_robin", wrapup=1, ring_timeout=10,
-                 max_wait=120, answer_after=(0.5, 0.5)):
+                 max_wait=120, answer_after=(0.5, 0.5), settings=""):
         self.kport = free_port()
         self.box = make_box(QUEUE_FLOW.format(max_wait=max_wait, staff_port=staff.port),
-                            settings=f"\n[kamailio]\nenabled = true\nport = {self.kport}\n")
+                            settings=f"\n[kamailio]\nenabled = true\nport = {self.kport}\n{settings}")
         self.box.kport = self.kport
         staff_file = workdir / "staff.toml"
         staff_file.write_text(STAFF.format(strategy=strategy, ring_timeout=ring_timeout, wrapup=wrapup))
