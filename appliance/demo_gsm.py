@@ -113,13 +113,13 @@ class RadioServer:
 
 
 # --- the command line side --------------------------------------------------------------------------
-def ask_radio(path: Path, cmd: str, **fields) -> dict:
+def ask_radio(sock: Path, cmd: str, **fields) -> dict:
     import socket
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
-            s.connect(str(path))
+            s.connect(str(sock))
             s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -128,7 +128,7 @@ def ask_radio(path: Path, cmd: str, **fields) -> dict:
                     break
                 data += chunk
     except OSError as exc:
-        raise CentralkaError(f"the demo's emulated modem is not running (no answer on {path}: "
+        raise CentralkaError(f"the demo's emulated modem is not running (no answer on {sock}: "
                              f"{exc.strerror or exc}); start `make demo` without $CENTRALKA_MODEM") from exc
     reply = json.loads(data or b"{}")
     if not reply.get("ok"):

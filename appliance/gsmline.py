@@ -65,8 +65,9 @@ class GsmLine:
 
     async def stop(self) -> None:
         self.loop = None  # a box shutting down is not a line going down: no more events, no alarms
-        if self.leg is not None and self.leg.alive:
-            self.leg.hangup()
+        leg, self.leg = self.leg, None  # (a leg keeps its session, and that its pj objects, alive)
+        if leg is not None and leg.alive:
+            leg.hangup()
         if self.supervisor is not None:
             await asyncio.to_thread(self.supervisor.stop)
 

@@ -229,3 +229,17 @@ def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_
     assert ("line_down", "trunk") in alarms
     rows = box.db().execute("SELECT line, outcome FROM outbound_calls ORDER BY id").fetchall()
     assert rows == [("gsm", "answered")]  # a trunk known to be down is not even tried first
+
+
+def test_stopping_the_box_during_a_gsm_call_ends_it_cleanly(make_box, staff, emulator):
+    box = make_box(staff=staff, settings=modem_settings(emulator))
+    gsm_up(box)
+    ring_until_answered(emulator, "600123456")
+    time.sleep(2)
+    emulator.caller_presses("0")  # to the operator: the GSM leg is bridged to a SIP leg
+    assert staff.wait("incoming", timeout=20)["user"] == "operator"
+    staff.wait("confirmed")
+    time.sleep(1)
+    assert box.stop() == 0
+    assert "Assertion" not in box.log() and "Traceback" not in box.log()
+    wait_for(lambda: not emulator.calls, 10, "the modem's call ended")

@@ -380,6 +380,7 @@ class CallSession:
                     next_reminder = time.monotonic() + remind_every
         finally:
             self.leg.stop(tone)
+            tone = None  # a pj object kept alive by this frame (in converse) outlives the library
             if not (out.confirmed.done() and out.confirmed.result()):
                 # No answer, a refusal, or the caller gave up while it rang: stop the ringing phone.
                 out.hangup()

@@ -164,6 +164,7 @@ class GsmLeg(MediaLeg):
         self.connected = False
         self._digits = DigitMerger()
         self._answering = False
+        stack.media_legs.add(self)  # so the stack ends it before the library goes away
 
     # --- actions (asyncio thread) ------------------------------------------------------------
     def answer(self, code: int = 200, reason: str = "") -> None:

@@ -418,6 +418,7 @@ class SipStack:
         self.ep = None
         self.accounts: dict[str, _Account] = {}
         self.legs: set[Leg] = set()
+        self.media_legs: set[MediaLeg] = set()  # legs without a pjsua call (GSM): in the bridge only
         self._all_legs: "weakref.WeakSet[Leg]" = weakref.WeakSet()
         self.max_calls = 0
         self.build_limit = 0
@@ -485,7 +486,7 @@ class SipStack:
 
     async def hangup_all(self, wait_s: float = 2.0) -> None:
         """End every call and wait (briefly) for pjsua to confirm."""
-        for leg in list(self.legs):
+        for leg in list(self.legs) + list(self.media_legs):
             leg.hangup()
         deadline = time.monotonic() + wait_s
         while self.legs and time.monotonic() < deadline:
@@ -677,7 +678,8 @@ class SipStack:
             return
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
-        callers = sum(1 for l in self.legs if l.direction == "in")
+        # (GSM callers count too: putting them through to a person takes a SIP leg.)
+        callers = sum(1 for l in list(self.legs) + list(self.media_legs) if l.direction == "in")
         needed = callers * 2 if self.reserve_transfer_leg else in_use
         if in_use > self.max_calls or needed > self.max_calls:
             self.limit_hits += 1
@@ -737,6 +739,7 @@ class SipStack:
 
     def _leg_ended(self, leg: MediaLeg):
         self.legs.discard(leg)
+        self.media_legs.discard(leg)
         if not isinstance(leg, Leg):
             return  # a GSM leg holds no pjsua call
         # The pj.Call object stays referenced until pjsua is certainly done with it; the Leg

@@ -1,0 +1,360 @@
+"""GSM voice: the modem's PCM port bridged into the pjsua2 conference.
+
+A real SipStack on 127.0.0.1 and the modem emulator (its voice pty carries the call audio). A
+small stand-in for the modem supervisor answers and hangs up with real AT commands on the
+emulator's AT port. Tests listen to what the GSM caller heard (``received(emulator)``) and
+to what a recorder or a SIP phone heard from the GSM caller, and count the digits that arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import wave
+
+import numpy as np
+import pytest
+import serial
+
+from appliance.gsm.emulator import ModemEmulator
+from appliance.gsm.voice import FRAME_BYTES, VoiceChannel
+from appliance.media.prompts import PromptLibrary, read_wav
+from appliance.sip.gsmleg import DigitMerger, GsmLeg
+from appliance.sip.stack import PARK_S, SipStack
+
+from .audio import find_occurrences
+from .conftest import needs_tools
+from .sipkit import Phone, free_port
+
+RATE = 8000
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def speechlike(seed: int, seconds: float = 1.6) -> np.ndarray:
+    """A deterministic phrase-like signal: band-limited noise in syllable-shaped bursts."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    spec = np.fft.rfft(rng.normal(size=n))
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    spec[(freqs < 300) | (freqs > 3400)] = 0
+    x = np.fft.irfft(spec, n)
+    t = np.arange(n) / RATE
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
+    x = x * envelope
+    return (x / np.max(np.abs(x)) * 12000).astype(np.int16)
+
+
+def write_wav(path, samples: np.ndarray) -> str:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return str(path)
+
+
+def received(emulator) -> bytes:
+    """What the box wrote to the voice port (a property of the emulator, or a method)."""
+    value = emulator.voice_received
+    return value() if callable(value) else value
+
+
+def heard(pcm: bytes, reference: np.ndarray) -> list[tuple[float, float]]:
+    """(onset, coverage) of each time ``reference`` is in ``pcm`` (8 kHz 16-bit LE)."""
+    rec = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2")
+    return find_occurrences((rec, RATE), (reference, RATE))
+
+
+class StackThread:
+    """A SipStack on its own asyncio loop in a thread (the test's main thread stays free)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-stack", daemon=True)
+        self.thread.start()
+        self.stack = SipStack(address="127.0.0.1", port=free_port(), transports=("udp",))
+        self.run(self.stack.start())
+
+    def run(self, coro, timeout: float = 20):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args):
+        async def go():
+            return fn(*args)
+        return self.run(go())
+
+    def wait(self, fut, timeout: float = 10):
+        async def go():
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return self.run(go(), timeout + 5)
+
+    def ports(self) -> int:
+        return self.call(lambda: len(self.stack.ep.mediaEnumPorts2()))
+
+    def close(self):
+        self.run(self.stack.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class AtControl:
+    """The modem supervisor's call control, reduced to what these tests need: ATA and the voice
+    switch, ATH, AT^DTMF, on the emulator's AT port; ``^CEND`` reported to ``on_ended``."""
+
+    def __init__(self, emulator: ModemEmulator):
+        self.port = serial.Serial(emulator.device, 115200, timeout=0.1)
+        self.jobs = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-modem")
+        self.lines: list[str] = []
+        self.on_ended = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        buf = b""
+        while not self._stop:
+            try:
+                buf += self.port.read(256)
+            except Exception:  # noqa: BLE001 — unplugged: the test's leg hears it on the voice port
+                return
+            while b"\r\n" in buf:
+                line, buf = buf.split(b"\r\n", 1)
+                text = line.decode(errors="replace").strip()
+                if not text:
+                    continue
+                with self._cond:
+                    self.lines.append(text)
+                    self._cond.notify_all()
+                if text.startswith("^CEND") and self.on_ended:
+                    self.on_ended("remote hangup")
+
+    def command(self, cmd: str, timeout: float = 5) -> list[str]:
+        with self._cond:
+            start = len(self.lines)
+        self.port.write(cmd.encode() + b"\r")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                new = self.lines[start:]
+                if any(x in ("OK", "ERROR", "NO CARRIER") or "ERROR" in x for x in new):
+                    if "OK" not in new:
+                        raise RuntimeError(f"{cmd}: {new}")
+                    return new
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(cmd)
+                self._cond.wait(left)
+
+    def answer(self):
+        def job():
+            self.command("ATA")
+            self.command("AT^DDSETEX=2")
+        return self.jobs.submit(job)
+
+    def hangup(self):
+        return self.jobs.submit(self.command, "ATH")
+
+    def send_dtmf(self, digits):
+        return self.jobs.submit(lambda: [self.command(f"AT^DTMF=1,{d}") for d in digits])
+
+    def close(self):
+        self._stop = True
+        self.jobs.shutdown(wait=True)
+        try:
+            self.port.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@pytest.fixture(scope="module")
+def sip():
+    st = StackThread()
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def modem():
+    emulator = ModemEmulator("huawei")
+    control = AtControl(emulator)
+    control.command("AT+CLIP=1")
+    yield emulator, control
+    control.close()
+    emulator.close()
+
+
+@pytest.fixture
+def thread_errors():
+    errors = []
+    old = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args)
+    yield errors
+    threading.excepthook = old
+
+
+def gsm_call(sip, emulator, control, number="600123456") -> GsmLeg:
+    """A GSM caller rings and the box answers: the leg is up and its audio flows."""
+    emulator.ring(number)
+    leg = sip.call(lambda: GsmLeg(sip.stack, "in", control, emulator.voice_device, remote_number=number,
+                                  local_number="48500100200"))
+    control.on_ended = lambda reason: sip.loop.call_soon_threadsafe(leg.modem_ended, reason)
+    sip.call(leg.answer, 200)
+    assert sip.wait(leg.confirmed) is True
+    return leg
+
+
+def end(sip, leg):
+    sip.call(leg.hangup)
+    time.sleep(PARK_S + 0.5)  # parked ports and recorders are freed (WAV headers written)
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+def test_gsm_caller_hears_a_prompt_played_to_the_call(sip, modem, tmp_path):
+    emulator, control = modem
+    prompt = speechlike(1)
+    leg = gsm_call(sip, emulator, control)
+    assert (leg.remote_uri, leg.remote_user, leg.line) == ("tel:600123456", "600123456", "gsm")
+    assert leg.sip_call_id.startswith("gsm-") and leg.direction == "in"
+    sip.call(leg.play, write_wav(tmp_path / "prompt.wav", prompt))
+    time.sleep(2.4)
+    found = heard(received(emulator), prompt)
+    end(sip, leg)
+    assert len(found) == 1 and found[0][1] > 0.9, found
+
+
+def test_what_the_gsm_caller_says_is_recorded(sip, modem, tmp_path):
+    emulator, control = modem
+    phrase = speechlike(2)
+    leg = gsm_call(sip, emulator, control)
+    rec = tmp_path / "caller.wav"
+    sip.call(leg.record, rec)
+    emulator.caller_says(phrase.astype("<i2").tobytes())
+    time.sleep(2.4)
+    end(sip, leg)
+    samples, rate = read_wav(rec)
+    found = find_occurrences((samples, rate), (phrase, RATE))
+    assert len(found) == 1 and found[0][1] > 0.9, found
+
+
+def test_keys_pressed_by_the_gsm_caller_arrive_once_each(sip, modem):
+    emulator, control = modem
+    leg = gsm_call(sip, emulator, control)
+    emulator.caller_presses("12#")
+    time.sleep(1.5)
+    emulator.caller_presses("0", on_ms=60, off_ms=60)  # a short press counts too
+    time.sleep(1.0)
+    digits = sip.call(lambda: list(leg.digits))
+    end(sip, leg)
+    assert digits == ["1", "2", "#", "0"]
+
+
+def test_same_press_from_both_detectors_counts_once():
+    merger = DigitMerger()
+    # The modem's URC and our in-band detector report the same press 60 ms apart.
+    assert merger.accept("5", 10.00, "modem") is True
+    assert merger.accept("5", 10.06, "inband") is False
+    # A quick second press of the same key: both detectors report it again.
+    assert merger.accept("5", 10.12, "modem") is True
+    assert merger.accept("5", 10.19, "inband") is False
+    # Only one detector hears a press: it still counts; different keys never merge.
+    assert merger.accept("7", 11.0, "inband") is True
+    assert merger.accept("8", 11.01, "modem") is True
+
+
+def test_modem_reported_digit_reaches_the_flow(sip, modem):
+    emulator, control = modem
+    leg = gsm_call(sip, emulator, control)
+    sip.call(leg.modem_digit, "9")
+    digits = sip.call(lambda: list(leg.digits))
+    end(sip, leg)
+    assert digits == ["9"]
+
+
+@needs_tools
+def test_gsm_call_bridged_to_a_sip_phone_carries_audio_both_ways(sip, modem, tmp_path):
+    emulator, control = modem
+    agent_text = "Rejestracja, słucham."
+    phone = Phone(tmp_path, "agent", answer_after=0.2, say={"agent": agent_text})
+    try:
+        leg = gsm_call(sip, emulator, control)
+        agent = sip.call(sip.stack.dial, phone.address("agent"))
+        assert sip.wait(agent.confirmed) is True
+        sip.run(asyncio.wait_for(agent.media_active.wait(), 5))
+        sip.call(leg.bridge, agent)
+        phrase = speechlike(3)
+        emulator.caller_says(phrase.astype("<i2").tobytes())
+        time.sleep(3.5)
+        sip.call(agent.hangup)
+        phone.wait("disconnected", timeout=10)
+        caller_heard = received(emulator)
+        end(sip, leg)
+        voice, rate = read_wav(PromptLibrary(tmp_path / "phone-cache" / "centralka-phone-prompts",
+                                             rate=8000).synthesise(agent_text, "say"))
+        agent_heard, agent_rate = read_wav(phone.recording())
+    finally:
+        phone.stop()
+    assert heard(caller_heard, voice), "the GSM caller did not hear the agent"
+    found = find_occurrences((agent_heard, agent_rate), (phrase, RATE))
+    assert len(found) == 1 and found[0][1] > 0.9, f"the agent did not hear the GSM caller: {found}"
+
+
+def test_far_end_hanging_up_ends_the_call_and_frees_its_port(sip, modem):
+    emulator, control = modem
+    time.sleep(PARK_S + 0.3)
+    before = sip.ports()
+    leg = gsm_call(sip, emulator, control)
+    sip.call(leg.ringback)
+    assert sip.ports() > before
+    emulator.hangup_remote()
+    gone = sip.wait(leg.disconnected)
+    assert gone.by == "remote" and gone.reason == "remote hangup"
+    assert sip.call(lambda: leg.alive) is False
+    time.sleep(PARK_S + 0.5)
+    assert sip.ports() == before
+
+
+def test_modem_unplugged_mid_call_ends_the_call_cleanly(sip, modem, thread_errors):
+    emulator, control = modem
+    time.sleep(PARK_S + 0.3)
+    before = sip.ports()
+    leg = gsm_call(sip, emulator, control)
+    voice = leg.voice
+    time.sleep(0.5)
+    emulator.fault("unplug")
+    gone = sip.wait(leg.disconnected)
+    assert gone.code == 503 and "voice channel lost" in gone.reason
+    time.sleep(PARK_S + 0.5)
+    assert not voice.running
+    assert sip.ports() == before
+    assert sip.stack.errors == 0
+    assert not thread_errors
+
+
+def test_voice_channel_buffers_and_reports_unplug_once(modem):
+    emulator, control = modem
+    emulator.ring("600123456")
+    control.answer().result(5)
+    lost = []
+    ch = VoiceChannel(emulator.voice_device, on_lost=lost.append)
+    ch.start()
+    emulator.caller_says(speechlike(4, 0.4).astype("<i2").tobytes())
+    time.sleep(0.3)
+    frames = [ch.read_frame() for _ in range(5)]
+    for _ in range(10):
+        ch.write_frame(b"\x10\x00" * (FRAME_BYTES // 2))
+    time.sleep(0.5)
+    assert all(len(f) == FRAME_BYTES for f in frames)
+    assert any(f != bytes(FRAME_BYTES) for f in frames)
+    assert b"\x10\x00" * (FRAME_BYTES // 2) in received(emulator)
+    emulator.fault("unplug")
+    time.sleep(0.5)
+    assert len(lost) == 1
+    assert ch.read_frame() == bytes(FRAME_BYTES)  # silence, no exception, no wait
+    ch.write_frame(bytes(FRAME_BYTES))
+    ch.stop()
+    assert not ch.running
