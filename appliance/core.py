@@ -207,6 +207,9 @@ class Core:
         """E-mail for alarms and incoming SMS ([mail]); its own thread and database connection,
         because an SMTP server can take seconds to answer."""
         self._notify_stop = threading.Event()
+        # Alarms from before this start were handled by the previous run (or are too old to text).
+        row = self.db.execute("SELECT max(id) FROM alarms").fetchone()
+        self._alarm_sms_since = row[0] or 0
         self._notify_thread = threading.Thread(target=self._notify_loop, name="notifier", daemon=True)
         self._notify_thread.start()
 
@@ -221,8 +224,34 @@ class Core:
         while not self._notify_stop.wait(max(NOTIFY_EVERY_S, notifier.next_due_in())):
             try:
                 notifier.run_once()
+                self._sms_alarms(notifier.db)
             except Exception:  # noqa: BLE001 — the notifier must outlive any one failure
                 log.exception("notifier round failed")
+
+    def _sms_alarms(self, db):
+        """Alarms of the configured severities also go by SMS to the admin's mobiles ([alarms])."""
+        from .gsm.outbox import SmsRefused, queue_sms
+
+        cfg = self.settings.sections.get("alarms") or {}
+        numbers = cfg.get("sms_to") or []
+        if not numbers:
+            return
+        severities = cfg.get("sms_severities") or ["critical"]
+        since = self._alarm_sms_since
+        rows = list(db.query(f"SELECT id, text FROM alarms WHERE id > ? AND severity IN "
+                             f"({','.join('?' * len(severities))}) ORDER BY id", [since, *severities]))
+        for row in rows:
+            text = f"Centralka: {row['text']}"
+            for number in numbers:
+                try:
+                    # The key makes this idempotent: a restart never texts the same alarm twice.
+                    queue_sms(db, number, text[:300], kind="alarm", settings=self.settings,
+                              dedupe_key=f"alarm:{row['id']}:{number}")
+                except SmsRefused as exc:
+                    log.warning("alarm #%s not sent by SMS to %s: %s", row["id"], number, exc)
+            self._alarm_sms_since = row["id"]
+        if rows and self.gsm is not None:
+            self.gsm.wake()
 
     async def _watchdog(self, interval: float):
         while True:

@@ -215,7 +215,8 @@ def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_
     dead = free_port()  # nobody listens: the trunk's registrar is unreachable (TCP: refused at once)
     box = make_box(staff=staff, settings=modem_settings(emulator, (
         f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{dead};transport=tcp"\nusername = "clinic"\n'
-        'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n')))
+        'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n'
+        '\n[alarms]\nsms_to = ["+48600999888"]\nsms_severities = ["warning", "critical"]\n')))
     gsm_up(box)
     wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "down", 20, "trunk down")
     assert cli_main(["--config", str(box.config), "call", "600 123 456"]) == 0
@@ -229,6 +230,12 @@ def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_
     assert ("line_down", "trunk") in alarms
     rows = box.db().execute("SELECT line, outcome FROM outbound_calls ORDER BY id").fetchall()
     assert rows == [("gsm", "answered")]  # a trunk known to be down is not even tried first
+    # The admin's mobile got the alarm by SMS (exactly once, though the trunk keeps failing).
+    time.sleep(3)
+    to_admin = wait_for(lambda: [s for s in emulator.sent_sms if s["number"] == "+48600999888"], 20, "alarm SMS")
+    assert all(s["udh"]["ref"] == to_admin[0]["udh"]["ref"] for s in to_admin)  # one message (in parts)
+    text = "".join(s["text"] for s in to_admin)
+    assert text.startswith("Centralka: Trunk SIP nie działa: registration failed: ") and text.count("Centralka") == 1
 
 
 def test_stopping_the_box_during_a_gsm_call_ends_it_cleanly(make_box, staff, emulator):
@@ -243,3 +250,27 @@ def test_stopping_the_box_during_a_gsm_call_ends_it_cleanly(make_box, staff, emu
     assert box.stop() == 0
     assert "Assertion" not in box.log() and "Traceback" not in box.log()
     wait_for(lambda: not emulator.calls, 10, "the modem's call ended")
+
+
+@pytest.mark.skipif(__import__("shutil").which("sipp") is None, reason="sipp is installed by make test")
+def test_gsm_network_lost_an_outbound_call_goes_over_the_trunk(make_box, staff, emulator, workdir, capsys):
+    from .test_outbound import Provider, trunk_settings
+
+    provider = Provider(workdir, "provider_answers")
+    try:
+        box = make_box(staff=staff, settings=modem_settings(emulator, trunk_settings(provider.port)
+                                                            + '\n[outbound]\nprefer = ["gsm", "trunk"]\n'))
+        gsm_up(box)
+        wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "up", 20, "trunk up")
+        emulator.fault("network_lost")  # the SIM loses the network: the GSM line is no good
+        wait_for(lambda: box.status()["lines"]["gsm"]["state"] != "up", 20, "GSM line not up")
+        assert cli_main(["--config", str(box.config), "call", "600123456"]) == 0
+        assert "placed over the trunk line" in capsys.readouterr().out
+        assert provider.invites() == [f"sip:+48600123456@127.0.0.1:{provider.port}"]
+        assert emulator.dialled == []
+        call = box.wait_call_ended(timeout=30)
+        assert (call["line"], call["outcome"]) == ("trunk", "answered")
+        kinds = [(a["kind"], a["source"]) for a in box.db()["alarms"].rows_where(order_by="id")]
+        assert any(source == "gsm" and kind in ("line_down", "line_degraded") for kind, source in kinds), kinds
+    finally:
+        provider.stop()
