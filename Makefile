@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt clean
+.PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt bench-gsm bench-sms clean
 
 all: setup
 
@@ -52,6 +52,14 @@ bench-queue: setup
 # Announced vs actual queue waits, ours against Asterisk's estimator, on replayed queue days.
 bench-ewt: setup
 	$(BIN)/python bench/ewt.py
+
+# The GSM voice bridge: CPU per GSM call and the delay it adds (emulated modem's voice port).
+bench-gsm: setup
+	$(BIN)/python bench/gsm_voice.py
+
+# SMS throughput of the outbox through the modem supervisor, against the emulated modem.
+bench-sms: setup
+	$(BIN)/python bench/sms.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
