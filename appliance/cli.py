@@ -12,10 +12,10 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 
+from . import jsonline
 from .config import load_settings
 from .errors import CentralkaError, CoreNotRunning, FlowRejected, FlowSyntaxError
 
@@ -54,19 +54,9 @@ def _prompts(settings, *, scratch_ok: bool = False):
 def ask_core(settings, cmd: str, *, timeout: float = 10, **fields) -> dict:
     path = settings.control.socket
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        return jsonline.request(path, cmd, timeout=timeout, **fields)
     except OSError as exc:
         raise CoreNotRunning(f"the core is not running (no answer on {path}: {exc.strerror or exc})") from exc
-    return json.loads(data or b"{}")
 
 
 def _tell_core(settings, cmd: str, done: str) -> None:

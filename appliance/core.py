@@ -8,7 +8,6 @@ is how the command line and the web UI ask for live state and actions.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ import time
 import wave
 from pathlib import Path
 
-from . import systemd
+from . import jsonline, systemd
 from .errors import CentralkaError, FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
@@ -442,27 +441,7 @@ class Core:
         }
 
     async def _start_control(self):
-        path = Path(self.settings.control.socket)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve_control, path=str(path))
-        os.chmod(path, 0o660)
-
-    async def _serve_control(self, reader, writer):
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            try:
-                req = json.loads(line or b"{}")
-                reply = await self.control(req.get("cmd", ""), req)
-            except (ValueError, KeyError) as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
-            writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        self._server = await jsonline.serve(self.settings.control.socket, self.control)
 
     async def control(self, cmd: str, req: dict) -> dict:
         if cmd == "status":

@@ -14,12 +14,12 @@ is the other side — a patient's mobile phone and the network — reachable on 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import wave
 from pathlib import Path
 
+from . import jsonline
 from .errors import CentralkaError
 
 log = logging.getLogger("centralka.demo")
@@ -37,10 +37,7 @@ class RadioServer:
         self._heard_from = 0
 
     async def start(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self._server = await jsonline.serve(self.path, self.handle, mode=0o600)
 
     def close(self):
         if self._ringing:
@@ -49,21 +46,6 @@ class RadioServer:
             self._server.close()
         if self.path.exists():
             self.path.unlink()
-
-    async def _serve(self, reader, writer):
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            try:
-                req = json.loads(line or b"{}")
-                reply = await self.handle(req.get("cmd", ""), req)
-            except (ValueError, KeyError, TypeError) as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
-            writer.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
     async def handle(self, cmd: str, req: dict) -> dict:
         em = self.emulator
@@ -114,23 +96,11 @@ class RadioServer:
 
 # --- the command line side --------------------------------------------------------------------------
 def ask_radio(sock: Path, cmd: str, **fields) -> dict:
-    import socket
-
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(sock))
-            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        reply = jsonline.request(sock, cmd, **fields)
     except OSError as exc:
         raise CentralkaError(f"the demo's emulated modem is not running (no answer on {sock}: "
                              f"{exc.strerror or exc}); start `make demo` without $CENTRALKA_MODEM") from exc
-    reply = json.loads(data or b"{}")
     if not reply.get("ok"):
         raise CentralkaError(reply.get("error") or "the emulated network refused")
     return reply

@@ -42,6 +42,17 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def wait_for(check, timeout: float = 20.0, what: str = "condition"):
+    """Poll ``check()`` until it returns something true (which is returned) or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
 class Proc:
     """A child process whose stdout carries JSON events; stderr is kept for failure reports."""
 

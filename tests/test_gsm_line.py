@@ -16,20 +16,11 @@ import pytest
 from appliance.cli import main as cli_main
 from appliance.gsm.emulator import ModemEmulator
 
+from .sipkit import free_port, wait_for
 
 FAST_MODEM = ("poll_s = 1.0\nping_timeout_s = 1.0\ndrain_s = 0.05\nprobe_s = 0.3\nreset_grace_s = 0.3\n"
               "reset_wait_s = 3.0\nclip_wait_s = 0.5\ncall_poll_s = 0.3\nprobe_slow_s = 1.0\n")
 ZAZOLC = "Zażółć gęślą jaźń"
-
-
-def wait_for(check, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def modem_settings(emulator, extra: str = "") -> str:
@@ -210,7 +201,6 @@ def json_detail(step):
 def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_box, staff, workdir, emulator,
                                                                          capsys):
     from .audio import heard_sequence
-    from .sipkit import free_port
 
     dead = free_port()  # nobody listens: the trunk's registrar is unreachable (TCP: refused at once)
     box = make_box(staff=staff, settings=modem_settings(emulator, (

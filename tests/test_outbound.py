@@ -14,7 +14,7 @@ import pytest
 
 from appliance.cli import main as cli_main
 
-from .sipkit import free_port
+from .sipkit import free_port, wait_for
 
 SCENARIOS = Path(__file__).with_name("sipp_trunk")
 
@@ -64,16 +64,6 @@ def provider(workdir):
 def trunk_settings(port: int, extra: str = "") -> str:
     return (f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{port}"\nusername = "clinic"\n'
             f'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n{extra}\n')
-
-
-def wait_for(check, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_a_test_call_goes_out_over_the_trunk_in_e164(make_box, staff, provider, capsys):
