@@ -358,3 +358,21 @@ def test_voice_channel_buffers_and_reports_unplug_once(modem):
     ch.write_frame(bytes(FRAME_BYTES))
     ch.stop()
     assert not ch.running
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_frames_cross_the_port_intact_on_both_copy_paths(monkeypatch, direct):
+    # The fast path writes the SWIG vector's storage through ctypes; the slow one goes through
+    # pj.ByteVector. Either must hand the conference exactly the modem's bytes and back.
+    import pjsua2 as pj
+
+    from appliance.sip import gsmleg
+
+    if direct and not gsmleg._DIRECT:
+        pytest.skip("this build's vectors are not laid out as expected: the slow path is in use")
+    monkeypatch.setattr(gsmleg, "_DIRECT", direct)
+    frame = pj.MediaFrame()
+    data = bytes(range(256)) + bytes(64)
+    gsmleg._fill_frame(frame, data)
+    assert frame.size == 320 and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO
+    assert gsmleg._frame_bytes(frame) == data
