@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
-from .alarms import raise_alarm
+from .alarms import localise, raise_alarm
 from .errors import CentralkaError
 from .store.db import utcnow
 from .tollguard import check_destination
@@ -116,7 +116,7 @@ class Lines:
         who = LINE_NAMES[name][self.lang]
         text = f"{who} {_STATE_WORDS[new][self.lang]}"
         if reason and new != "up":
-            text += f": {reason}"
+            text += f": {localise(reason, self.lang)}"
         kind = {"up": "line_up", "degraded": "line_degraded"}.get(new, "line_down")
         severity = "info" if new in ("up", "absent") else "critical" if self._all_down_after(name, new) else "warning"
         raise_alarm(self.db, kind, name, text, severity=severity, detail=f"{old} -> {new}")

@@ -225,7 +225,7 @@ def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_
     to_admin = wait_for(lambda: [s for s in emulator.sent_sms if s["number"] == "+48600999888"], 20, "alarm SMS")
     assert all(s["udh"]["ref"] == to_admin[0]["udh"]["ref"] for s in to_admin)  # one message (in parts)
     text = "".join(s["text"] for s in to_admin)
-    assert text.startswith("Centralka: Trunk SIP nie działa: registration failed: ") and text.count("Centralka") == 1
+    assert text.startswith("Centralka: Trunk SIP nie działa: rejestracja nie powiodła się: ") and text.count("Centralka") == 1
 
 
 def test_stopping_the_box_during_a_gsm_call_ends_it_cleanly(make_box, staff, emulator):

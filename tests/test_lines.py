@@ -101,7 +101,7 @@ def test_trunk_down_sends_the_call_over_gsm_and_the_admin_is_told(db, settings):
     assert (line, e164, tried) == ("gsm", "+48600123456", ["gsm"])
     alarms = list_alarms(db)
     assert [a["kind"] for a in alarms] == ["line_down"]  # starting up was not news; going down is
-    assert alarms[0]["text"] == "Trunk SIP nie działa: registration failed: 408 Request Timeout"
+    assert alarms[0]["text"] == "Trunk SIP nie działa: rejestracja nie powiodła się: 408 Request Timeout"
     lines.update("trunk", "up", "registered")
     assert list_alarms(db)[0]["kind"] == "line_up"
     row = db.execute("SELECT line, outcome FROM outbound_calls").fetchall()
@@ -157,3 +157,20 @@ def test_a_refused_number_never_reaches_a_line(db, settings):
     with pytest.raises(DestinationRefused):
         asyncio.run(lines.dial("701234567", "test"))
     assert called == []
+
+
+def test_an_english_settings_box_keeps_english_alarms(db, settings):
+    lines = Lines(db, settings, lang="en")
+    lines.update("gsm", "up", "registered on Plus")
+    lines.update("gsm", "down", "the modem's port failed (EIO); reconnecting")
+    assert list_alarms(db)[0]["text"] == "The GSM modem is down: the modem's port failed (EIO); reconnecting"
+
+
+def test_modem_alarms_read_in_polish():
+    from appliance.alarms import localise
+
+    assert localise("The SIM card refused the PIN (CME error 16); it is not tried again, because three "
+                    "wrong PINs lock the SIM.") == ("Karta SIM odrzuciła PIN (błąd CME 16); nie jest wpisywany "
+                                                    "ponownie, bo trzy błędne PIN-y blokują kartę.")
+    assert localise("the modem's port failed (EIO); reconnecting") == "port modemu przestał działać (EIO); ponowne łączenie"
+    assert localise("something new") == "something new"  # unknown text stays readable, untranslated

@@ -43,7 +43,7 @@ from typing import Callable
 import serial
 from gsmmodem.exceptions import CmeError, CommandError, TimeoutException
 
-from ..alarms import raise_alarm
+from ..alarms import localise, raise_alarm
 from ..errors import StoreError
 from ..store.db import open_db
 from . import discovery
@@ -243,6 +243,8 @@ class ModemSupervisor:
             log.exception("modem event %s: listener failed", name)
 
     def _alarm(self, kind: str, text: str, *, severity: str = "warning", source: str = "gsm") -> None:
+        box = getattr(self.settings, "sections", {}).get("box") or {}
+        text = localise(text, box.get("language", "pl"))  # a person reads it (e-mail, SMS, the UI)
         if self._db is not None:
             try:
                 raise_alarm(self._db, kind, source, text, severity=severity)
