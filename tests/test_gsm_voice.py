@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 import time
 import wave
@@ -376,3 +377,66 @@ def test_frames_cross_the_port_intact_on_both_copy_paths(monkeypatch, direct):
     gsmleg._fill_frame(frame, data)
     assert frame.size == 320 and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO
     assert gsmleg._frame_bytes(frame) == data
+
+
+# --- a modem whose call audio is a USB sound card (alsa:<pcm>) -------------------------------------
+# arecord/aplay own a real card; here two real processes stand in for them with the same raw
+# 8 kHz S16_LE stream (a keypad press then silence out of "the card", and everything we play
+# into a file), so the pipe plumbing, the DTMF path and the loss of the card are all exercised.
+_CARD_SAYS = """
+import sys, time, math
+def tone(f1, f2, ms):
+    n = 8 * ms
+    return b"".join(int(8000 * (math.sin(2 * math.pi * f1 * i / 8000) + math.sin(2 * math.pi * f2 * i / 8000)))
+                    .to_bytes(2, "little", signed=True) for i in range(n))
+audio = bytes(3200) + tone(697, 1209, 120) + bytes(3200) + tone(941, 1477, 120) + bytes(16000)
+for i in range(0, len(audio), 320):
+    sys.stdout.buffer.write(audio[i:i + 320]); sys.stdout.flush(); time.sleep(0.02)
+time.sleep(float(sys.argv[1]))
+"""
+_CARD_HEARS = """
+import sys
+out = open(sys.argv[1], "wb", buffering=0)
+while True:
+    data = sys.stdin.buffer.read1(4096)
+    if not data:
+        break
+    out.write(data)
+"""
+
+
+def test_a_sound_card_voice_channel_carries_audio_and_keys_both_ways(tmp_path):
+    from appliance.gsm.voice import VoiceChannel
+
+    heard_file = tmp_path / "card-heard.raw"
+    digits, lost = [], []
+    voice = VoiceChannel("alsa:plughw:CARD=Modem", on_digit=digits.append, on_lost=lost.append, commands=(
+        [sys.executable, "-c", _CARD_SAYS, "1.5"], [sys.executable, "-c", _CARD_HEARS, str(heard_file)]))
+    voice.start()
+    try:
+        ours = (b"\x10\x20" * 160)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(digits) < 2:
+            voice.read_frame()
+            voice.write_frame(ours)
+            time.sleep(0.02)
+        assert digits == ["1", "#"]  # a keypad press heard on the card's audio, once each
+        time.sleep(0.3)
+        assert heard_file.read_bytes().count(ours) > 10  # what we played reached the card
+        # The card goes away (arecord exits: the USB device was unplugged): the call's audio is lost.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not lost:
+            voice.read_frame()
+            time.sleep(0.02)
+        assert lost == ["end of file on the voice port"]
+    finally:
+        voice.stop()
+    assert not voice.running
+
+
+def test_a_missing_sound_card_tool_is_a_clear_error():
+    from appliance.gsm.voice import VoiceChannel
+
+    voice = VoiceChannel("alsa:hw:9", commands=(["/nonexistent/arecord"], ["/nonexistent/aplay"]))
+    with pytest.raises(OSError):
+        voice.start()

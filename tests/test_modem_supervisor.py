@@ -40,7 +40,8 @@ def wait_for(predicate, timeout=15.0, interval=0.02):
 class Rig:
     """One emulated modem, one supervisor on it, the box's database, and what the box heard."""
 
-    def __init__(self, tmp_path, profile="huawei", *, emulator_kw=None, pin=None, start=True, **modem_settings):
+    def __init__(self, tmp_path, profile="huawei", *, emulator_kw=None, pin=None, start=True, voice=None,
+                 **modem_settings):
         self.emulator = ModemEmulator(profile, **(emulator_kw or {}))
         self.dev_dir = os.path.dirname(self.emulator.device)
         self.db_path = tmp_path / "centralka.db"
@@ -50,7 +51,7 @@ class Rig:
         self.events = []
         self.resets = 0
         self.supervisor = ModemSupervisor(
-            device=self.emulator.device, voice_device=self.emulator.voice_device, db_path=self.db_path,
+            device=self.emulator.device, voice_device=voice or self.emulator.voice_device, db_path=self.db_path,
             settings=self.settings, pin=pin, on_event=lambda name, data: self.events.append((name, data)),
             usb_reset=self._usb_reset, discover=self.discover)
         if start:
@@ -520,3 +521,15 @@ def test_discovery_probe_finds_the_emulated_modem_and_its_voice_port():
     with ModemEmulator("simcom") as emulator:
         found = find_modem(None, dev_dir=os.path.dirname(emulator.device), probe_timeout=0.3)
         assert (found.at, found.voice, found.profile) == (emulator.device, emulator.voice_device, "simcom")
+
+
+def test_a_quectel_with_its_sound_card_as_voice_port_is_switched_to_usb_audio(tmp_path):
+    rig = Rig(tmp_path, "quectel", voice="alsa:plughw:CARD=Android")
+    try:
+        rig.up()
+        rig.emulator.ring("+48600123456")
+        assert wait_for(lambda: rig.named("ring"))
+        rig.supervisor.answer().result(10)
+        assert wait_for(lambda: "AT+QPCMV=1,2" in rig.commands("AT+QPCMV"))
+    finally:
+        rig.close()

@@ -839,6 +839,8 @@ class ModemSupervisor:
     def _voice_on(self) -> None:
         modem = self._modem
         command = VOICE_ON.get(modem.profile or "") if modem else None
+        if command and modem.profile == "quectel" and (self._voice_device or "").startswith("alsa:"):
+            command = "AT+QPCMV=1,2"  # the call's audio on the module's USB sound card (UAC)
         if command:
             try:
                 modem.write(command, timeout=self.cfg.ping_timeout_s)

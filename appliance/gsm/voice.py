@@ -17,6 +17,12 @@ is trimmed by one frame so the delay never creeps up.
 Unplugging the modem mid-call gives EIO (or EOF) on the tty: both threads stop quietly and
 ``on_lost(reason)`` is called once. No exception leaves a thread. No pjsua2 here (only ``sip/``
 imports it).
+
+Modems that offer their call audio as a USB sound card instead (Quectel ``AT+QPCMV=1,2``) are
+named ``alsa:<pcm>`` (e.g. ``alsa:plughw:CARD=Android``) as the voice device: the same two
+threads then read from an ``arecord`` and write to an ``aplay`` process (alsa-utils, raw
+8 kHz S16_LE mono), which own the sound card; if either dies, the call's audio is lost exactly as
+with an unplugged tty.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import errno
 import logging
 import os
 import select
+import subprocess
 import termios
 import threading
 import time
@@ -40,6 +47,10 @@ FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono
 FRAME_S = 0.020
 SILENCE = bytes(FRAME_BYTES)
 PULL_GAP_S = 0.1
+ALSA_PREFIX = "alsa:"
+# The sound card's side: raw 8 kHz 16-bit LE mono, the same frames as the serial PCM port.
+CAPTURE_CMD = ("arecord", "-q", "-D", "{pcm}", "-t", "raw", "-f", "S16_LE", "-r", "8000", "-c", "1")
+PLAYBACK_CMD = ("aplay", "-q", "-D", "{pcm}", "-t", "raw", "-f", "S16_LE", "-r", "8000", "-c", "1")
 
 
 class VoiceChannel:
@@ -47,15 +58,18 @@ class VoiceChannel:
 
     def __init__(self, device: str, *, on_digit: Callable[[str], None] | None = None,
                  on_lost: Callable[[str], None] | None = None, prebuffer: int = 3, max_depth: int = 12,
-                 out_depth: int = 10):
+                 out_depth: int = 10, commands: tuple | None = None):
         self.device = device
+        self.commands = commands or (CAPTURE_CMD, PLAYBACK_CMD)  # for an alsa: device
         self.on_digit = on_digit
         self.on_lost = on_lost
         self.prebuffer = max(1, prebuffer)
         self.max_depth = max(self.prebuffer + 2, max_depth)
         self.out_depth = max(2, out_depth)
         self.detector = DtmfDetector(self._digit) if on_digit else None
-        self._fd: int | None = None
+        self._rfd: int | None = None
+        self._wfd: int | None = None
+        self._procs: list[subprocess.Popen] = []
         self._wake_r = self._wake_w = None
         self._lock = threading.Lock()
         self._in: collections.deque[bytes] = collections.deque()
@@ -79,6 +93,38 @@ class VoiceChannel:
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Open the port (raw, non-blocking) and start the threads; OSError if it cannot."""
+        if self.device.startswith(ALSA_PREFIX):
+            self._open_sound_card(self.device[len(ALSA_PREFIX):])
+        else:
+            self._open_tty()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._users = 2
+        for name, target in (("reader", self._read_loop), ("writer", self._write_loop)):
+            t = threading.Thread(target=self._run, args=(target,), name=f"gsm-voice-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        log.debug("voice channel open on %s", self.device)
+
+    def _open_sound_card(self, pcm: str) -> None:
+        capture, playback = ([arg.format(pcm=pcm) for arg in cmd] for cmd in self.commands)
+        procs = []
+        try:
+            procs.append(subprocess.Popen(capture, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL))
+            procs.append(subprocess.Popen(playback, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        except OSError:
+            for p in procs:
+                p.kill()
+                p.wait()
+            raise
+        self._procs = procs
+        self._rfd, self._wfd = procs[0].stdout.fileno(), procs[1].stdin.fileno()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+
+    def _open_tty(self) -> None:
         fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             tty.setraw(fd)
@@ -91,15 +137,7 @@ class VoiceChannel:
         except OSError:
             os.close(fd)
             raise
-        self._fd = fd
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._users = 2
-        for name, target in (("reader", self._read_loop), ("writer", self._write_loop)):
-            t = threading.Thread(target=self._run, args=(target,), name=f"gsm-voice-{name}", daemon=True)
-            self._threads.append(t)
-            t.start()
-        log.debug("voice channel open on %s", self.device)
+        self._rfd = self._wfd = fd
 
     def stop(self, wait: bool = True, timeout: float = 1.0) -> None:
         """Stop the threads; the port is closed by the last one out. ``wait=False`` returns at
@@ -187,13 +225,35 @@ class VoiceChannel:
             self._users -= 1
             last = self._users == 0
         if last:
-            for fd in (self._fd, self._wake_r, self._wake_w):
+            procs, self._procs = self._procs, []
+            if procs:  # the sound card's processes own their pipes' other ends
+                for p in procs:
+                    for pipe in (p.stdin, p.stdout):
+                        if pipe is not None:
+                            try:
+                                pipe.close()
+                            except OSError:
+                                pass
+                    if p.poll() is None:
+                        p.terminate()
+                    try:
+                        p.wait(1)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+            else:
+                for fd in {self._rfd, self._wfd}:
+                    if fd is not None:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            for fd in (self._wake_r, self._wake_w):
                 if fd is not None:
                     try:
                         os.close(fd)
                     except OSError:
                         pass
-            self._fd = self._wake_r = self._wake_w = None
+            self._rfd = self._wfd = self._wake_r = self._wake_w = None
 
     def _report_lost(self, reason: str) -> None:
         with self._lock:
@@ -210,7 +270,7 @@ class VoiceChannel:
                 log.exception("on_lost callback failed")
 
     def _read_loop(self) -> None:
-        fd, wake = self._fd, self._wake_r
+        fd, wake = self._rfd, self._wake_r
         pending = bytearray()
         while not self._stop.is_set():
             try:
@@ -258,7 +318,7 @@ class VoiceChannel:
                             log.exception("DTMF detector failed")
 
     def _write_loop(self) -> None:
-        fd = self._fd
+        fd = self._wfd
         deadline = time.monotonic()
         while True:
             deadline += FRAME_S
