@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import wave
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import jsonline, systemd
@@ -22,7 +23,7 @@ from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .flow.queue import QueueManager
 from .flow.staff import load_staff_text
-from .lines import LineFailed, Lines, NoLineAvailable
+from .lines import CalleeRefused, LineFailed, Lines, NoLineAvailable
 from .media.prompts import PromptLibrary
 from .numbers import normalise_caller, user_part
 from .sip.kamailio import Kamailio
@@ -35,7 +36,10 @@ from .tollguard import DestinationRefused
 
 log = logging.getLogger("centralka.core")
 
-NOTIFY_EVERY_S = 5.0  # how often pending alarms / incoming SMS are looked at for e-mail
+NOTIFY_EVERY_S = 5.0  # how often pending alarms / incoming SMS are looked at for e-mail and SMS
+ALARM_SMS_LOOKBACK_S = 3600  # after a restart, alarms this recent are (re)considered for SMS
+# Final answers that come from the callee's side, not from a broken line: no failover for these.
+CALLEE_SAID_NO = {404, 410, 480, 484, 486, 600, 603, 604}
 
 
 class Core:
@@ -203,11 +207,14 @@ class Core:
             self.gsm = None
 
     def _start_notifier(self):
-        """E-mail for alarms and incoming SMS ([mail]); its own thread and database connection,
-        because an SMTP server can take seconds to answer."""
+        """E-mail for alarms and incoming SMS ([mail]) and alarm SMS ([alarms]); its own thread
+        and database connection, because an SMTP server can take seconds to answer."""
         self._notify_stop = threading.Event()
-        # Alarms from before this start were handled by the previous run (or are too old to text).
-        row = self.db.execute("SELECT max(id) FROM alarms").fetchone()
+        # Recent alarms are looked at again after a restart (a crash may have come before they
+        # were texted); the dedupe key of each alarm SMS makes that safe.
+        since = (datetime.now(timezone.utc) - timedelta(seconds=ALARM_SMS_LOOKBACK_S)).isoformat(
+            timespec="milliseconds")
+        row = self.db.execute("SELECT max(id) FROM alarms WHERE at < ?", [since]).fetchone()
         self._alarm_sms_since = row[0] or 0
         self._notify_thread = threading.Thread(target=self._notify_loop, name="notifier", daemon=True)
         self._notify_thread.start()
@@ -215,17 +222,21 @@ class Core:
     def _notify_loop(self):
         from .notify.mail import Notifier
 
+        db = open_db(self.settings.db_path)
         try:
-            notifier = Notifier(open_db(self.settings.db_path), self.settings)
+            notifier = Notifier(db, self.settings)
         except CentralkaError as exc:
+            # Mail is broken, but alarm SMS must still go out.
             log.error("e-mail notifications unavailable: %s", exc)
-            return
-        while not self._notify_stop.wait(max(NOTIFY_EVERY_S, notifier.next_due_in())):
-            try:
-                notifier.run_once()
-                self._sms_alarms(notifier.db)
-            except Exception:  # noqa: BLE001 — the notifier must outlive any one failure
-                log.exception("notifier round failed")
+            notifier = None
+        while not self._notify_stop.wait(NOTIFY_EVERY_S):
+            for job in ((lambda: notifier.run_once()) if notifier else None, lambda: self._sms_alarms(db)):
+                if job is None:
+                    continue
+                try:
+                    job()  # the notifier keeps its own backoff after a mail failure
+                except Exception:  # noqa: BLE001 — the notifier must outlive any one failure
+                    log.exception("notifier round failed")
 
     def _sms_alarms(self, db):
         """Alarms of the configured severities also go by SMS to the admin's mobiles ([alarms])."""
@@ -355,11 +366,15 @@ class Core:
         so the caller of :meth:`Lines.dial` can go on to the GSM line within seconds.
         """
         t = self.settings.trunk
-        host = (t.get("domain") or t.registrar.split(":", 1)[-1]).split(";")[0]
+        scheme, _, rest = t.registrar.partition(":")
+        host, _, params = (t.get("domain") or rest).partition(";")
+        # The registrar's transport (;transport=tcp/tls) applies to calls too; sips stays sips.
+        params = ";".join(p for p in params.split(";") if p.lower().startswith("transport="))
         fmt = t.get("dial_format", "e164")
         user = e164 if fmt == "e164" else "00" + e164[1:] if fmt == "00" else _national(e164)
-        leg = self.stack.dial(f"sip:{user}@{host}", account="trunk")
-        fail_fast = float(self.settings.sections.get("outbound", {}).get("fail_fast_s", 6))
+        uri = f"{'sips' if scheme.lower() == 'sips' else 'sip'}:{user}@{host}" + (f";{params}" if params else "")
+        leg = self.stack.dial(uri, account="trunk")
+        fail_fast = float(self.settings.sections.get("outbound", {}).get("fail_fast_s", 10))
         waits = [asyncio.ensure_future(leg.ringing.wait()), asyncio.ensure_future(asyncio.shield(leg.confirmed)),
                  asyncio.ensure_future(asyncio.shield(leg.disconnected))]
         try:
@@ -369,6 +384,9 @@ class Core:
                 w.cancel()
         if leg.disconnected.done():
             d = leg.disconnected.result()
+            if d.code in CALLEE_SAID_NO:
+                # The patient's side answered (busy, declined, no such number): not a line fault.
+                raise CalleeRefused(f"{d.code} {d.reason}".strip(), "busy" if d.code in (486, 600) else "refused")
             raise LineFailed(f"the trunk refused the call: {d.code} {d.reason}".strip())
         if not (leg.ringing.is_set() or leg.confirmed.done()):
             leg.hangup()
@@ -469,6 +487,8 @@ class Core:
         if cmd == "test-call":
             try:
                 return {"ok": True, **await self.test_call(str(req.get("number", "")))}
+            except CalleeRefused as exc:
+                return {"ok": False, "error": f"the number answered: {exc} (not tried on another line)"}
             except (DestinationRefused, NoLineAvailable) as exc:
                 return {"ok": False, "error": str(exc)}
         if cmd == "stop":

@@ -27,6 +27,7 @@ log = logging.getLogger("centralka.gsm")
 _LINE_STATE = {"up": "up", "degraded": "degraded", "down": "down", "pin_error": "down",
                "connecting": "degraded", "absent": "absent"}
 DIAL_ACCEPT_TIMEOUT_S = 15
+MISSING_ALARM_S = 120  # a configured modem not found this long after start is reported down
 
 
 class GsmLine:
@@ -36,7 +37,7 @@ class GsmLine:
         self.supervisor = None
         self.ports = None
         self.leg = None  # the modem carries one voice call at a time
-        self._last_health: tuple | None = None
+        self._last_health: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -62,6 +63,14 @@ class GsmLine:
             on_event=self._from_modem_thread)
         self.supervisor.start()
         self.core.lines.set_dialer("gsm", self.dial)
+        if configured:
+            # A modem the admin named that never shows up is a fault to report, not "no modem".
+            self.loop.call_later(float(modem.get("missing_alarm_s", MISSING_ALARM_S)), self._check_missing, configured)
+
+    def _check_missing(self, configured: str) -> None:
+        h = self.health() or {}
+        if self.loop is not None and h.get("state") == "absent":
+            self.core.lines.update("gsm", "down", f"no modem found at {configured}")
 
     async def stop(self) -> None:
         self.loop = None  # a box shutting down is not a line going down: no more events, no alarms
@@ -107,9 +116,8 @@ class GsmLine:
     def _health(self, h: dict) -> None:
         state = h.get("state", "absent")
         reason = h.get("reason") or ""
-        key = (state, reason)
-        if key != self._last_health:
-            self._last_health = key
+        if state != self._last_health:  # (not every signal change while degraded)
+            self._last_health = state
             self.core.db["line_events"].insert({"at": utcnow(), "line": "gsm", "state": state, "detail": reason})
         self.core.lines.update("gsm", _LINE_STATE.get(state, "down"), reason)
 
@@ -145,6 +153,9 @@ class GsmLine:
         except Exception as exc:  # noqa: BLE001 — any refusal means: next line
             self.leg = None
             leg.modem_ended("dial failed")
+            # A dial that timed out here may still be placed by the modem: hang it up (the job
+            # runs after the dial), or the patient would answer to silence.
+            self.supervisor.hangup()
             raise LineFailed(f"the modem did not dial: {exc or type(exc).__name__}") from exc
         leg.ringing.set()
         return leg

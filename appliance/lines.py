@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
 from .alarms import localise, raise_alarm
-from .errors import CentralkaError
+from .errors import CallLimitReached, CentralkaError
 from .store.db import utcnow
 from .tollguard import check_destination
 
@@ -40,6 +40,14 @@ _STATE_WORDS = {
 
 class LineFailed(CentralkaError, RuntimeError):
     "One line could not place a call; the next line is tried."
+
+
+class CalleeRefused(CentralkaError, RuntimeError):
+    "The far end said no (busy, declined, no such number): the call's outcome, not a line fault."
+
+    def __init__(self, message: str, outcome: str = "refused"):
+        self.outcome = outcome
+        super().__init__(message)
 
 
 class NoLineAvailable(CentralkaError, RuntimeError):
@@ -154,12 +162,18 @@ class Lines:
             started = time.monotonic()
             try:
                 leg = await self.dialers[name](e164)
+            except CalleeRefused as exc:
+                # Busy or declined: calling again over the other line would ring the patient twice.
+                self._finish_row(row_id, exc.outcome, str(exc))
+                log.info("outbound %s to %s over %s: %s", purpose, e164, name, exc)
+                raise
             except (LineFailed, CentralkaError) as exc:
                 took = time.monotonic() - started
                 self._finish_row(row_id, "failed", str(exc))
                 attempts.append({"line": name, "error": str(exc), "took_s": round(took, 2)})
                 log.warning("outbound %s to %s over %s failed after %.1f s: %s", purpose, e164, name, took, exc)
-                if self.health[name].state == "up":
+                if self.health[name].state == "up" and not isinstance(exc, CallLimitReached):
+                    # (the box's own call limit says nothing about the line)
                     self.update(name, "degraded", f"outbound call failed: {exc}")
                 continue
             self._finish_row(row_id, "placed", "")

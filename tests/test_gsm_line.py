@@ -264,3 +264,24 @@ def test_gsm_network_lost_an_outbound_call_goes_over_the_trunk(make_box, staff, 
         assert any(source == "gsm" and kind in ("line_down", "line_degraded") for kind, source in kinds), kinds
     finally:
         provider.stop()
+
+
+@pytest.mark.skipif(__import__("shutil").which("sipp") is None, reason="sipp is installed by make test")
+def test_a_busy_patient_is_not_called_again_over_gsm(make_box, staff, emulator, workdir, capsys):
+    from .test_outbound import Provider, trunk_settings
+
+    provider = Provider(workdir, "provider_busy")
+    try:
+        box = make_box(staff=staff, settings=modem_settings(emulator, trunk_settings(provider.port)))
+        gsm_up(box)
+        wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "up", 20, "trunk up")
+        assert cli_main(["--config", str(box.config), "call", "600123456"]) != 0
+        assert "486 Busy Here (not tried on another line)" in capsys.readouterr().err
+        time.sleep(1)
+        assert emulator.dialled == []  # ringing a busy patient again from another number: no
+        assert box.status()["lines"]["trunk"]["state"] == "up"  # and the trunk is fine
+        assert list(box.db()["alarms"].rows) == []
+        rows = box.db().execute("SELECT line, outcome FROM outbound_calls").fetchall()
+        assert rows == [("trunk", "busy")]
+    finally:
+        provider.stop()

@@ -274,6 +274,13 @@ class ModemSupervisor:
                     self._stop.wait(1.0)  # and must not spin if it repeats
                 self._wait(self._sleep_time())
         finally:
+            if self._call is not None and self._modem is not None:
+                # A box shutting down must not leave a patient on a silent line (or the modem
+                # in a call the next start knows nothing of).
+                try:
+                    self._modem.write("ATH", timeout=min(2.0, self.cfg.ping_timeout_s))
+                except Exception as exc:  # the modem may be the reason we stop
+                    log.warning("could not hang up the GSM call while stopping: %s", exc)
             self._close_modem("stopped")
             self._fail_jobs()
             if self._db is not None:
