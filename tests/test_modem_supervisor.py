@@ -533,3 +533,29 @@ def test_a_quectel_with_its_sound_card_as_voice_port_is_switched_to_usb_audio(tm
         assert wait_for(lambda: "AT+QPCMV=1,2" in rig.commands("AT+QPCMV"))
     finally:
         rig.close()
+
+
+def test_discovery_asks_another_serial_device_only_once(tmp_path):
+    # A clinic's USB-serial printer or UPS is not a modem: it hears one ATI, not one every 5 s.
+    import select as _select
+
+    from appliance.gsm import discovery
+
+    master, slave = os.openpty()
+    try:
+        os.symlink(os.ttyname(slave), tmp_path / "ttyUSB0")
+
+        def written():
+            data = b""
+            while _select.select([master], [], [], 0.3)[0]:
+                data += os.read(master, 1024)
+            return data
+
+        assert discovery.find_modem(None, dev_dir=str(tmp_path), probe_timeout=0.2) is None
+        assert b"ATI" in written()
+        assert discovery.find_modem(None, dev_dir=str(tmp_path), probe_timeout=0.2) is None
+        assert written() == b""
+    finally:
+        discovery._NOT_A_MODEM.clear()
+        os.close(master)
+        os.close(slave)

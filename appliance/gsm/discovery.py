@@ -236,14 +236,38 @@ def find_modem(configured: str | None, *, dev_dir: str = "/dev", sysfs: str = "/
         model = USB_MODELS.get((info["vendor"], info["product"])) if info else None
         if model is not None and info["interface"] == model.at_interface:
             return ModemPorts(path, _sibling(path, model.profile, sysfs), model.profile)
+    present = {(path, _device_id(path)) for path in candidates}
+    now = time.monotonic()
+    for key in list(_NOT_A_MODEM):
+        if key not in present or now - _NOT_A_MODEM[key] > REPROBE_S:
+            del _NOT_A_MODEM[key]  # unplugged (or long ago): ask it again
     for path in candidates:
         info = usb_info(path, sysfs)
         if info is not None and (info["vendor"], info["product"]) in USB_MODELS:
             continue  # a known modem's other (non-AT) interface
+        key = (path, _device_id(path))
+        if key in _NOT_A_MODEM:
+            continue  # asked once: the clinic's other serial devices are not asked again and again
         profile = probe(path, probe_timeout)
         if profile is not None:
             return ModemPorts(path, _sibling(path, profile, sysfs), profile)
+        _NOT_A_MODEM[key] = now
     return None
+
+
+# Serial devices that did not answer ATI like a modem, by path and device number (a different
+# device plugged in under the same name is probed again), and when they were asked; a modem that
+# was merely hung when asked is asked again after REPROBE_S.
+_NOT_A_MODEM: dict[tuple[str, int], float] = {}
+REPROBE_S = 600.0
+
+
+def _device_id(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1
+    return st.st_rdev or st.st_ino
 
 
 def _by_id_voice(path: str, model: UsbModel, sysfs: str) -> str | None:
