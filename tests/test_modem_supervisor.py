@@ -21,6 +21,8 @@ from appliance.gsm.outbox import get_sms, queue_sms
 from appliance.gsm.supervisor import ModemSupervisor
 from appliance.store.db import open_db
 
+from .test_modem_emulator import wait_for as _poll
+
 PATIENT = "+48600123456"
 OTHER = "+48600123457"
 FAST = {"poll_s": 1.0, "ping_timeout_s": 0.5, "drain_s": 0.05, "probe_s": 0.2, "reset_grace_s": 0.3,
@@ -29,12 +31,7 @@ FAST = {"poll_s": 1.0, "ping_timeout_s": 0.5, "drain_s": 0.05, "probe_s": 0.2, "
 
 
 def wait_for(predicate, timeout=15.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return _poll(predicate, timeout, interval)
 
 
 class Rig:
