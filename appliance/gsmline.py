@@ -35,30 +35,27 @@ class GsmLine:
         self.core = core
         self.settings = core.settings
         self.supervisor = None
-        self.ports = None
+        self.voice: str | None = None  # the configured voice port (the supervisor may find another)
         self.leg = None  # the modem carries one voice call at a time
         self._last_health: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        from .gsm.discovery import find_modem
         from .gsm.supervisor import ModemSupervisor
 
         self.loop = asyncio.get_running_loop()
         modem = self.settings.sections.get("modem") or {}
         configured = os.environ.get("CENTRALKA_MODEM") or modem.get("device") or None
-        try:
-            self.ports = find_modem(configured)
-        except Exception as exc:  # noqa: BLE001 — discovery trouble must not stop SIP calls
-            log.error("looking for the GSM modem failed: %s", exc)
-            self.ports = None
-        if self.ports is None:
-            log.warning("no GSM modem found%s; the GSM line is absent (SMS wait in the outbox)",
-                        f" at {configured}" if configured else "")
+        # "AT_PORT" or "AT_PORT,VOICE_PORT". Looking for an unnamed modem (udev links, by-id, an
+        # ATI probe) is the supervisor's job, on its own thread: nothing here talks to a tty.
+        at, _, voice = (configured or "").partition(",")
+        self.voice = voice.strip() or None
+        if configured and not os.path.exists(at.strip()):
+            log.warning("no GSM modem at %s yet; the GSM line is absent until it appears (SMS wait in "
+                        "the outbox)", at.strip())
         self.supervisor = ModemSupervisor(
-            device=self.ports.at if self.ports else configured,
-            voice_device=self.ports.voice if self.ports else None,
+            device=at.strip() or None, voice_device=self.voice,
             db_path=self.settings.db_path, settings=self.settings, pin=modem.get("pin") or None,
             on_event=self._from_modem_thread)
         self.supervisor.start()
@@ -135,7 +132,7 @@ class GsmLine:
     def _voice_device(self) -> str | None:
         # After a USB reset the modem may be back under another name: the supervisor knows.
         h = self.health() or {}
-        return h.get("voice_device") or (self.ports.voice if self.ports else None)
+        return h.get("voice_device") or self.voice
 
     # --- outbound (a dialer of Lines) ------------------------------------------------------------
     async def dial(self, e164: str):
