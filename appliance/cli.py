@@ -174,7 +174,7 @@ def cmd_phones(args) -> int:
 
 
 def cmd_staff(args) -> int:
-    from .flow.staff import load_staff_text
+    from .flow.staff import load_staff_text, stored_staff_text
     from .store.db import utcnow
 
     settings, db = _box(args)
@@ -185,11 +185,11 @@ def cmd_staff(args) -> int:
         print(f"{len(staff.agents)} agents, {len(staff.queues)} queues imported")
         _tell_core(settings, "reload", "running core reloaded")
         return EXIT_OK
-    row = next(iter(db["staff"].rows_where(order_by="id desc", limit=1)), None)
-    if row is None:
+    text = stored_staff_text(db)
+    if text is None:
         print("centralka: no agents and queues yet: centralka staff import FILE", file=sys.stderr)
         return EXIT_ERROR
-    _write_out(row["text"], args.file)
+    _write_out(text, args.file)
     return EXIT_OK
 
 

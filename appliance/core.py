@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-import wave
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from .errors import CentralkaError, FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .flow.queue import QueueManager
-from .flow.staff import load_staff_text
+from .flow.staff import load_staff_text, stored_staff_text
 from .lines import CalleeRefused, LineFailed, Lines, NoLineAvailable
-from .media.prompts import PromptLibrary
+from .media.prompts import PromptLibrary, wav_duration
 from .numbers import normalise_caller, user_part
 from .sip.kamailio import Kamailio
 from .sip.stack import SipStack
@@ -82,9 +81,7 @@ class Core:
     def prompt_duration(self, path: Path) -> float:
         d = self._durations.get(str(path))
         if d is None:
-            with wave.open(str(path), "rb") as w:
-                d = w.getnframes() / float(w.getframerate())
-            self._durations[str(path)] = d
+            d = self._durations[str(path)] = wav_duration(path)
         return d
 
     # --- flow ------------------------------------------------------------------------------
@@ -110,10 +107,10 @@ class Core:
 
     def load_staff(self):
         """Agents and queues from the database (``centralka staff import``)."""
-        row = next(iter(self.db["staff"].rows_where(order_by="id desc", limit=1)), None)
-        if row is None:
+        text = stored_staff_text(self.db)
+        if text is None:
             return
-        staff = load_staff_text(row["text"], source="staff (database)")
+        staff = load_staff_text(text, source="staff (database)")
         if self.queues is None:
             self.queues = QueueManager(self, staff)
         else:

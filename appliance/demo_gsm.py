@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import wave
 from pathlib import Path
+
+import numpy as np
 
 from . import jsonline
 from .errors import CentralkaError
+from .media.prompts import write_wav_atomic
 
 log = logging.getLogger("centralka.demo")
 
@@ -67,11 +69,7 @@ class RadioServer:
             return {"ok": True}
         if cmd == "heard":
             pcm = em.voice_received[self._heard_from:]
-            with wave.open(str(req["path"]), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(8000)
-                w.writeframes(pcm)
+            write_wav_atomic(Path(req["path"]), np.frombuffer(pcm, dtype="<i2"), 8000)
             return {"ok": True, "seconds": round(len(pcm) / 16000, 2)}
         if cmd == "sms":
             em.deliver_sms(str(req["number"]), str(req["text"]), parts=int(req.get("parts", 1)))

@@ -133,14 +133,12 @@ def test_an_incoming_sms_in_two_parts_reaches_the_staff_mailbox(make_box, staff,
 # --- GSM calls ---------------------------------------------------------------------------------------
 def mobile_heard(emulator, workdir, name="mobile.wav"):
     """What the mobile caller heard (the box's audio on the modem's voice port) as a WAV file."""
-    import wave
+    import numpy as np
+
+    from appliance.media.prompts import write_wav_atomic
 
     path = workdir / name
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(emulator.voice_received)
+    write_wav_atomic(path, np.frombuffer(emulator.voice_received, dtype="<i2"), 8000)
     return path
 
 

@@ -105,3 +105,9 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
             announce_min_gap_s=raw.get("announce_min_gap_s", 20),
             when_no_agents=raw.get("when_no_agents", "leave"))
     return staff
+
+
+def stored_staff_text(db) -> str | None:
+    """The agents-and-queues file last imported (``centralka staff import``), or None."""
+    row = next(iter(db["staff"].rows_where(order_by="id desc", limit=1)), None)
+    return row["text"] if row else None
