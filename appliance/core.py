@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import jsonline, systemd
-from .errors import CentralkaError, FlowError, SipError
+from .errors import CentralkaError, ConfigError, FlowError, SipError
 from .flow.checked import load_checked
 from .flow.engine import CallSession
 from .flow.queue import QueueManager
@@ -26,6 +26,7 @@ from .lines import CalleeRefused, LineFailed, Lines, NoLineAvailable
 from .media.prompts import PromptLibrary, wav_duration
 from .numbers import normalise_caller, user_part
 from .sip.kamailio import Kamailio
+from .sip.screen import FloodGate, sip_hosts
 from .sip.stack import SipStack
 from .store import calls as store_calls
 from .store import flows as store_flows
@@ -148,6 +149,8 @@ class Core:
             on_incoming=self.on_incoming,
             on_trunk_state=self.on_trunk_state,
             on_limit=self.on_limit,
+            gate=self._flood_gate(),
+            max_message_bytes=s.sip.max_message_bytes,
         )
         await self.stack.start()
         if s.trunk.enabled:
@@ -188,6 +191,22 @@ class Core:
             # Pinged from the event loop itself: a loop stuck in a callback stops the pings and
             # systemd restarts the core.
             self.tasks.add(asyncio.get_running_loop().create_task(self._watchdog(interval)))
+
+    def _flood_gate(self) -> FloodGate:
+        """The limit on the core's own SIP port; the box's Kamailio and the trunk are trusted."""
+        s = self.settings
+        try:
+            gate = FloodGate(window_s=s.sip.flood_window_s, max_requests=s.sip.flood_max_requests,
+                             ban_s=s.sip.flood_ban_s, trusted=s.sip.trusted_sources, allow_from=s.sip.allow_from)
+        except ValueError as exc:
+            raise ConfigError(f"sip.allow_from / sip.trusted_sources: {exc}") from exc
+        if s.kamailio.enabled:
+            gate.trust(s.kamailio.address, s.kamailio.port)
+        if s.trunk.enabled:
+            for uri in (s.trunk.registrar, s.trunk.proxy):
+                for host in sip_hosts(uri):
+                    gate.trust(host)
+        return gate
 
     def _start_gsm(self):
         modem = self.settings.sections.get("modem") or {}
@@ -440,6 +459,8 @@ class Core:
             "sip": {"address": st.address, "port": st.port, "transports": list(st.transports)},
             "calls_active": len(self.sessions),
             "legs_in_use": st.legs_in_use(),
+            "legs": st.legs_status(),
+            "sip_guard": st.guard.status() if st.guard else None,
             "call_limit": st.max_calls,
             "build_call_limit": st.build_limit,
             "limit_hits": st.limit_hits,

@@ -210,10 +210,11 @@ class RawSip:
     SDP = ("v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=centralka raw test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
            "m=audio {rtp} RTP/AVP 8 0\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
 
-    def __init__(self, box):
+    def __init__(self, box, source: str = "127.0.0.1"):
         self.box = box
+        self.source = source  # another loopback address (127.0.0.2) is another host to the box
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((source, 0))
         self.port = self.sock.getsockname()[1]
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rtp.bind(("127.0.0.1", 0))
@@ -232,12 +233,12 @@ class RawSip:
         cid = call_id if call_id else f"{tag}@raw"
         body = self.sdp if body is None else body
         headers = [
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{tag}",
-            f"From: <sip:raw@127.0.0.1:{self.port}>;tag={tag[:10]}",
+            f"Via: SIP/2.0/UDP {self.source}:{self.port};branch=z9hG4bK{tag}",
+            f"From: <sip:raw@{self.source}:{self.port}>;tag={tag[:10]}",
             to if to is not None else f"To: <sip:{user}@127.0.0.1:{self.box.port}>",
             f"Call-ID: {cid}" if call_id is not None else None,
             "CSeq: 1 INVITE",
-            f"Contact: <sip:raw@127.0.0.1:{self.port}>",
+            f"Contact: <sip:raw@{self.source}:{self.port}>",
             "Max-Forwards: 70",
             "Content-Type: application/sdp" if body else None,
             f"Content-Length: {len(body.encode()) if content_length is None else content_length}",
@@ -246,19 +247,34 @@ class RawSip:
         text = f"INVITE sip:{user}@127.0.0.1:{self.box.port} SIP/2.0\r\n" + "\r\n".join(headers) + "\r\n\r\n" + body
         return text, cid
 
-    def send(self, text: str, call_id: str, wait: float = 1.5) -> RawReply:
-        """Send one request; collect the box's answers for ``call_id`` for ``wait`` seconds. A
-        final answer is acknowledged (and a 200 OK also ended with BYE), as a caller would."""
-        self.sock.sendto(text.encode(), ("127.0.0.1", self.box.port))
-        reply = RawReply()
-        for msg in self._responses(call_id, wait):
-            if not (_header(msg, "CSeq") or "").endswith("INVITE"):
-                continue  # the answer to our own ACK/BYE
-            reply.lines.append(msg.split("\r\n", 1)[0])
-            if not msg.startswith("SIP/2.0 1") and reply.final is None:
-                reply.final = msg
-                self._acknowledge(text, msg, call_id)
-        return reply
+    def send(self, text: str | bytes, call_id: str, wait: float = 1.5, stop_at_final: bool = False) -> RawReply:
+        """Send one request; collect the box's answers for ``call_id`` for ``wait`` seconds (or
+        until the final one, with ``stop_at_final``). A final answer to an INVITE is
+        acknowledged (and a 200 OK also ended with BYE), as a caller would."""
+        return self.burst({"one": (text, call_id)}, wait, stop_at_final=stop_at_final)["one"]
+
+    def burst(self, requests: dict, wait: float = 1.5, stop_at_final: bool = False) -> dict[str, RawReply]:
+        """Send every ``name: (text, call_id)`` at once; collect each one's answers (matched by
+        Call-ID and the request's CSeq method) for ``wait`` seconds. Bytes are sent as they are."""
+        replies, by_cid = {}, {}
+        for name, (text, call_id) in requests.items():
+            data = text if isinstance(text, bytes) else text.encode()
+            replies[name] = RawReply()
+            by_cid.setdefault(call_id, []).append((name, data, _cseq_method(data)))
+            self.sock.sendto(data, ("127.0.0.1", self.box.port))
+        for msg in self._responses(set(by_cid), wait, stop=lambda: stop_at_final and all(
+                r.final is not None for r in replies.values())):
+            call_id, method = _header(msg, "Call-ID"), (_header(msg, "CSeq") or "").split()[-1:]
+            for name, data, sent_method in by_cid.get(call_id, ()):
+                if method != [sent_method]:
+                    continue  # the answer to our own ACK/BYE, or to another request of this call
+                reply = replies[name]
+                reply.lines.append(msg.split("\r\n", 1)[0])
+                if not msg.startswith("SIP/2.0 1") and reply.final is None:
+                    reply.final = msg
+                    if sent_method == "INVITE":
+                        self._acknowledge(data.decode("latin-1"), msg, call_id)
+        return replies
 
     def invite_then_cancel(self, wait: float = 2.0) -> tuple[int | None, int | None]:
         """An INVITE and, back to back, its CANCEL (the caller gives up at once). Returns the
@@ -282,26 +298,30 @@ class RawSip:
                 self._acknowledge(text, msg, call_id)
         return invite_code, cancel_code
 
-    def _responses(self, call_id: str, wait: float):
-        """The box's responses for ``call_id`` arriving within ``wait`` seconds (other calls'
-        retransmissions are skipped)."""
+    def _responses(self, call_id, wait: float, stop=lambda: False):
+        """The box's responses for ``call_id`` (one or a set of them) arriving within ``wait``
+        seconds (other calls' retransmissions are skipped)."""
+        wanted = {call_id} if isinstance(call_id, str) else set(call_id)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop():
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = self.sock.recvfrom(65535)
             except socket.timeout:
                 return
             msg = data.decode(errors="replace")
-            if msg.startswith("SIP/2.0 ") and _header(msg, "Call-ID") == call_id:
+            if msg.startswith("SIP/2.0 ") and _header(msg, "Call-ID") in wanted:
                 yield msg
 
     def _acknowledge(self, request: str, response: str, call_id: str):
         to = _header(response, "To")
         frm = _header(response, "From")
         if response.startswith("SIP/2.0 2"):
-            # ACK for a 2xx is its own transaction; then hang up, so the call ends at once.
-            for cseq, method in ((1, "ACK"), (2, "BYE")):
+            # ACK for a 2xx is its own transaction (with the INVITE's CSeq number); then hang up,
+            # so the call ends at once.
+            m = re.match(r"\s*(\d+)", _header(response, "CSeq") or "")
+            number = int(m.group(1)) if m else 1
+            for cseq, method in ((number, "ACK"), (number + 1, "BYE")):
                 self.sock.sendto(self._in_dialog(method, cseq, frm, to, call_id).encode(),
                                  ("127.0.0.1", self.box.port))
         else:
@@ -312,9 +332,14 @@ class RawSip:
 
     def _in_dialog(self, method: str, cseq: int, frm: str, to: str, call_id: str) -> str:
         return (f"{method} sip:centralka@127.0.0.1:{self.box.port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"Via: SIP/2.0/UDP {self.source}:{self.port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
                 f"From: {frm}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
                 f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
+def _cseq_method(data: bytes) -> str | None:
+    m = re.search(rb"^(?:CSeq)\s*:\s*\d+\s+(\S+)", data, re.M | re.I)
+    return m.group(1).decode("latin-1") if m else None
 
 
 def _header(msg: str, name: str) -> str | None:

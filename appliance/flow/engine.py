@@ -120,7 +120,11 @@ class CallSession:
                     raise
                 self.step("answered", None, {"from": leg.remote_uri, "to": leg.local_uri})
                 store_calls.update_call(self.core.db, self.call_id, answered_at=_now())
-                await asyncio.wait_for(leg.media_active.wait(), MEDIA_WAIT_S)
+                # A caller who hangs up (or whose ACK brought no usable answer) before the audio
+                # starts is gone, not an error of ours.
+                await self._wait_any(MEDIA_WAIT_S, extra=[leg.media_active.wait()])
+                if not leg.media_active.is_set():
+                    raise TimeoutError(f"no audio within {MEDIA_WAIT_S:g} s of answering")
                 await self.walk(self.flow.start)
             except CallerGone:
                 raise

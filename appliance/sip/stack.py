@@ -30,6 +30,9 @@ import pjsua2 as pj
 
 from ..errors import CallLimitReached, SipError
 from ..numbers import user_part
+from ..text import wire_text
+from .guard import Guard
+from .screen import FloodGate, check_request, parse_request
 
 log = logging.getLogger("centralka.sip")
 
@@ -37,6 +40,8 @@ PARK_S = 1.5
 POLL_S = 0.01
 # European ringback (and Polish): 425 Hz, 1 s on, 4 s off.
 RINGBACK = (425, 1000, 4000)
+DTMF_KEYS = set("0123456789*#ABCD")
+URI_TOO_LONG = "-error: uri too long-"
 
 
 @contextlib.contextmanager
@@ -99,6 +104,7 @@ class MediaLeg:
         self._links: set = set()  # legs this one is bridged with
         self._sources: set = set()  # shared players (hold music) this leg listens to
         self.owner = None  # whoever handles this leg (a flow session, a phone)
+        self.created = time.monotonic()
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -249,6 +255,11 @@ class MediaLeg:
                 other._audio.startTransmit(self._audio)
 
     def _on_digit(self, digit: str):
+        # SIP INFO carries whatever the sender wrote in Signal=: only real keys are keys.
+        digit = wire_text(digit, 4).upper()
+        if len(digit) != 1 or digit not in DTMF_KEYS:
+            log.warning("ignored DTMF %r on call %s: not a phone key", digit, self.sip_call_id)
+            return
         self.digits.append(digit)
         self.digit_event.set()
 
@@ -261,16 +272,26 @@ class Leg(MediaLeg):
         self.account = account
         self.pj = _Call(self, account, pj.PJSUA_INVALID_ID if call_id is None else call_id)
 
-    def _fill_info(self):
+    def _fill_info(self, invite: bytes = b""):
         try:
             ci = self.pj.getInfo()
         except (pj.Error, AttributeError):
             return
-        self.remote_uri = ci.remoteUri
-        self.local_uri = ci.localUri
-        self.sip_call_id = ci.callIdString
-        self.remote_user = user_part(ci.remoteUri)
-        self.local_user = user_part(ci.localUri)
+        remote, local = ci.remoteUri, ci.localUri
+        if invite and URI_TOO_LONG in remote + local:
+            # pjsua prints a From/To longer than its buffer as this marker: read the INVITE's.
+            req = parse_request(invite)
+            if req is not None:
+                remote = req.get("from") if URI_TOO_LONG in remote else remote
+                local = req.get("to") if URI_TOO_LONG in local else local
+        # Everything here was written by the caller: made safe to log and store first (the
+        # user part is taken from the whole text, before it is cut to a storable length).
+        remote, local = wire_text(remote, 4096), wire_text(local, 4096)
+        self.remote_uri = wire_text(remote)
+        self.local_uri = wire_text(local)
+        self.sip_call_id = wire_text(ci.callIdString, 120)
+        self.remote_user = wire_text(user_part(remote), 64)
+        self.local_user = wire_text(user_part(local), 64)
 
     # --- actions ---------------------------------------------------------------------------
     def answer(self, code: int = 200, reason: str = "") -> None:
@@ -319,7 +340,7 @@ class Leg(MediaLeg):
             if not self.confirmed.done():
                 self.confirmed.set_result(True)
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._ended(ci.lastStatusCode, ci.lastReason)
+            self._ended(ci.lastStatusCode, wire_text(ci.lastReason, 120))
 
     def _on_media(self):
         try:
@@ -366,7 +387,7 @@ class _Account(pj.Account):
         self.stack._guard(self.stack._incoming, self, prm.callId, prm.rdata.wholeMsg)
 
     def onRegState(self, prm):
-        self.stack._guard(self.stack._reg_state, self, prm.code, prm.reason)
+        self.stack._guard(self.stack._reg_state, self, prm.code, wire_text(prm.reason, 120))
 
 
 class _Endpoint(pj.Endpoint):
@@ -399,7 +420,8 @@ class SipStack:
                  max_calls: int = 0, reserve_transfer_leg: bool = False, clock_rate: int = 8000,
                  codecs=("PCMA/8000", "PCMU/8000"), user: str = "centralka", rtp_port: int = 0,
                  log_path: str | Path | None = None, log_level: int = 3, on_incoming=None,
-                 on_trunk_state=None, on_limit=None):
+                 on_trunk_state=None, on_limit=None, gate: FloodGate | None = None,
+                 max_message_bytes: int = 16384):
         self.address = address
         self.port = port
         self.transports = tuple(transports)
@@ -414,6 +436,9 @@ class SipStack:
         self.on_incoming = on_incoming
         self.on_trunk_state = on_trunk_state
         self.on_limit = on_limit
+        self.gate = gate or FloodGate()
+        self.max_message_bytes = max_message_bytes
+        self.guard: Guard | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ep = None
         self.accounts: dict[str, _Account] = {}
@@ -473,6 +498,7 @@ class SipStack:
             ep.audDevManager().setNullDev()
             self._set_codecs()
             self._create_local_account()
+            self._start_guard()
         except pj.Error as exc:
             info = exc.info()
             self._destroy()
@@ -500,6 +526,13 @@ class SipStack:
         if self._trunk_retry:
             self._trunk_retry.cancel()
         await self.hangup_all()
+        for leg in list(self.legs) + list(self.media_legs):
+            if leg.alive:
+                # E.g. a caller whose Contact we cannot reach: the BYE was never sent, and pjsua
+                # would keep the call until its timers give up. Its media must go before the
+                # library does (a player alive after libDestroy aborts the process).
+                log.warning("call %s did not end when hung up (no BYE could be sent); dropped", leg.sip_call_id)
+                leg._ended(0, "box stopped")
         for acc in self.accounts.values():
             try:
                 acc.shutdown()
@@ -517,7 +550,20 @@ class SipStack:
                 pass
         self._destroy()
 
+    def _start_guard(self):
+        guard = Guard(pj._pjsua2.__file__, gate=self.gate, codecs=self.codecs, max_bytes=self.max_message_bytes)
+        try:
+            guard.register()
+        except OSError as exc:
+            # The box still takes calls; every refusal then happens in _admit (after pjsua).
+            log.error("SIP screen not active: %s", exc)
+            return
+        self.guard = guard
+
     def _destroy(self):
+        if self.guard is not None and self.ep is not None:
+            self.guard.unregister()
+            self.guard = None
         for leg in list(self._all_legs):
             leg.pj = None
         self.legs.clear()
@@ -663,58 +709,95 @@ class SipStack:
     def legs_in_use(self) -> int:
         return len(self.legs)
 
+    def legs_status(self) -> list[dict]:
+        """Every call leg the box holds, for ``centralka status`` (a leftover shows here)."""
+        now = time.monotonic()
+        out = []
+        for leg in list(self.legs) + list(self.media_legs):
+            state = "confirmed" if leg.confirmed.done() and leg.confirmed.result() else "setting up"
+            out.append({"call_id": leg.sip_call_id, "direction": leg.direction, "line": leg.line,
+                        "remote": leg.remote_uri, "state": state if leg.alive else "ended",
+                        "age_s": round(now - leg.created, 1)})
+        return out
+
     def _incoming(self, acc: _Account, call_id: int, whole_msg: str = ""):
+        """pjsua's onIncomingCall: take the call (a referenced Call), decide later.
+
+        Nothing may answer or hang up the call inside this callback. pjsua2 frees its copy of
+        the INVITE when the callback returns; a final answer given inside it (an INVITE without
+        SDP is answered at once) ends the call and frees that copy first, and pjsua2 then frees
+        it again: ``pjsip_rx_data_free_cloned: Assertion 'rdata' failed`` and the whole process
+        aborts. So every decision, refusal or admission, runs on the next loop turn.
+        """
         leg = Leg(self, "in", acc, call_id)
         self.legs.add(leg)
         self._all_legs.add(leg)
-        leg._fill_info()
-        problem = _framing_problem(whole_msg)
-        if problem:
-            # RFC 3261 §18.3: over UDP a Content-Length that disagrees with the datagram is an
-            # error; pjsip accepts it, so we refuse the call here rather than guess the body.
-            log.warning("rejecting INVITE from %s with 400: %s", leg.remote_uri, problem)
-            leg._local_hangup = True
-            leg.answer(400, problem)
+        raw = whole_msg.encode("utf-8", "surrogateescape") if whole_msg else b""
+        leg._fill_info(raw)
+        self.loop.call_soon(self._guard, self._admit, leg, acc, raw)
+
+    def _refuse(self, leg: Leg, code: int, reason: str) -> None:
+        leg._local_hangup = True
+        try:
+            leg.answer(code, reason)
+        except SipError as exc:
+            log.warning("could not refuse call %s with %d: %s", leg.sip_call_id, code, exc)
+            leg.hangup(code, reason)
+
+    def _admit(self, leg: Leg, acc: _Account, raw: bytes) -> None:
+        # A caller who cancelled before we decided still goes on to ``on_incoming``: a call
+        # given up at once is a missed call like any other (the engine records it).
+        # The screen refuses malformed INVITEs before pjsua sees them; this is the same check
+        # for a build where the screen could not be installed.
+        refusal = check_request(raw, codecs=self.codecs, max_bytes=1 << 20) if raw else None
+        if refusal is not None and refusal.code and leg.alive:
+            log.warning("refused INVITE from %s (Call-ID %s) with %d %s: %s", leg.remote_uri, leg.sip_call_id,
+                        refusal.code, refusal.reason, refusal.detail)
+            self._refuse(leg, refusal.code, refusal.reason)
             return
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
         callers = sum(1 for l in list(self.legs) + list(self.media_legs) if l.direction == "in")
         needed = callers * 2 if self.reserve_transfer_leg else in_use
-        if in_use > self.max_calls or needed > self.max_calls:
+        if leg.alive and (in_use > self.max_calls or needed > self.max_calls):
             self.limit_hits += 1
             log.warning("call limit reached: %d of %d call legs in use (pjsua2 build limit %d%s); "
-                        "rejecting call from %s with 486", in_use - 1, self.max_calls, self.build_limit,
+                        "rejecting call from %s (Call-ID %s) with 486", in_use - 1, self.max_calls,
+                        self.build_limit,
                         ", one leg kept free per caller for the transfer" if self.reserve_transfer_leg else "",
-                        leg.remote_uri)
-            leg._local_hangup = True
-            leg.answer(486, "Busy Here (call limit reached)")
+                        leg.remote_uri, leg.sip_call_id)
+            self._refuse(leg, 486, "Busy Here (call limit reached)")
             if self.on_limit:
                 self._guard(self.on_limit, leg.remote_uri, leg.local_uri, leg.sip_call_id)
             return
         if self.on_incoming is None:
-            leg.answer(480, "Temporarily Unavailable")
+            self._refuse(leg, 480, "Temporarily Unavailable")
             return
         try:
             self.on_incoming(leg, acc.name)
-        except Exception:
-            log.exception("incoming call handler failed; rejecting with 500")
-            leg.answer(500, "Internal Error")
-            raise
+        except Exception:  # noqa: BLE001 — one caller refused, never the process
+            self.errors += 1
+            log.exception("incoming call handler failed for %s (Call-ID %s); refusing it with 500",
+                          leg.remote_uri, leg.sip_call_id)
+            if leg.alive:
+                self._refuse(leg, 500, "Internal Server Error")
 
     def _rejected_by_pjsua(self, prm):
         if prm.statusCode != 486:
             # Not the limit: pjsua refused a broken request (bad SDP and the like).
-            log.warning("pjsua rejected an INVITE from %s: %d %s", prm.remoteInfo, prm.statusCode, prm.reason)
+            log.warning("pjsua refused an INVITE from %s with %d %s", wire_text(prm.remoteInfo),
+                        prm.statusCode, wire_text(prm.reason, 120))
             return
         # pjsua itself answers 486 when every call slot of the build is taken; the call never
         # reaches onIncomingCall, so this is the only place that knows a caller was turned away.
         self.limit_hits += 1
+        remote = wire_text(prm.remoteInfo)
         log.warning("call limit reached: all %d call legs of the pjsua2 build are in use; pjsua rejected "
-                    "a call from %s with %d %s", self.build_limit, prm.remoteInfo, prm.statusCode, prm.reason)
+                    "a call from %s with %d %s", self.build_limit, remote, prm.statusCode, wire_text(prm.reason))
         if self.on_limit:
-            m = re.search(r"^(?:Call-ID|i)\s*:\s*(\S+)", prm.rdata.wholeMsg, re.MULTILINE | re.IGNORECASE)
-            self._guard(self.on_limit, prm.remoteInfo, prm.localInfo, m.group(1) if m else "")
+            req = parse_request(prm.rdata.wholeMsg.encode("utf-8", "surrogateescape"))
+            self._guard(self.on_limit, remote, wire_text(prm.localInfo), req.call_id if req else "")
 
     def dial(self, uri: str, account: str = "local") -> Leg:
         """Start an outbound call; raises CallLimitReached / SipError when it cannot."""
@@ -752,18 +835,3 @@ def _release_call(leg: Leg):
     call, leg.pj = leg.pj, None
     if call is not None:
         call.leg = None  # break the Leg <-> Call cycle; the parked reference keeps it alive
-
-
-def _framing_problem(whole_msg: str) -> str | None:
-    """Why a request's Content-Length does not match its body, or None when it does."""
-    if not whole_msg or "\r\n\r\n" not in whole_msg:
-        return None
-    head, body = whole_msg.split("\r\n\r\n", 1)
-    m = re.search(r"^(?:Content-Length|l)\s*:\s*(\S*)\s*$", head, re.MULTILINE | re.IGNORECASE)
-    if m is None:
-        return None  # allowed over UDP: the body is the rest of the datagram
-    if not m.group(1).isdigit():
-        return "Bad Content-Length"
-    if int(m.group(1)) != len(body.encode("utf-8", "surrogateescape")):
-        return "Content-Length does not match the body"
-    return None
