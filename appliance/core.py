@@ -460,6 +460,7 @@ class Core:
             "calls_active": len(self.sessions),
             "legs_in_use": st.legs_in_use(),
             "legs": st.legs_status(),
+            "pjsua_calls": st.pjsua_calls(),
             "sip_guard": st.guard.status() if st.guard else None,
             "call_limit": st.max_calls,
             "build_call_limit": st.build_limit,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import load_settings
 from .errors import CentralkaError
+from .proc import die_with_parent
 from .store.db import open_db, utcnow
 from .store.flows import save_flow
 from .store.phones import set_phone
@@ -79,7 +80,7 @@ async def start_phones(port: int, record_dir: Path | None = None, answer_after: 
     if record_dir:
         cmd += ["--record-dir", str(record_dir)]
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.PIPE)
+                                                stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent())
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     if not line:
         raise CentralkaError("the simulated staff phones did not start")
@@ -99,7 +100,8 @@ async def start_agent_phone(ext: str, password: str, registrar: str, answer_afte
     cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(free_udp_port()), "--user", ext,
            "--answer-after", str(answer_after), "--say", f"{ext}={AGENT_PHONES[ext]}",
            "--register", registrar, f"--password={password}"]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                preexec_fn=die_with_parent())
     await asyncio.wait_for(proc.stdout.readline(), 30)
     return proc
 

@@ -198,7 +198,9 @@ class Box:
         self.config = workdir / "centralka.toml"
         self.config.write_text(
             f'[box]\ndata_dir = "{workdir / "data"}"\n\n'
-            f'[sip]\naddress = "127.0.0.1"\nport = {self.port}\nreserve_transfer_leg = false\n\n'
+            f'[sip]\naddress = "127.0.0.1"\nport = {self.port}\nreserve_transfer_leg = false\n'
+            # The load generator is one source sending far more than a caller would.
+            'trusted_sources = ["127.0.0.1"]\n\n'
             f'[control]\nsocket = "{workdir / "core.sock"}"\n',
             encoding="utf-8",
         )

@@ -250,14 +250,14 @@ def box_answers_options(box, raw: RawSip) -> int | None:
     return None
 
 
-def no_leftover_legs(box, timeout: float = 75.0) -> dict:
+def no_leftover_legs(box, timeout: float = 90.0) -> dict:
     """Every leg is given back. A mutant INVITE whose 200 OK went where the fuzzer does not
     listen (its Via was mutated) is a call nobody acknowledges: pjsip's timers end it (64 x T1
     for the missing ACK, then the BYE's own), which is why the wait is long."""
     deadline = time.monotonic() + timeout
     while True:
         status = box.status()
-        if status["legs_in_use"] == 0 and status["calls_active"] == 0:
+        if status["legs_in_use"] == 0 and status["calls_active"] == 0 and status["pjsua_calls"] == 0:
             return status
         if time.monotonic() > deadline:
             open_calls = [(c, [(j["at"], j["step"], j["node"], j["detail"]) for j in box.journey(c["id"])])

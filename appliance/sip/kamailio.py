@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, SipError
+from ..proc import die_with_parent
 
 log = logging.getLogger("centralka.kamailio")
 
@@ -278,11 +279,14 @@ class Kamailio:
         self.check(cfg)
         run_dir = self.dir / "run"
         run_dir.mkdir(exist_ok=True)
+        self._reap_orphan(run_dir / "kamailio.pid", cfg)
         logf = open(self.log_path, "ab")
+        # Its own process group (stop() ends all its children at once), and it dies with the
+        # core even when the core is killed or aborts (nothing left holding the port).
         self.proc = subprocess.Popen(
             [self.binary, "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "4", "-Y", str(run_dir),
              "-P", str(run_dir / "kamailio.pid"), "-w", str(self.dir)],
-            stdout=logf, stderr=logf, start_new_session=True)
+            stdout=logf, stderr=logf, start_new_session=True, preexec_fn=die_with_parent())
         logf.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -293,6 +297,27 @@ class Kamailio:
                 return
             time.sleep(0.05)
         raise SipError(f"Kamailio did not start listening on {self.uri_host}; see {self.log_path}")
+
+    def _reap_orphan(self, pid_file: Path, cfg: Path) -> None:
+        """A Kamailio left by an earlier core (one that died before children were tied to it)
+        still holds the port: stop it, but only if it is ours — Kamailio running our file."""
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if not cmdline or b"kamailio" not in os.path.basename(cmdline[0]) or str(cfg).encode() not in cmdline:
+            return
+        log.warning("stopping Kamailio %d left running by an earlier core", pid)
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
 
     def _listening(self) -> bool:
         import socket

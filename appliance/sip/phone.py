@@ -27,6 +27,7 @@ from pathlib import Path
 import pjsua2 as pj
 
 from ..media.prompts import PromptLibrary
+from .screen import FloodGate
 from .stack import PARK_S, SipStack
 
 log = logging.getLogger("centralka.phone")
@@ -49,7 +50,9 @@ class Phone:
         self.stack = SipStack(address=self.args.address, port=self.args.port, transports=("udp",),
                               user=self.args.user, rtp_port=self.args.rtp_port, on_incoming=self.on_incoming,
                               on_trunk_state=self.on_registration,
-                              log_path=self.args.sip_log, log_level=4 if self.args.sip_log else 0)
+                              log_path=self.args.sip_log, log_level=4 if self.args.sip_log else 0,
+                              # A test and demo tool: the box may ring it as often as it likes.
+                              gate=FloodGate(max_requests=1_000_000))
         await self.stack.start()
         if getattr(self.args, "register", None):
             # A desk phone: registers at the box's registrar (Kamailio) with its credentials.

@@ -38,10 +38,15 @@ log = logging.getLogger("centralka.sip")
 
 PARK_S = 1.5
 POLL_S = 0.01
+SWEEP_S = 1.0
+STALE_S = 2.0  # a leg younger than this may still be setting up inside pjsua
+HANGUP_GIVE_UP_S = 70.0  # 64 x T1 for a missing ACK, then some: pjsip has given up by then
 # European ringback (and Polish): 425 Hz, 1 s on, 4 s off.
 RINGBACK = (425, 1000, 4000)
 DTMF_KEYS = set("0123456789*#ABCD")
 URI_TOO_LONG = "-error: uri too long-"
+# class pj::Call: vtable pointer, Account &acc, pjsua_call_id id (pjsua2/call.hpp).
+_CALL_ID_OFFSET = 2 * ctypes.sizeof(ctypes.c_void_p)
 
 
 @contextlib.contextmanager
@@ -105,6 +110,7 @@ class MediaLeg:
         self._sources: set = set()  # shared players (hold music) this leg listens to
         self.owner = None  # whoever handles this leg (a flow session, a phone)
         self.created = time.monotonic()
+        self._hung_up_at: float | None = None
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -308,6 +314,8 @@ class Leg(MediaLeg):
         if not self.alive:
             return
         self._local_hangup = True
+        if self._hung_up_at is None:
+            self._hung_up_at = time.monotonic()
         self._stop_all_media()
         prm = pj.CallOpParam(True)
         if code:
@@ -361,6 +369,30 @@ class _Call(pj.Call):
     def __init__(self, leg: Leg, account: "_Account", call_id: int = pj.PJSUA_INVALID_ID):
         super().__init__(account, call_id)
         self.leg = leg
+
+    def forget_slot(self) -> None:
+        """Let go of the pjsua call slot this object was bound to, once its call is over.
+
+        pjsua2's ``Call`` keeps its slot number after DISCONNECTED, and its destructor then
+        clears the user data of, and hangs up, whatever call occupies that slot *now*. We keep
+        ended calls parked for a while (freeing them at once is unsafe), and pjsua reuses a slot
+        at once: measured under a fuzzer, a real caller arriving within that time was dropped
+        85 ms into the greeting, and pjsua2 stopped reporting its state. So the slot number in
+        the C++ object (``Call::id``, right after the vtable and the account reference) is set
+        to PJSUA_INVALID_ID here, after checking it holds the number ``getId()`` reports.
+        """
+        try:
+            slot = self.getId()
+        except pj.Error:
+            return
+        if slot == pj.PJSUA_INVALID_ID:
+            return
+        field = ctypes.c_int.from_address(int(self.this) + _CALL_ID_OFFSET)
+        if field.value != slot:
+            log.error("cannot detach an ended call from pjsua slot %d (unexpected pjsua2 layout): a "
+                      "new call in that slot may be dropped when this one is freed", slot)
+            return
+        field.value = pj.PJSUA_INVALID_ID
 
     def onCallState(self, prm):
         if self.leg is not None:
@@ -421,7 +453,7 @@ class SipStack:
                  codecs=("PCMA/8000", "PCMU/8000"), user: str = "centralka", rtp_port: int = 0,
                  log_path: str | Path | None = None, log_level: int = 3, on_incoming=None,
                  on_trunk_state=None, on_limit=None, gate: FloodGate | None = None,
-                 max_message_bytes: int = 16384):
+                 max_message_bytes: int = 16384, screen: bool = True):
         self.address = address
         self.port = port
         self.transports = tuple(transports)
@@ -439,6 +471,7 @@ class SipStack:
         self.gate = gate or FloodGate()
         self.max_message_bytes = max_message_bytes
         self.guard: Guard | None = None
+        self.screen = screen  # off only in tests of what happens behind it
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ep = None
         self.accounts: dict[str, _Account] = {}
@@ -498,7 +531,8 @@ class SipStack:
             ep.audDevManager().setNullDev()
             self._set_codecs()
             self._create_local_account()
-            self._start_guard()
+            if self.screen:
+                self._start_guard()
         except pj.Error as exc:
             info = exc.info()
             self._destroy()
@@ -581,13 +615,39 @@ class SipStack:
     async def _poll(self):
         # Block in pjsip's own select for up to POLL_S: a SIP packet is handled the moment it
         # arrives (no polling delay on INVITE), and asyncio's due work runs between the calls.
+        next_sweep = time.monotonic() + SWEEP_S
         while True:
             try:
                 self.ep.libHandleEvents(int(POLL_S * 1000))
             except Exception:  # noqa: BLE001 — the loop must survive a bad callback
                 log.exception("libHandleEvents")
             self._free_parked()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_S
+                self._guard(self._sweep_legs)
             await asyncio.sleep(0)
+
+    def _sweep_legs(self):
+        """End the legs pjsua has let go of without telling us.
+
+        Seen with hostile input: pjsua hangs a call up itself (its media is gone) but the
+        DISCONNECTED never reaches onCallState, or our BYE cannot be sent (an unreachable
+        Contact) and pjsua waits for timers that never fire. Such a leg would hold a call slot
+        and a flow session for ever."""
+        now = time.monotonic()
+        for leg in list(self.legs):
+            if not leg.alive or now - leg.created < STALE_S:
+                continue
+            call = leg.pj
+            try:
+                active = call is not None and call.isActive()
+            except pj.Error:
+                active = False
+            hung_up_long_ago = leg._hung_up_at is not None and now - leg._hung_up_at > HANGUP_GIVE_UP_S
+            if not active or hung_up_long_ago:
+                log.warning("call %s from %s: pjsua no longer %s; ending it here", leg.sip_call_id,
+                            leg.remote_uri, "holds it" if not active else f"ends it ({HANGUP_GIVE_UP_S:.0f} s after hang-up)")
+                leg._ended(0, "ended by the box (pjsua lost the call)")
 
     def shared_player(self, path: str | Path):
         """A looping player that many legs can listen to (one for all waiting callers, R11)."""
@@ -709,6 +769,12 @@ class SipStack:
     def legs_in_use(self) -> int:
         return len(self.legs)
 
+    def pjsua_calls(self) -> int:
+        """Calls pjsua itself still holds (a slot it has not given back shows here)."""
+        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        lib.pjsua_call_get_count.restype = ctypes.c_uint
+        return int(lib.pjsua_call_get_count())
+
     def legs_status(self) -> list[dict]:
         """Every call leg the box holds, for ``centralka status`` (a leftover shows here)."""
         now = time.monotonic()
@@ -825,6 +891,8 @@ class SipStack:
         self.media_legs.discard(leg)
         if not isinstance(leg, Leg):
             return  # a GSM leg holds no pjsua call
+        if leg.pj is not None:
+            leg.pj.forget_slot()
         # The pj.Call object stays referenced until pjsua is certainly done with it; the Leg
         # (which sessions may keep for their records) lets go of it now.
         self.park(leg.pj)
