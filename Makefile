@@ -39,8 +39,13 @@ $(HOLD_MUSIC): appliance/media/holdmusic.py $(BIN)/.installed | system-deps
 demo: setup
 	$(BIN)/centralka demo
 
+# Parallel workers: the tests mostly wait on real peers and audio, so a few per core.
+TEST_JOBS ?= 4
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 bench: setup
 	$(BIN)/python bench/calls.py --over

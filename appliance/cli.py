@@ -47,8 +47,13 @@ def _prompts(settings, *, scratch_ok: bool = False):
     directory = settings.prompt_dir
     if scratch_ok and not settings.data_dir.exists():
         directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "centralka" / "prompts"
-    return PromptLibrary(directory, rate=settings.sip.clock_rate, voice=settings.prompts.voice,
-                         speed=settings.prompts.speed, language=settings.box.language)
+    return PromptLibrary(
+        directory,
+        rate=settings.sip.clock_rate,
+        voice=settings.prompts.voice,
+        speed=settings.prompts.speed,
+        language=settings.box.language,
+    )
 
 
 def ask_core(settings, cmd: str, *, timeout: float = 10, **fields) -> dict:
@@ -86,8 +91,9 @@ def cmd_run(args) -> int:
 
     def ready(c):
         st = c.status()
-        logging.getLogger("centralka").info("ready: SIP %s:%d, call limit %d", st["sip"]["address"],
-                                            st["sip"]["port"], st["call_limit"])
+        logging.getLogger("centralka").info(
+            "ready: SIP %s:%d, call limit %d", st["sip"]["address"], st["sip"]["port"], st["call_limit"]
+        )
         systemd.ready()
 
     asyncio.run(core.run_until_signal(ready))
@@ -97,7 +103,9 @@ def cmd_run(args) -> int:
 def _print_findings(findings, path):
     for f in findings:
         where = f"node {f.node}" if f.node else "flow"
-        print(f"{path}: {f.level}: {where}: [{f.code}] {f.message}", file=sys.stderr if f.level == "error" else sys.stdout)
+        print(
+            f"{path}: {f.level}: {where}: [{f.code}] {f.message}", file=sys.stderr if f.level == "error" else sys.stdout
+        )
 
 
 def cmd_flow_check(args) -> int:
@@ -202,8 +210,9 @@ def cmd_agent(args) -> int:
         reply = ask_core(settings, args.agent_cmd, agent=args.agent)
     except CoreNotRunning:
         # The core reads the pause state at start: record it for then.
-        open_db(settings.db_path)["agent_state"].upsert({"agent": args.agent, "paused": int(paused),
-                                                         "changed_at": utcnow()}, pk="agent")
+        open_db(settings.db_path)["agent_state"].upsert(
+            {"agent": args.agent, "paused": int(paused), "changed_at": utcnow()}, pk="agent"
+        )
         reply = {"ok": True}
     if not reply.get("ok"):
         print(f"centralka: {reply.get('error')}", file=sys.stderr)
@@ -224,8 +233,10 @@ def cmd_calls(args) -> int:
 
     settings, db = _box(args)
     for call in reversed(recent_calls(db, args.limit)):
-        print(f"#{call['id']} {call['started_at']} {call['caller']} -> {call['dialled']} "
-              f"{call['outcome'] or 'in progress'} (ended by {call['ended_by'] or '-'}, transfers {call['transfers']})")
+        print(
+            f"#{call['id']} {call['started_at']} {call['caller']} -> {call['dialled']} "
+            f"{call['outcome'] or 'in progress'} (ended by {call['ended_by'] or '-'}, transfers {call['transfers']})"
+        )
         if args.steps:
             for st in journey(db, call["id"]):
                 print(f"    {st['at']} {st['step']:<16} {st['node'] or '':<14} {st['detail'] or ''}")
@@ -252,8 +263,10 @@ def cmd_sms(args) -> int:
         text = r["text"].replace("\n", " ")
         text = text if len(text) <= 40 else text[:39] + "…"
         enc = "UCS-2" if r["encoding"] == "ucs2" else "GSM-7"
-        print(f"#{r['id']} {r['created_at'][:19]} {r['number']} {r['state']:<11} {r['parts']}×{enc} "
-              f"tries {r['attempts']} {text!r}" + (f" — {r['error']}" if r["error"] else ""))
+        print(
+            f"#{r['id']} {r['created_at'][:19]} {r['number']} {r['state']:<11} {r['parts']}×{enc} "
+            f"tries {r['attempts']} {text!r}" + (f" — {r['error']}" if r["error"] else "")
+        )
     return EXIT_OK
 
 
@@ -324,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run a demo clinic on this machine with simulated staff phones")
     s.set_defaults(func=cmd_demo)
 
-    flow = sub.add_parser("flow", help="check, import and export call flows").add_subparsers(dest="flow_cmd",
-                                                                                           required=True)
+    flow = sub.add_parser("flow", help="check, import and export call flows").add_subparsers(
+        dest="flow_cmd", required=True
+    )
     s = flow.add_parser("check", help="run the flow doctor on a file; non-zero exit on any error")
     s.add_argument("file")
     s.add_argument("--lang", choices=["pl", "en"])
@@ -346,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_prompt_upload)
 
     phones = sub.add_parser("phones", help="desk phones registering at the box").add_subparsers(
-        dest="phones_cmd", required=True)
+        dest="phones_cmd", required=True
+    )
     s = phones.add_parser("add", help="add a phone (or give it a new password); prints its password once")
     s.add_argument("extension")
     s.add_argument("--name", default="")
@@ -358,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_phones)
 
     staff = sub.add_parser("staff", help="agents and queues (import/export a TOML file)").add_subparsers(
-        dest="staff_cmd", required=True)
+        dest="staff_cmd", required=True
+    )
     s = staff.add_parser("import", help="check and store agents and queues; a running core reloads them")
     s.add_argument("file")
     s.set_defaults(func=cmd_staff)
@@ -380,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_calls)
 
     sms = sub.add_parser("sms", help="the SMS outbox (sent over the GSM modem)").add_subparsers(
-        dest="sms_cmd", required=True)
+        dest="sms_cmd", required=True
+    )
     s = sms.add_parser("send", help="queue an SMS; prints its id and what it costs (parts, encoding)")
     s.add_argument("number")
     s.add_argument("text")
@@ -421,14 +438,18 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return args.func(args)
     except FlowRejected as exc:
         _print_findings(exc.findings, getattr(args, "file", "flow"))
-        print(f"centralka: flow refused: {len([f for f in exc.findings if f.level == 'error'])} error(s)",
-              file=sys.stderr)
+        print(
+            f"centralka: flow refused: {len([f for f in exc.findings if f.level == 'error'])} error(s)", file=sys.stderr
+        )
         return EXIT_ERROR
     except (CentralkaError, OSError) as exc:
         if args.debug:

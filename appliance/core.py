@@ -90,8 +90,9 @@ class Core:
         row = store_flows.active_flow(self.db)
         if row is None:
             raise FlowError("no call flow in the database: import one with `centralka flow import FILE`")
-        flow, warnings = load_checked(row["text"], self.prompts, source=f"flow {row['name']!r}",
-                                      lang=self.settings.box.language)
+        flow, warnings = load_checked(
+            row["text"], self.prompts, source=f"flow {row['name']!r}", lang=self.settings.box.language
+        )
         for w in warnings:
             log.warning("flow %s: %s", row["name"], w.message)
         # Render every prompt now, so the first caller does not wait for speech synthesis (R1).
@@ -126,8 +127,12 @@ class Core:
         known = self.queues.queues if self.queues else {}
         for node in self.flow.nodes.values():
             if node.type == "queue" and node.params["queue"] not in known:
-                log.error("flow node %r uses queue %r, which is not configured (centralka staff import); "
-                          "its callers will go to the operator", node.id, node.params["queue"])
+                log.error(
+                    "flow node %r uses queue %r, which is not configured (centralka staff import); "
+                    "its callers will go to the operator",
+                    node.id,
+                    node.params["queue"],
+                )
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self):
@@ -154,16 +159,28 @@ class Core:
         )
         await self.stack.start()
         if s.trunk.enabled:
-            self.stack.add_trunk(registrar=s.trunk.registrar, username=s.trunk.username,
-                                 password=s.trunk.password, realm=s.trunk.realm, proxy=s.trunk.proxy,
-                                 expires=s.trunk.register_expires_s, retry_min=s.trunk.retry_min_s,
-                                 retry_max=s.trunk.retry_max_s)
+            self.stack.add_trunk(
+                registrar=s.trunk.registrar,
+                username=s.trunk.username,
+                password=s.trunk.password,
+                realm=s.trunk.realm,
+                proxy=s.trunk.proxy,
+                expires=s.trunk.register_expires_s,
+                retry_min=s.trunk.retry_min_s,
+                retry_max=s.trunk.retry_max_s,
+            )
             self.lines.set_dialer("trunk", self._dial_trunk)
         if s.kamailio.enabled:
-            self.kamailio = Kamailio(s.data_dir / "kamailio", address=s.kamailio.address, port=s.kamailio.port,
-                                     core_address=s.sip.address, core_port=s.sip.port,
-                                     ban_seconds=s.kamailio.ban_seconds, pike_window_s=s.kamailio.pike_window_s,
-                                     pike_max_requests=s.kamailio.pike_max_requests)
+            self.kamailio = Kamailio(
+                s.data_dir / "kamailio",
+                address=s.kamailio.address,
+                port=s.kamailio.port,
+                core_address=s.sip.address,
+                core_port=s.sip.port,
+                ban_seconds=s.kamailio.ban_seconds,
+                pike_window_s=s.kamailio.pike_window_s,
+                pike_max_requests=s.kamailio.pike_max_requests,
+            )
             try:
                 self.kamailio.start(list_phones(self.db))
             except SipError as exc:
@@ -196,8 +213,13 @@ class Core:
         """The limit on the core's own SIP port; the box's Kamailio and the trunk are trusted."""
         s = self.settings
         try:
-            gate = FloodGate(window_s=s.sip.flood_window_s, max_requests=s.sip.flood_max_requests,
-                             ban_s=s.sip.flood_ban_s, trusted=s.sip.trusted_sources, allow_from=s.sip.allow_from)
+            gate = FloodGate(
+                window_s=s.sip.flood_window_s,
+                max_requests=s.sip.flood_max_requests,
+                ban_s=s.sip.flood_ban_s,
+                trusted=s.sip.trusted_sources,
+                allow_from=s.sip.allow_from,
+            )
         except ValueError as exc:
             raise ConfigError(f"sip.allow_from / sip.trusted_sources: {exc}") from exc
         if s.kamailio.enabled:
@@ -229,7 +251,8 @@ class Core:
         # Recent alarms are looked at again after a restart (a crash may have come before they
         # were texted); the dedupe key of each alarm SMS makes that safe.
         since = (datetime.now(timezone.utc) - timedelta(seconds=ALARM_SMS_LOOKBACK_S)).isoformat(
-            timespec="milliseconds")
+            timespec="milliseconds"
+        )
         row = self.db.execute("SELECT max(id) FROM alarms WHERE at < ?", [since]).fetchone()
         self._alarm_sms_since = row[0] or 0
         self._notify_thread = threading.Thread(target=self._notify_loop, name="notifier", daemon=True)
@@ -264,15 +287,26 @@ class Core:
             return
         severities = cfg.get("sms_severities") or ["critical"]
         since = self._alarm_sms_since
-        rows = list(db.query(f"SELECT id, text FROM alarms WHERE id > ? AND severity IN "
-                             f"({','.join('?' * len(severities))}) ORDER BY id", [since, *severities]))
+        rows = list(
+            db.query(
+                f"SELECT id, text FROM alarms WHERE id > ? AND severity IN "
+                f"({','.join('?' * len(severities))}) ORDER BY id",
+                [since, *severities],
+            )
+        )
         for row in rows:
             text = f"Centralka: {row['text']}"
             for number in numbers:
                 try:
                     # The key makes this idempotent: a restart never texts the same alarm twice.
-                    queue_sms(db, number, text[:300], kind="alarm", settings=self.settings,
-                              dedupe_key=f"alarm:{row['id']}:{number}")
+                    queue_sms(
+                        db,
+                        number,
+                        text[:300],
+                        kind="alarm",
+                        settings=self.settings,
+                        dedupe_key=f"alarm:{row['id']}:{number}",
+                    )
                 except SmsRefused as exc:
                     log.warning("alarm #%s not sent by SMS to %s: %s", row["id"], number, exc)
             self._alarm_sms_since = row["id"]
@@ -334,8 +368,15 @@ class Core:
         caller, kind = normalise_caller(leg.remote_user, self.settings.box.country)
         line = account_name if account_name in ("trunk", "gsm") else "sip"
         call_id = store_calls.start_call(
-            self.db, direction="in", line=line, caller_raw=leg.remote_uri, caller=caller, caller_kind=kind,
-            dialled=leg.local_user, sip_call_id=leg.sip_call_id, flow=self.flow_name or "",
+            self.db,
+            direction="in",
+            line=line,
+            caller_raw=leg.remote_uri,
+            caller=caller,
+            caller_kind=kind,
+            dialled=leg.local_user,
+            sip_call_id=leg.sip_call_id,
+            flow=self.flow_name or "",
         )
         session = CallSession(self, leg, self.flow, call_id)
         self.sessions[call_id] = session
@@ -352,11 +393,19 @@ class Core:
         """A caller turned away at the call limit is a missed call: store it like any other."""
         caller, kind = normalise_caller(user_part(remote_uri), self.settings.box.country)
         call_id = store_calls.start_call(
-            self.db, direction="in", line="sip", caller_raw=remote_uri, caller=caller, caller_kind=kind,
-            dialled=user_part(local_uri), sip_call_id=sip_call_id, flow=self.flow_name or "",
+            self.db,
+            direction="in",
+            line="sip",
+            caller_raw=remote_uri,
+            caller=caller,
+            caller_kind=kind,
+            dialled=user_part(local_uri),
+            sip_call_id=sip_call_id,
+            flow=self.flow_name or "",
         )
-        store_calls.add_step(self.db, call_id, "rejected", None,
-                             {"code": 486, "reason": "call limit", "limit": self.stack.max_calls})
+        store_calls.add_step(
+            self.db, call_id, "rejected", None, {"code": 486, "reason": "call limit", "limit": self.stack.max_calls}
+        )
         store_calls.update_call(self.db, call_id, ended_at=utcnow(), ended_by="box", outcome="rejected")
 
     def on_trunk_state(self, state):
@@ -391,8 +440,11 @@ class Core:
         uri = f"{'sips' if scheme.lower() == 'sips' else 'sip'}:{user}@{host}" + (f";{params}" if params else "")
         leg = self.stack.dial(uri, account="trunk")
         fail_fast = float(self.settings.sections.get("outbound", {}).get("fail_fast_s", 10))
-        waits = [asyncio.ensure_future(leg.ringing.wait()), asyncio.ensure_future(asyncio.shield(leg.confirmed)),
-                 asyncio.ensure_future(asyncio.shield(leg.disconnected))]
+        waits = [
+            asyncio.ensure_future(leg.ringing.wait()),
+            asyncio.ensure_future(asyncio.shield(leg.confirmed)),
+            asyncio.ensure_future(asyncio.shield(leg.disconnected)),
+        ]
         try:
             await asyncio.wait(waits, timeout=fail_fast, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -412,9 +464,17 @@ class Core:
     async def test_call(self, number: str) -> dict:
         """A technician's test call: over the best line, plays ``test_call`` and hangs up."""
         leg, line, e164 = await self.lines.dial(number, "test")
-        call_id = store_calls.start_call(self.db, direction="out", line=line, caller_raw="", caller=e164,
-                                         caller_kind="e164", dialled=e164, sip_call_id=leg.sip_call_id,
-                                         flow="")
+        call_id = store_calls.start_call(
+            self.db,
+            direction="out",
+            line=line,
+            caller_raw="",
+            caller=e164,
+            caller_kind="e164",
+            dialled=e164,
+            sip_call_id=leg.sip_call_id,
+            flow="",
+        )
         store_calls.add_step(self.db, call_id, "dialled", None, {"line": line, "purpose": "test"})
         task = asyncio.get_running_loop().create_task(self._run_test_call(leg, call_id), name=f"test-{call_id}")
         self.tasks.add(task)
@@ -449,8 +509,9 @@ class Core:
             leg.hangup()
             self.lines.finished(leg, outcome)
             store_calls.add_step(self.db, call_id, "test_call", None, {"outcome": outcome})
-            store_calls.update_call(self.db, call_id, ended_at=utcnow(), ended_by="agent" if by == "remote" else "box",
-                                    outcome=outcome)
+            store_calls.update_call(
+                self.db, call_id, ended_at=utcnow(), ended_by="agent" if by == "remote" else "box", outcome=outcome
+            )
 
     # --- live state ------------------------------------------------------------------------
     def status(self) -> dict:
@@ -467,11 +528,19 @@ class Core:
             "limit_hits": st.limit_hits,
             "lines": self.lines.snapshot() if self.lines else None,
             "gsm": self.gsm.health() if self.gsm else None,
-            "trunk": {"state": st.trunk.state, "code": st.trunk.code, "reason": st.trunk.reason,
-                      "failures": st.trunk.failures, "next_retry_at": st.trunk.next_retry_at},
+            "trunk": {
+                "state": st.trunk.state,
+                "code": st.trunk.code,
+                "reason": st.trunk.reason,
+                "failures": st.trunk.failures,
+                "next_retry_at": st.trunk.next_retry_at,
+            },
             "flow": self.flow_name,
-            "desk_phones": ({"registrar": self.kamailio.uri_host, "running": self.kamailio.proc.poll() is None}
-                            if self.kamailio else None),
+            "desk_phones": (
+                {"registrar": self.kamailio.uri_host, "running": self.kamailio.proc.poll() is None}
+                if self.kamailio
+                else None
+            ),
             "queues": self.queues.status() if self.queues else None,
             "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
             "pid": os.getpid(),

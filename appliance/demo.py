@@ -60,8 +60,7 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem:
         f'[box]\ndata_dir = "{data}"\n\n'
         f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
         f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
-        f'[control]\nsocket = "{data / "core.sock"}"\n'
-        + (f'\n[modem]\ndevice = "{modem}"\n' if modem else ""),
+        f'[control]\nsocket = "{data / "core.sock"}"\n' + (f'\n[modem]\ndevice = "{modem}"\n' if modem else ""),
         encoding="utf-8",
     )
     return path
@@ -73,22 +72,31 @@ def demo_flow_text(phones: str) -> str:
 
 
 async def start_phones(port: int, record_dir: Path | None = None, answer_after: float = 1.0):
-    cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(port), "--user", "staff",
-           "--answer-after", str(answer_after)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.sip.phone",
+        "--port",
+        str(port),
+        "--user",
+        "staff",
+        "--answer-after",
+        str(answer_after),
+    ]
     for user, text in DEMO_PHONES.items():
         cmd += ["--say", f"{user}={text}"]
     if record_dir:
         cmd += ["--record-dir", str(record_dir)]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent())
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent()
+    )
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     if not line:
         raise CentralkaError("the simulated staff phones did not start")
     return proc
 
 
-AGENT_PHONES = {"201": "Rejestracja, stanowisko pierwsze. Słucham?",
-                "202": "Rejestracja, stanowisko drugie. Słucham?"}
+AGENT_PHONES = {"201": "Rejestracja, stanowisko pierwsze. Słucham?", "202": "Rejestracja, stanowisko drugie. Słucham?"}
 
 
 def demo_staff_text() -> str:
@@ -97,11 +105,25 @@ def demo_staff_text() -> str:
 
 async def start_agent_phone(ext: str, password: str, registrar: str, answer_after: float):
     """A receptionist's desk phone: registers at the box's Kamailio like a real one."""
-    cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(free_udp_port()), "--user", ext,
-           "--answer-after", str(answer_after), "--say", f"{ext}={AGENT_PHONES[ext]}",
-           "--register", registrar, f"--password={password}"]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                preexec_fn=die_with_parent())
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.sip.phone",
+        "--port",
+        str(free_udp_port()),
+        "--user",
+        ext,
+        "--answer-after",
+        str(answer_after),
+        "--say",
+        f"{ext}={AGENT_PHONES[ext]}",
+        "--register",
+        registrar,
+        f"--password={password}",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent()
+    )
     await asyncio.wait_for(proc.stdout.readline(), 30)
     return proc
 
@@ -173,8 +195,12 @@ async def _demo():
         def ready(c):
             for ext, password in passwords.items():
                 task = loop.create_task(start_agent_phone(ext, password, f"127.0.0.1:{kamailio_port}", delay))
-                task.add_done_callback(lambda t: (procs.append(t.result()),
-                                                  watchers.append(loop.create_task(_log_phone_events(t.result())))))
+                task.add_done_callback(
+                    lambda t: (
+                        procs.append(t.result()),
+                        watchers.append(loop.create_task(_log_phone_events(t.result()))),
+                    )
+                )
             wait = "never answer" if delay < 0 else f"answer after {delay:g} s"
             print(
                 f"\nCentralka demo is running.\n"
@@ -184,11 +210,14 @@ async def _demo():
                 f"  Two receptionists' desk phones (201, 202) register at 127.0.0.1:{kamailio_port} and {wait}\n"
                 f"  (CENTRALKA_DEMO_ANSWER_DELAY). In the queue, * leaves for the operator.\n"
                 f"  Other simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
-                + (f"  GSM: an emulated modem is plugged in ({modem}). A mobile caller:\n"
-                   f"    .venv/bin/centralka demo-gsm call 600123456 --press 1 --wav heard.wav\n"
-                   f"  SMS: .venv/bin/centralka sms send 600123456 'Zażółć gęślą jaźń', then\n"
-                   f"    .venv/bin/centralka demo-gsm sent   (the PDUs that left the modem)\n"
-                   if radio else f"  GSM: the modem at {modem} ($CENTRALKA_MODEM).\n")
+                + (
+                    f"  GSM: an emulated modem is plugged in ({modem}). A mobile caller:\n"
+                    f"    .venv/bin/centralka demo-gsm call 600123456 --press 1 --wav heard.wav\n"
+                    f"  SMS: .venv/bin/centralka sms send 600123456 'Zażółć gęślą jaźń', then\n"
+                    f"    .venv/bin/centralka demo-gsm sent   (the PDUs that left the modem)\n"
+                    if radio
+                    else f"  GSM: the modem at {modem} ($CENTRALKA_MODEM).\n"
+                )
                 + "  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
                 "  Stop with Ctrl-C.\n",
                 flush=True,

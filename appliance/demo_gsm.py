@@ -68,7 +68,7 @@ class RadioServer:
             em.hangup_remote()
             return {"ok": True}
         if cmd == "heard":
-            pcm = em.voice_received[self._heard_from:]
+            pcm = em.voice_received[self._heard_from :]
             write_wav_atomic(Path(req["path"]), np.frombuffer(pcm, dtype="<i2"), 8000)
             return {"ok": True, "seconds": round(len(pcm) / 16000, 2)}
         if cmd == "sms":
@@ -97,8 +97,10 @@ def ask_radio(sock: Path, cmd: str, **fields) -> dict:
     try:
         reply = jsonline.request(sock, cmd, **fields)
     except OSError as exc:
-        raise CentralkaError(f"the demo's emulated modem is not running (no answer on {sock}: "
-                             f"{exc.strerror or exc}); start `make demo` without $CENTRALKA_MODEM") from exc
+        raise CentralkaError(
+            f"the demo's emulated modem is not running (no answer on {sock}: "
+            f"{exc.strerror or exc}); start `make demo` without $CENTRALKA_MODEM"
+        ) from exc
     if not reply.get("ok"):
         raise CentralkaError(reply.get("error") or "the emulated network refused")
     return reply
@@ -146,9 +148,10 @@ def cmd_demo_gsm(args, radio_path: Path) -> int:
 
 
 def add_arguments(sub) -> None:
-    gsm = sub.add_parser("demo-gsm", help="the demo's simulated mobile network: call or text the box's "
-                                          "emulated modem, see the SMS it sent").add_subparsers(
-        dest="gsm_cmd", required=True)
+    gsm = sub.add_parser(
+        "demo-gsm",
+        help="the demo's simulated mobile network: call or text the box's emulated modem, see the SMS it sent",
+    ).add_subparsers(dest="gsm_cmd", required=True)
     s = gsm.add_parser("call", help="ring the clinic's mobile number from a simulated mobile phone")
     s.add_argument("number", help="the caller's number, e.g. 600123456")
     s.add_argument("--press", default="", help="keys to press once answered (in-band DTMF)")

@@ -24,8 +24,14 @@ from .store.db import utcnow
 log = logging.getLogger("centralka.gsm")
 
 # Supervisor states -> line states (see appliance/lines.py).
-_LINE_STATE = {"up": "up", "degraded": "degraded", "down": "down", "pin_error": "down",
-               "connecting": "degraded", "absent": "absent"}
+_LINE_STATE = {
+    "up": "up",
+    "degraded": "degraded",
+    "down": "down",
+    "pin_error": "down",
+    "connecting": "degraded",
+    "absent": "absent",
+}
 DIAL_ACCEPT_TIMEOUT_S = 15
 MISSING_ALARM_S = 120  # a configured modem not found this long after start is reported down
 
@@ -52,12 +58,17 @@ class GsmLine:
         at, _, voice = (configured or "").partition(",")
         self.voice = voice.strip() or None
         if configured and not os.path.exists(at.strip()):
-            log.warning("no GSM modem at %s yet; the GSM line is absent until it appears (SMS wait in "
-                        "the outbox)", at.strip())
+            log.warning(
+                "no GSM modem at %s yet; the GSM line is absent until it appears (SMS wait in the outbox)", at.strip()
+            )
         self.supervisor = ModemSupervisor(
-            device=at.strip() or None, voice_device=self.voice,
-            db_path=self.settings.db_path, settings=self.settings, pin=modem.get("pin") or None,
-            on_event=self._from_modem_thread)
+            device=at.strip() or None,
+            voice_device=self.voice,
+            db_path=self.settings.db_path,
+            settings=self.settings,
+            pin=modem.get("pin") or None,
+            on_event=self._from_modem_thread,
+        )
         self.supervisor.start()
         self.core.lines.set_dialer("gsm", self.dial)
         if configured:
@@ -124,8 +135,14 @@ class GsmLine:
         if self.leg is not None and self.leg.alive:
             return  # the network repeats RING for the call we already have
         caller = str(data.get("caller") or "")
-        leg = GsmLeg(self.core.stack, "in", self.supervisor, self._voice_device(), remote_number=caller,
-                     local_number=str((self.settings.sections.get("modem") or {}).get("number", "")))
+        leg = GsmLeg(
+            self.core.stack,
+            "in",
+            self.supervisor,
+            self._voice_device(),
+            remote_number=caller,
+            local_number=str((self.settings.sections.get("modem") or {}).get("number", "")),
+        )
         self.leg = leg
         self.core.on_incoming(leg, "gsm")
 

@@ -28,8 +28,7 @@ from .tollguard import check_destination
 log = logging.getLogger("centralka.lines")
 
 STATES = ("up", "degraded", "down", "absent")
-LINE_NAMES = {"trunk": {"pl": "Trunk SIP", "en": "The SIP trunk"},
-              "gsm": {"pl": "Modem GSM", "en": "The GSM modem"}}
+LINE_NAMES = {"trunk": {"pl": "Trunk SIP", "en": "The SIP trunk"}, "gsm": {"pl": "Modem GSM", "en": "The GSM modem"}}
 _STATE_WORDS = {
     "up": {"pl": "działa", "en": "is up"},
     "degraded": {"pl": "działa z problemami", "en": "is degraded"},
@@ -111,8 +110,14 @@ class Lines:
                 # (a line still starting — registering, looking for the modem — is not news)
                 self._alarmed.add(name)
                 self._alarm(name, old.state, state, reason)
-        log.log(logging.INFO if old.state != state else logging.DEBUG, "line %s: %s -> %s (%s)",
-                name, old.state, state, reason)
+        log.log(
+            logging.INFO if old.state != state else logging.DEBUG,
+            "line %s: %s -> %s (%s)",
+            name,
+            old.state,
+            state,
+            reason,
+        )
         for listener in self.listeners:
             try:
                 listener(self.health[name], old.state)
@@ -186,13 +191,26 @@ class Lines:
         raise NoLineAvailable(f"cannot call {e164}: every line failed ({tried})", attempts)
 
     def _attempt_row(self, number, purpose, line, outcome, detail, call_id) -> int:
-        return self.db["outbound_calls"].insert({
-            "at": utcnow(), "number": number, "purpose": purpose, "line": line, "outcome": outcome,
-            "detail": detail or None, "call_id": call_id}).last_pk
+        return (
+            self.db["outbound_calls"]
+            .insert(
+                {
+                    "at": utcnow(),
+                    "number": number,
+                    "purpose": purpose,
+                    "line": line,
+                    "outcome": outcome,
+                    "detail": detail or None,
+                    "call_id": call_id,
+                }
+            )
+            .last_pk
+        )
 
     def _finish_row(self, row_id: int, outcome: str, detail: str) -> None:
-        self.db.execute("UPDATE outbound_calls SET outcome = ?, detail = ? WHERE id = ?",
-                        [outcome, detail or None, row_id])
+        self.db.execute(
+            "UPDATE outbound_calls SET outcome = ?, detail = ? WHERE id = ?", [outcome, detail or None, row_id]
+        )
 
     def finished(self, leg, outcome: str, detail: str = "") -> None:
         """The placed call ended: answered / no_answer / busy..., for the admin's report."""

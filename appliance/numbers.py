@@ -44,7 +44,7 @@ def user_part(uri: str) -> str:
     inner = inner.strip()
     for scheme in ("sips:", "sip:", "tel:"):
         if inner.lower().startswith(scheme):
-            inner = inner[len(scheme):]
+            inner = inner[len(scheme) :]
             break
     user = inner.split("@", 1)[0] if "@" in inner else inner
     return user.split(";", 1)[0]

@@ -31,10 +31,18 @@ from .errors import CentralkaError
 _ALLOWED_CHARS = re.compile(r"^\+?[0-9][0-9 \-]{1,24}$")
 
 TYPE_NAMES = {
-    T.FIXED_LINE: "fixed_line", T.MOBILE: "mobile", T.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
-    T.TOLL_FREE: "toll_free", T.PREMIUM_RATE: "premium_rate", T.SHARED_COST: "shared_cost",
-    T.VOIP: "voip", T.PERSONAL_NUMBER: "personal_number", T.PAGER: "pager", T.UAN: "uan",
-    T.VOICEMAIL: "voicemail", T.UNKNOWN: "unknown",
+    T.FIXED_LINE: "fixed_line",
+    T.MOBILE: "mobile",
+    T.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
+    T.TOLL_FREE: "toll_free",
+    T.PREMIUM_RATE: "premium_rate",
+    T.SHARED_COST: "shared_cost",
+    T.VOIP: "voip",
+    T.PERSONAL_NUMBER: "personal_number",
+    T.PAGER: "pager",
+    T.UAN: "uan",
+    T.VOICEMAIL: "voicemail",
+    T.UNKNOWN: "unknown",
 }
 # Premium rate and shared cost are never allowed, whatever the settings say.
 NEVER = {"premium_rate", "shared_cost"}
@@ -75,8 +83,10 @@ def parse_destination(number: str, policy: OutboundPolicy) -> tuple[str, str]:
     """``(E.164, type name)`` of an allowed destination; DestinationRefused otherwise."""
     text = str(number).strip()
     if not _ALLOWED_CHARS.match(text):
-        raise DestinationRefused("characters", f"{text[:40]!r} is not a phone number (only digits, "
-                                               "a leading + and spaces/dashes are accepted)")
+        raise DestinationRefused(
+            "characters",
+            f"{text[:40]!r} is not a phone number (only digits, a leading + and spaces/dashes are accepted)",
+        )
     compact = re.sub(r"[ \-]", "", text)
     if compact.startswith("00"):
         compact = "+" + compact[2:]
@@ -89,15 +99,21 @@ def parse_destination(number: str, policy: OutboundPolicy) -> tuple[str, str]:
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     region = phonenumbers.region_code_for_number(parsed) or "unknown"
     if region not in policy.allow_countries:
-        raise DestinationRefused("country", f"{e164} is a {region} number; calls go only to "
-                                            f"{', '.join(policy.allow_countries) or 'no'} numbers "
-                                            "(outbound.allow_countries)")
+        raise DestinationRefused(
+            "country",
+            f"{e164} is a {region} number; calls go only to "
+            f"{', '.join(policy.allow_countries) or 'no'} numbers "
+            "(outbound.allow_countries)",
+        )
     kind = TYPE_NAMES.get(phonenumbers.number_type(parsed), "unknown")
     if kind in NEVER:
         raise DestinationRefused("premium", f"{e164} is a {kind.replace('_', ' ')} number: never dialled")
     if kind not in policy.allow_types:
-        raise DestinationRefused("number type", f"{e164} is a {kind.replace('_', ' ')} number, not one of "
-                                                f"{', '.join(policy.allow_types)} (outbound.allow_types)")
+        raise DestinationRefused(
+            "number type",
+            f"{e164} is a {kind.replace('_', ' ')} number, not one of "
+            f"{', '.join(policy.allow_types)} (outbound.allow_types)",
+        )
     return e164, kind
 
 
@@ -109,13 +125,19 @@ def check_destination(db, number: str, settings=None, *, now: float | None = Non
         since = _iso((now if now is not None else time.time()) - 3600)
         total = db.execute("SELECT count(*) FROM outbound_calls WHERE at >= ?", [since]).fetchone()[0]
         if total >= policy.per_hour:
-            raise DestinationRefused("hourly cap", f"{total} outbound calls in the last hour; the cap is "
-                                                   f"{policy.per_hour} (outbound.per_hour)")
-        same = db.execute("SELECT count(*) FROM outbound_calls WHERE at >= ? AND number = ?",
-                          [since, e164]).fetchone()[0]
+            raise DestinationRefused(
+                "hourly cap",
+                f"{total} outbound calls in the last hour; the cap is {policy.per_hour} (outbound.per_hour)",
+            )
+        same = db.execute("SELECT count(*) FROM outbound_calls WHERE at >= ? AND number = ?", [since, e164]).fetchone()[
+            0
+        ]
         if same >= policy.per_number_per_hour:
-            raise DestinationRefused("number cap", f"{e164} was called {same} times in the last hour; the cap "
-                                                   f"is {policy.per_number_per_hour} (outbound.per_number_per_hour)")
+            raise DestinationRefused(
+                "number cap",
+                f"{e164} was called {same} times in the last hour; the cap "
+                f"is {policy.per_number_per_hour} (outbound.per_number_per_hour)",
+            )
     return e164
 
 

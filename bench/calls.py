@@ -207,30 +207,58 @@ class Box:
         self.flow_text = flow_text if flow_text is not None else demo_flow_text(staff)
         flow_file = workdir / "flow.toml"
         flow_file.write_text(self.flow_text, encoding="utf-8")
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ENV_OVERRIDES and k not in ("CENTRALKA_CONFIG", "CENTRALKA_TEST_RAISE_AT")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ENV_OVERRIDES and k not in ("CENTRALKA_CONFIG", "CENTRALKA_TEST_RAISE_AT")
+        }
         self.stderr_path = workdir / "box.stderr"
         self.proc = None
-        imp = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(self.config),
-                              "flow", "import", str(flow_file)],
-                             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        imp = subprocess.run(
+            [sys.executable, "-m", "appliance.cli", "--config", str(self.config), "flow", "import", str(flow_file)],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if imp.returncode != 0:
             raise BoxError(f"flow import failed (exit {imp.returncode}):\n{imp.stdout}{imp.stderr}")
         if staff_text is not None:
             # Agents and queues, as an admin adds them (`centralka staff import FILE`).
             staff_file = workdir / "staff.toml"
             staff_file.write_text(staff_text, encoding="utf-8")
-            imp = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(self.config),
-                                  "staff", "import", str(staff_file)],
-                                 cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+            imp = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "appliance.cli",
+                    "--config",
+                    str(self.config),
+                    "staff",
+                    "import",
+                    str(staff_file),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if imp.returncode != 0:
                 raise BoxError(f"staff import failed (exit {imp.returncode}):\n{imp.stdout}{imp.stderr}")
 
     def start(self, timeout: float = 60) -> dict:
         self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
-                                     env=self.env, cwd=ROOT, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            env=self.env,
+            cwd=ROOT,
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -296,8 +324,15 @@ class Box:
             lines = self.stderr_path.read_text(errors="replace").splitlines()
         except OSError:
             return []
-        return [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln or ln.startswith("Traceback")
-                or "Segmentation" in ln or "Assertion" in ln]
+        return [
+            ln
+            for ln in lines
+            if " ERROR " in ln
+            or " CRITICAL " in ln
+            or ln.startswith("Traceback")
+            or "Segmentation" in ln
+            or "Assertion" in ln
+        ]
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -341,8 +376,18 @@ class SippRun:
 
     _live: "set[SippRun]" = set()
 
-    def __init__(self, sipp: str, workdir: Path, box_port: int, calls: int, hold_s: float, rate: float,
-                 echo: bool, scenario: Path = SCENARIO, lead_ms: int = 0):
+    def __init__(
+        self,
+        sipp: str,
+        workdir: Path,
+        box_port: int,
+        calls: int,
+        hold_s: float,
+        rate: float,
+        echo: bool,
+        scenario: Path = SCENARIO,
+        lead_ms: int = 0,
+    ):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.calls = calls
@@ -353,13 +398,46 @@ class SippRun:
         control = free_port(taken=taken)
         self.deadline_s = hold_s + calls / rate + 25
         self.cmd = [
-            sipp, f"127.0.0.1:{box_port}", "-sf", str(scenario), "-s", DIALLED,
-            "-i", "127.0.0.1", "-p", str(local), "-mi", "127.0.0.1", "-mp", str(media), "-cp", str(control),
-            "-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(int(hold_s * 1000) - lead_ms),
-            "-recv_timeout", "10s", "-timeout", f"{int(self.deadline_s)}s", "-nostdin",
-            "-trace_shortmsg", "-shortmessage_file", str(self.dir / "short.log"),
-            "-trace_stat", "-stf", str(self.dir / "stat.csv"), "-fd", "1",
-            "-trace_err", "-error_file", str(self.dir / "errors.log"),
+            sipp,
+            f"127.0.0.1:{box_port}",
+            "-sf",
+            str(scenario),
+            "-s",
+            DIALLED,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(local),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(media),
+            "-cp",
+            str(control),
+            "-m",
+            str(calls),
+            "-l",
+            str(calls),
+            "-r",
+            f"{rate:g}",
+            "-d",
+            str(int(hold_s * 1000) - lead_ms),
+            "-recv_timeout",
+            "10s",
+            "-timeout",
+            f"{int(self.deadline_s)}s",
+            "-nostdin",
+            "-trace_shortmsg",
+            "-shortmessage_file",
+            str(self.dir / "short.log"),
+            "-trace_stat",
+            "-stf",
+            str(self.dir / "stat.csv"),
+            "-fd",
+            "1",
+            "-trace_err",
+            "-error_file",
+            str(self.dir / "errors.log"),
         ]
         if echo:
             self.cmd.append("-rtp_echo")
@@ -368,8 +446,9 @@ class SippRun:
     def start(self):
         self._out = open(self.dir / "sipp.out", "wb")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT
+        )
         SippRun._live.add(self)
         return self
 
@@ -418,8 +497,16 @@ class SippRun:
                     c.setdefault("provisional", t)
                 else:
                     c.setdefault("final", (code, t))
-        out = {"attempted": 0, "answered": 0, "rejected_486": 0, "unanswered": 0, "other": defaultdict(int),
-               "to_200_ms": [], "to_100_ms": [], "answered_ids": []}
+        out = {
+            "attempted": 0,
+            "answered": 0,
+            "rejected_486": 0,
+            "unanswered": 0,
+            "other": defaultdict(int),
+            "to_200_ms": [],
+            "to_100_ms": [],
+            "answered_ids": [],
+        }
         for call_id, c in calls.items():
             if "invite" not in c:
                 continue
@@ -452,13 +539,17 @@ class SippRun:
             return {}
         head, last = rows[0], rows[-1]
         st = dict(zip(head, last))
-        failed_reasons = {k[len("Failed"):-3]: int(v) for k, v in st.items()
-                          if k.startswith("Failed") and k.endswith("(C)") and k != "FailedCall(C)"
-                          and v.isdigit() and int(v)}
-        return {"successful": int(st.get("SuccessfulCall(C)", 0) or 0),
-                "failed": int(st.get("FailedCall(C)", 0) or 0),
-                "failed_reasons": failed_reasons,
-                "mean_rtd_ms": _sipp_time_ms(st.get("ResponseTime1(C)", ""))}
+        failed_reasons = {
+            k[len("Failed") : -3]: int(v)
+            for k, v in st.items()
+            if k.startswith("Failed") and k.endswith("(C)") and k != "FailedCall(C)" and v.isdigit() and int(v)
+        }
+        return {
+            "successful": int(st.get("SuccessfulCall(C)", 0) or 0),
+            "failed": int(st.get("FailedCall(C)", 0) or 0),
+            "failed_reasons": failed_reasons,
+            "mean_rtd_ms": _sipp_time_ms(st.get("ResponseTime1(C)", "")),
+        }
 
     def tail(self, n: int = 1500) -> str:
         parts = []
@@ -504,10 +595,24 @@ def queue_waiting(st: dict) -> int:
     return ((st.get("queues") or {}).get("queues", {}).get(QUEUE_ID) or {}).get("waiting", 0)
 
 
-def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, hold_s: float, rate: float,
-               echo: bool, label: str, measure: bool = True, expect: int | None = None,
-               scenario: Path = SCENARIO, lead_ms: int = 0, count=_calls_active, ramp_extra_s: float = 5,
-               in_place: str = "calls held") -> dict:
+def hold_round(
+    box: Box,
+    sampler: RssSampler,
+    sipp: str,
+    workdir: Path,
+    n: int,
+    hold_s: float,
+    rate: float,
+    echo: bool,
+    label: str,
+    measure: bool = True,
+    expect: int | None = None,
+    scenario: Path = SCENARIO,
+    lead_ms: int = 0,
+    count=_calls_active,
+    ramp_extra_s: float = 5,
+    in_place: str = "calls held",
+) -> dict:
     """One SIPp run of ``n`` calls; CPU is measured while ``expect`` (default ``n``) calls are held.
 
     ``count`` reads from the box's status how many calls are in place (default: calls active;
@@ -543,8 +648,10 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
     else:
         res.update(window_s=0.0, held=0)
         if measure:
-            say(f"  {label}: no hold window measured ({in_place} {held}/{n}, window {window:.1f} s); "
-                f"use a longer --hold")
+            say(
+                f"  {label}: no hold window measured ({in_place} {held}/{n}, window {window:.1f} s); "
+                f"use a longer --hold"
+            )
     rc = run.wait()
     sampler.phase = "between"
     try:
@@ -558,34 +665,46 @@ def hold_round(box: Box, sampler: RssSampler, sipp: str, workdir: Path, n: int, 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--calls", type=int, default=0, help="concurrent calls to hold (default: the box's call limit)")
-    ap.add_argument("--hold", type=float, default=None,
-                    help="seconds each call is held (default 15; 30 with --queue)")
+    ap.add_argument("--hold", type=float, default=None, help="seconds each call is held (default 15; 30 with --queue)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of N held calls (default 2)")
-    ap.add_argument("--idle", type=float, default=6.0, help="seconds of idle baseline, before and again after the rounds (default 6)")
+    ap.add_argument(
+        "--idle",
+        type=float,
+        default=6.0,
+        help="seconds of idle baseline, before and again after the rounds (default 6)",
+    )
     ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
     ap.add_argument("--over", action="store_true", help="also offer N+2 calls and count the 486 rejections")
     ap.add_argument("--over-hold", type=float, default=3.0, help="hold of the --over calls (default 3)")
     ap.add_argument("--no-echo", action="store_true", help="SIPp sends no RTP back (default: echo the box's RTP)")
     ap.add_argument("--sipp", default=os.environ.get("SIPP", "sipp"), help="SIPp binary (default: sipp on PATH)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SIPp traces)")
-    ap.add_argument("--queue", action="store_true",
-                    help="callers press 1 and wait in a queue (hold music, announcements) instead of the menu")
+    ap.add_argument(
+        "--queue",
+        action="store_true",
+        help="callers press 1 and wait in a queue (hold music, announcements) instead of the menu",
+    )
     args = ap.parse_args(argv)
     if args.hold is None:
         args.hold = 30.0 if args.queue else 15.0
     if args.queue and args.hold < QUEUE_KEY_MS / 1000 + 1:
-        ap.error(f"--hold must be at least {QUEUE_KEY_MS / 1000 + 1:g} s with --queue (the key is pressed after "
-                 f"{QUEUE_KEY_MS / 1000:g} s)")
+        ap.error(
+            f"--hold must be at least {QUEUE_KEY_MS / 1000 + 1:g} s with --queue (the key is pressed after "
+            f"{QUEUE_KEY_MS / 1000:g} s)"
+        )
     if args.calls < 0 or args.rounds < 1 or args.hold <= 0 or args.idle <= 0 or args.rate <= 0 or args.over_hold <= 0:
         ap.error("--calls must be >= 0; --rounds >= 1; --hold, --idle, --rate and --over-hold > 0")
 
     sipp = shutil.which(args.sipp)
     if sipp is None:
-        print(f"bench: SIPp not found ({args.sipp!r}); install the Debian package sip-tester (make setup)",
-              file=sys.stderr)
+        print(
+            f"bench: SIPp not found ({args.sipp!r}); install the Debian package sip-tester (make setup)",
+            file=sys.stderr,
+        )
         return EXIT_NO_SIPP
 
     def on_term(signum, frame):
@@ -618,25 +737,35 @@ def main(argv=None) -> int:
             return EXIT_BOX
         limit, build = st["call_limit"], st["build_call_limit"]
         n = args.calls or limit
-        say(f"box: pid {box.pid}, SIP udp 127.0.0.1:{box.port}, call limit {limit} (build {build}), "
-            f"reserve_transfer_leg off; started in {time.monotonic() - t_begin:.1f} s")
+        say(
+            f"box: pid {box.pid}, SIP udp 127.0.0.1:{box.port}, call limit {limit} (build {build}), "
+            f"reserve_transfer_leg off; started in {time.monotonic() - t_begin:.1f} s"
+        )
         if n > limit:
-            say(f"note: --calls {n} is above the call limit {limit}: {n - limit} call(s) will get 486 and count "
-                f"as failures")
+            say(
+                f"note: --calls {n} is above the call limit {limit}: {n - limit} call(s) will get 486 and count "
+                f"as failures"
+            )
         if args.queue:
             q_st = (st.get("queues") or {}).get("queues", {}).get(QUEUE_ID)
-            say(f"queue mode: callers press 1 (SIP INFO) {QUEUE_KEY_MS / 1000:g} s after the ACK and wait in queue "
+            say(
+                f"queue mode: callers press 1 (SIP INFO) {QUEUE_KEY_MS / 1000:g} s after the ACK and wait in queue "
                 f"{QUEUE_ID!r} (announce_every {QUEUE_ANNOUNCE_EVERY_S} s; its one agent, phone 299, cannot be "
                 f"reached: when_no_agents = wait)"
-                + ("" if q_st is not None else f"; NOTE: the box reports no queue {QUEUE_ID!r}"))
+                + ("" if q_st is not None else f"; NOTE: the box reports no queue {QUEUE_ID!r}")
+            )
             first_gap = args.hold - QUEUE_KEY_MS / 1000 - 1
             if first_gap < QUEUE_ANNOUNCE_EVERY_S + 5:
-                say(f"note: with --hold {args.hold:g} a caller waits about {first_gap:.0f} s in the queue, too short "
-                    f"for a second announcement")
+                say(
+                    f"note: with --hold {args.hold:g} a caller waits about {first_gap:.0f} s in the queue, too short "
+                    f"for a second announcement"
+                )
         in_menu = None if args.queue else box.seconds_in_menu()
         if in_menu is not None and args.hold > in_menu - 1:
-            say(f"note: a silent caller leaves the greeting/menu after about {in_menu:.1f} s; with --hold "
-                f"{args.hold:g} the calls reach the operator node (no free leg: 'all lines busy' prompts)")
+            say(
+                f"note: a silent caller leaves the greeting/menu after about {in_menu:.1f} s; with --hold "
+                f"{args.hold:g} the calls reach the operator node (no free leg: 'all lines busy' prompts)"
+            )
         sampler = RssSampler(box.pid)
         sampler.start()
 
@@ -649,24 +778,51 @@ def main(argv=None) -> int:
         idle.stop()
         sampler.phase = "between"
         rss_idle = sampler.mb("idle", how=statistics.median)
-        say(f"idle before the calls: CPU {idle.pct:.2f} % of one core over {idle.wall:.1f} s "
-            f"(schedstat {idle.pct_ns:.2f} %), RSS {rss_idle} MB")
+        say(
+            f"idle before the calls: CPU {idle.pct:.2f} % of one core over {idle.wall:.1f} s "
+            f"(schedstat {idle.pct_ns:.2f} %), RSS {rss_idle} MB"
+        )
 
         # Rounds of N held calls.
         rounds = []
         for i in range(1, args.rounds + 1):
             if args.queue:
-                res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
-                                 f"round {i}", expect=min(n, limit), scenario=QUEUE_SCENARIO, lead_ms=QUEUE_KEY_MS,
-                                 count=queue_waiting, ramp_extra_s=5 + QUEUE_KEY_MS / 1000,
-                                 in_place="callers in the queue")
+                res = hold_round(
+                    box,
+                    sampler,
+                    sipp,
+                    work / f"round{i}",
+                    n,
+                    args.hold,
+                    args.rate,
+                    not args.no_echo,
+                    f"round {i}",
+                    expect=min(n, limit),
+                    scenario=QUEUE_SCENARIO,
+                    lead_ms=QUEUE_KEY_MS,
+                    count=queue_waiting,
+                    ramp_extra_s=5 + QUEUE_KEY_MS / 1000,
+                    in_place="callers in the queue",
+                )
             else:
-                res = hold_round(box, sampler, sipp, work / f"round{i}", n, args.hold, args.rate, not args.no_echo,
-                                 f"round {i}", expect=min(n, limit))
+                res = hold_round(
+                    box,
+                    sampler,
+                    sipp,
+                    work / f"round{i}",
+                    n,
+                    args.hold,
+                    args.rate,
+                    not args.no_echo,
+                    f"round {i}",
+                    expect=min(n, limit),
+                )
             runs.append(res.pop("run"))
             rounds.append(res)
-            line = (f"round {i}: {res['answered']}/{n} answered, {'waiting' if args.queue else 'held'} "
-                    f"{res['held']} over {res['window_s']:.1f} s")
+            line = (
+                f"round {i}: {res['answered']}/{n} answered, {'waiting' if args.queue else 'held'} "
+                f"{res['held']} over {res['window_s']:.1f} s"
+            )
             if res.get("cpu_pct") is not None:
                 line += f": box CPU {res['cpu_pct']:.2f} % (schedstat {res['cpu_pct_ns']:.2f} %)"
             lat = res["to_200_ms"]
@@ -683,8 +839,10 @@ def main(argv=None) -> int:
                 say(f"  box stopped answering after round {i}:\n{box.log()}")
                 break
             if st_after["calls_active"] or st_after["legs_in_use"]:
-                say(f"  after round {i} the box still holds {st_after['calls_active']} call(s), "
-                    f"{st_after['legs_in_use']} leg(s)")
+                say(
+                    f"  after round {i} the box still holds {st_after['calls_active']} call(s), "
+                    f"{st_after['legs_in_use']} leg(s)"
+                )
             if args.queue:
                 try:
                     res["queue"] = queue_check(box, res["answered_ids"])
@@ -701,12 +859,15 @@ def main(argv=None) -> int:
             time.sleep(args.idle)
             idle_after.stop()
             sampler.phase = "between"
-            say(f"idle after the calls: CPU {idle_after.pct:.2f} % over {idle_after.wall:.1f} s "
-                f"(schedstat {idle_after.pct_ns:.2f} %), RSS {sampler.mb('idle_after', how=statistics.median)} MB")
+            say(
+                f"idle after the calls: CPU {idle_after.pct:.2f} % over {idle_after.wall:.1f} s "
+                f"(schedstat {idle_after.pct_ns:.2f} %), RSS {sampler.mb('idle_after', how=statistics.median)} MB"
+            )
         idle_pct = statistics.fmean([w.pct for w in (idle, idle_after) if w is not None])
         idle_pct_ns = statistics.fmean([w.pct_ns for w in (idle, idle_after) if w is not None])
         rss_after = sampler.mb("idle_after", how=statistics.median) or (
-            round(sampler.samples[-1][1] / 1024, 1) if sampler.samples else None)
+            round(sampler.samples[-1][1] / 1024, 1) if sampler.samples else None
+        )
 
         over = None
         if args.over and box.alive():
@@ -715,23 +876,38 @@ def main(argv=None) -> int:
             except Exception:  # noqa: BLE001
                 hits0 = None
             m = n + 2
-            res = hold_round(box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo,
-                             "over", measure=False)
+            res = hold_round(
+                box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo, "over", measure=False
+            )
             runs.append(res.pop("run"))
             st_after = box.wait_idle()
             hits = (st_after["limit_hits"] - hits0) if (st_after and hits0 is not None) else None
-            over = {"calls": m, "answered": res["answered"], "rejected_486": res["rejected_486"],
-                    "other_responses": dict(res["other"]), "unanswered": res["unanswered"] + res["never_sent"],
-                    "box_limit_hits": hits, "box_alive": box.alive() and st_after is not None,
-                    "legs_left": st_after["legs_in_use"] if st_after else None}
+            over = {
+                "calls": m,
+                "answered": res["answered"],
+                "rejected_486": res["rejected_486"],
+                "other_responses": dict(res["other"]),
+                "unanswered": res["unanswered"] + res["never_sent"],
+                "box_limit_hits": hits,
+                "box_alive": box.alive() and st_after is not None,
+                "legs_left": st_after["legs_in_use"] if st_after else None,
+            }
             expected = max(0, m - limit)
-            clean = (res["rejected_486"] == expected and res["answered"] == m - expected and not res["other"]
-                     and over["unanswered"] == 0 and over["box_alive"] and over["legs_left"] == 0)
+            clean = (
+                res["rejected_486"] == expected
+                and res["answered"] == m - expected
+                and not res["other"]
+                and over["unanswered"] == 0
+                and over["box_alive"]
+                and over["legs_left"] == 0
+            )
             over["clean"] = clean
-            say(f"over: {m} calls offered at once: {res['answered']} answered, {res['rejected_486']} rejected "
+            say(
+                f"over: {m} calls offered at once: {res['answered']} answered, {res['rejected_486']} rejected "
                 f"with 486 (expected {expected}), other responses {dict(res['other']) or 'none'}, unanswered "
                 f"{over['unanswered']}; box counted {hits} limit hit(s); limit hit cleanly: "
-                f"{'yes' if clean else 'NO'}")
+                f"{'yes' if clean else 'NO'}"
+            )
             if not clean:
                 say(runs[-1].tail())
 
@@ -743,10 +919,10 @@ def main(argv=None) -> int:
         queue_summary = _queue_summary(rounds) if args.queue else None
         if queue_summary is not None:
             failures += queue_summary["failures"]
-        per_call = (statistics.fmean([(x["cpu_pct"] - idle_pct) / x["held"] for x in measured])
-                    if measured else None)
-        per_call_ns = (statistics.fmean([(x["cpu_pct_ns"] - idle_pct_ns) / x["held"] for x in measured])
-                       if measured else None)
+        per_call = statistics.fmean([(x["cpu_pct"] - idle_pct) / x["held"] for x in measured]) if measured else None
+        per_call_ns = (
+            statistics.fmean([(x["cpu_pct_ns"] - idle_pct_ns) / x["held"] for x in measured]) if measured else None
+        )
         held_pct = statistics.fmean([x["cpu_pct"] for x in measured]) if measured else None
         problems = box.problems()
         final = box.wait_idle(5) if box.alive() else None
@@ -759,44 +935,67 @@ def main(argv=None) -> int:
         if box_exit not in (0, None):
             problems.append(f"box exit status {box_exit} on SIGTERM")
 
-        what = ("CPU per waiting caller", "callers waiting in the queue") if args.queue else ("CPU per held call",
-                                                                                              "calls held")
-        say(f"{what[0]}: {_fmt(per_call, 3)} % of one core above idle {idle_pct:.2f} % (mean of before "
+        what = (
+            ("CPU per waiting caller", "callers waiting in the queue")
+            if args.queue
+            else ("CPU per held call", "calls held")
+        )
+        say(
+            f"{what[0]}: {_fmt(per_call, 3)} % of one core above idle {idle_pct:.2f} % (mean of before "
             f"and after); box at {_fmt(held_pct, 2)} % with {measured[0]['held'] if measured else 0} {what[1]} "
-            f"(/proc/<pid>/stat, {1000 // HZ} ms ticks; schedstat says {_fmt(per_call_ns, 3)} %)")
-        say(f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB idle after the "
-            f"rounds (VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)")
-        say(f"INVITE->200 OK: median {_fmt(statistics.median(lat) if lat else None, 2)} ms, "
+            f"(/proc/<pid>/stat, {1000 // HZ} ms ticks; schedstat says {_fmt(per_call_ns, 3)} %)"
+        )
+        say(
+            f"RSS: idle {rss_idle} MB, max {rss_max} MB during the run, {_fmt(rss_after, 1)} MB idle after the "
+            f"rounds (VmHWM incl. start-up {_fmt(hwm and hwm / 1024, 1)} MB)"
+        )
+        say(
+            f"INVITE->200 OK: median {_fmt(statistics.median(lat) if lat else None, 2)} ms, "
             f"p95 {_fmt(pct(lat, 95), 2)} ms over {len(lat)} calls (SIPp -trace_shortmsg timestamps); "
-            f"INVITE->100 Trying median {_fmt(statistics.median(lat100) if lat100 else None, 2)} ms")
+            f"INVITE->100 Trying median {_fmt(statistics.median(lat100) if lat100 else None, 2)} ms"
+        )
         if queue_summary is not None:
             qs = queue_summary
-            say(f"queue (database): {qs['joined']}/{qs['callers']} callers joined the queue, {qs['announced']} heard "
+            say(
+                f"queue (database): {qs['joined']}/{qs['callers']} callers joined the queue, {qs['announced']} heard "
                 f"announcements ({qs['announced_2plus']} at least two; {qs['announce_steps']} in all, "
                 f"{_fmt(qs['announcements_per_caller_median'], 1)} per announced caller), {qs['head_silent']} at the "
                 f"head heard none by design; queue failures {qs['failures']} (not queued {qs['not_joined']}, "
-                f"silent with callers ahead {qs['silent_behind']})")
-        say(f"failures: {failures} of {n * len(rounds)} calls; box log errors: {len(problems)}; "
-            f"box exit {box_exit}; {time.monotonic() - t_begin:.0f} s in all")
+                f"silent with callers ahead {qs['silent_behind']})"
+            )
+        say(
+            f"failures: {failures} of {n * len(rounds)} calls; box log errors: {len(problems)}; "
+            f"box exit {box_exit}; {time.monotonic() - t_begin:.0f} s in all"
+        )
         for p in problems[:10]:
             say(f"  box: {p}")
         if args.keep:
             say(f"kept: {work}")
 
         result = {
-            "calls": n, "call_limit": limit, "build_call_limit": build,
-            "cpu_pct_per_call": r(per_call), "cpu_pct_idle": r(idle_pct),
-            "rss_mb_idle": rss_idle, "rss_mb_max": rss_max,
+            "calls": n,
+            "call_limit": limit,
+            "build_call_limit": build,
+            "cpu_pct_per_call": r(per_call),
+            "cpu_pct_idle": r(idle_pct),
+            "rss_mb_idle": rss_idle,
+            "rss_mb_max": rss_max,
             "invite_to_200_ms_median": r(statistics.median(lat) if lat else None, 2),
             "invite_to_200_ms_p95": r(pct(lat, 95), 2),
             "failures": failures,
-            "hold_s": args.hold, "rounds": len(rounds), "rtp_echo": not args.no_echo,
-            "cpu_pct_held": r(held_pct), "cpu_pct_per_call_schedstat": r(per_call_ns),
-            "cpu_pct_idle_before": r(idle.pct), "cpu_pct_idle_after": r(idle_after.pct if idle_after else None),
+            "hold_s": args.hold,
+            "rounds": len(rounds),
+            "rtp_echo": not args.no_echo,
+            "cpu_pct_held": r(held_pct),
+            "cpu_pct_per_call_schedstat": r(per_call_ns),
+            "cpu_pct_idle_before": r(idle.pct),
+            "cpu_pct_idle_after": r(idle_after.pct if idle_after else None),
             "invite_to_100_ms_median": r(statistics.median(lat100) if lat100 else None, 2),
-            "latency_samples": len(lat), "rss_mb_after": r(rss_after, 1),
+            "latency_samples": len(lat),
+            "rss_mb_after": r(rss_after, 1),
             "legs_left": final["legs_in_use"] if final else None,
-            "box_log_errors": len(problems), "box_exit": box_exit,
+            "box_log_errors": len(problems),
+            "box_exit": box_exit,
             "over": over,
         }
         if args.queue:
@@ -906,19 +1105,28 @@ def queue_check(box: Box, call_ids: list[str]) -> dict:
     con = box.db()
     try:
         ph = ",".join("?" * len(call_ids))
-        calls = {row["sip_call_id"]: dict(row) for row in con.execute(
-            f"SELECT id, sip_call_id, answered_at FROM calls WHERE sip_call_id IN ({ph})", call_ids)}
+        calls = {
+            row["sip_call_id"]: dict(row)
+            for row in con.execute(
+                f"SELECT id, sip_call_id, answered_at FROM calls WHERE sip_call_id IN ({ph})", call_ids
+            )
+        }
         ids = [c["id"] for c in calls.values()]
         ph = ",".join("?" * len(ids))
         stays = defaultdict(list)
         for row in con.execute(f"SELECT * FROM queue_calls WHERE call_id IN ({ph}) ORDER BY id", ids):
             stays[row["call_id"]].append(dict(row))
         steps = defaultdict(list)
-        for row in con.execute(f"SELECT call_id, step, detail FROM call_steps WHERE call_id IN ({ph}) "
-                               "AND step IN ('choice', 'announce') ORDER BY id", ids):
+        for row in con.execute(
+            f"SELECT call_id, step, detail FROM call_steps WHERE call_id IN ({ph}) "
+            "AND step IN ('choice', 'announce') ORDER BY id",
+            ids,
+        ):
             steps[row["call_id"]].append((row["step"], json.loads(row["detail"]) if row["detail"] else {}))
-        everyone = [dict(row) for row in con.execute(
-            "SELECT id, joined_at, left_at FROM queue_calls WHERE queue = ?", [QUEUE_ID])]
+        everyone = [
+            dict(row)
+            for row in con.execute("SELECT id, joined_at, left_at FROM queue_calls WHERE queue = ?", [QUEUE_ID])
+        ]
     finally:
         con.close()
     per = []
@@ -929,15 +1137,22 @@ def queue_check(box: Box, call_ids: list[str]) -> dict:
             continue
         st = steps.get(c["id"], [])
         mine = [q for q in stays.get(c["id"], []) if q["queue"] == QUEUE_ID]
-        info = {"in_db": True, "pressed_1": any(s == "choice" and d.get("key") == "1" for s, d in st),
-                "joined": bool(mine), "announces": sum(1 for s, _ in st if s == "announce"),
-                "with_estimate": sum(1 for s, d in st if s == "announce" and d.get("wait_s") is not None),
-                "ahead_at_join": None}
+        info = {
+            "in_db": True,
+            "pressed_1": any(s == "choice" and d.get("key") == "1" for s, d in st),
+            "joined": bool(mine),
+            "announces": sum(1 for s, _ in st if s == "announce"),
+            "with_estimate": sum(1 for s, d in st if s == "announce" and d.get("wait_s") is not None),
+            "ahead_at_join": None,
+        }
         if mine:
             q = mine[0]
             joined = q["joined_at"]
-            info["ahead_at_join"] = sum(1 for o in everyone if o["id"] != q["id"] and o["joined_at"] < joined
-                                        and (o["left_at"] is None or o["left_at"] > joined))
+            info["ahead_at_join"] = sum(
+                1
+                for o in everyone
+                if o["id"] != q["id"] and o["joined_at"] < joined and (o["left_at"] is None or o["left_at"] > joined)
+            )
             info["reason"] = q["reason"]
             info["wait_s"] = q["wait_s"]
             a, j = _iso_s(c["answered_at"]), _iso_s(joined)
@@ -948,8 +1163,9 @@ def queue_check(box: Box, call_ids: list[str]) -> dict:
 
 def queue_check_failed(call_ids: list[str], exc: Exception) -> dict:
     say(f"  queue check: cannot read the box's database: {exc}")
-    return _queue_counts([{"in_db": False, "pressed_1": False, "joined": False, "announces": 0,
-                           "ahead_at_join": None} for _ in call_ids])
+    return _queue_counts(
+        [{"in_db": False, "pressed_1": False, "joined": False, "announces": 0, "ahead_at_join": None} for _ in call_ids]
+    )
 
 
 def _queue_counts(per: list[dict]) -> dict:
@@ -961,14 +1177,19 @@ def _queue_counts(per: list[dict]) -> dict:
     not_joined = len(per) - len(joined)
     silent_behind = sum(1 for p in joined if p["ahead_at_join"] and not p["announces"])
     return {
-        "callers": len(per), "in_db": sum(p["in_db"] for p in per), "pressed_1": sum(p["pressed_1"] for p in per),
-        "joined": len(joined), "announced": len(announced),
+        "callers": len(per),
+        "in_db": sum(p["in_db"] for p in per),
+        "pressed_1": sum(p["pressed_1"] for p in per),
+        "joined": len(joined),
+        "announced": len(announced),
         "announced_2plus": sum(1 for p in per if p["announces"] >= 2),
         "announce_steps": sum(p["announces"] for p in per),
         "announce_counts": [p["announces"] for p in announced],
         "with_estimate": sum(p.get("with_estimate", 0) for p in per),
         "head_silent": sum(1 for p in joined if not p["ahead_at_join"] and not p["announces"]),
-        "not_joined": not_joined, "silent_behind": silent_behind, "failures": not_joined + silent_behind,
+        "not_joined": not_joined,
+        "silent_behind": silent_behind,
+        "failures": not_joined + silent_behind,
         "reasons": dict(reasons),
         "wait_s": [p["wait_s"] for p in joined if p.get("wait_s") is not None],
         "join_after_answer_s": [p["join_after_answer_s"] for p in joined if p.get("join_after_answer_s") is not None],
@@ -977,19 +1198,28 @@ def _queue_counts(per: list[dict]) -> dict:
 
 def _queue_line(q: dict, n: int, children_cpu_s) -> str:
     counts = q["announce_counts"]
-    per = (f"{min(counts)}-{max(counts)} each" if counts and min(counts) != max(counts)
-           else f"{counts[0]} each" if counts else "none")
+    per = (
+        f"{min(counts)}-{max(counts)} each"
+        if counts and min(counts) != max(counts)
+        else f"{counts[0]} each"
+        if counts
+        else "none"
+    )
     reasons = ", ".join(f"{k} x{v}" for k, v in sorted(q["reasons"].items())) or "none"
-    line = (f"  queue: {q['pressed_1']}/{n} pressed 1, {q['joined']}/{n} joined {QUEUE_ID!r} "
-            f"(median {_fmt(statistics.median(q['join_after_answer_s']) if q['join_after_answer_s'] else None, 2)} s "
-            f"after the answer), {q['announced']}/{n} heard announcements ({per}, {q['announce_steps']} in all, "
-            f"{q['with_estimate']} with a wait estimate); {q['head_silent']} at the head of the queue heard none "
-            f"(nothing is announced to the caller who is next); left: {reasons}; waited median "
-            f"{_fmt(statistics.median(q['wait_s']) if q['wait_s'] else None, 1)} s; child processes (espeak-ng, "
-            f"sox) used {_fmt(children_cpu_s, 2)} s of CPU in the round")
+    line = (
+        f"  queue: {q['pressed_1']}/{n} pressed 1, {q['joined']}/{n} joined {QUEUE_ID!r} "
+        f"(median {_fmt(statistics.median(q['join_after_answer_s']) if q['join_after_answer_s'] else None, 2)} s "
+        f"after the answer), {q['announced']}/{n} heard announcements ({per}, {q['announce_steps']} in all, "
+        f"{q['with_estimate']} with a wait estimate); {q['head_silent']} at the head of the queue heard none "
+        f"(nothing is announced to the caller who is next); left: {reasons}; waited median "
+        f"{_fmt(statistics.median(q['wait_s']) if q['wait_s'] else None, 1)} s; child processes (espeak-ng, "
+        f"sox) used {_fmt(children_cpu_s, 2)} s of CPU in the round"
+    )
     if q["failures"]:
-        line += (f"\n  round queue failures: {q['not_joined']} not queued, {q['silent_behind']} heard no "
-                 f"announcement although callers were ahead")
+        line += (
+            f"\n  round queue failures: {q['not_joined']} not queued, {q['silent_behind']} heard no "
+            f"announcement although callers were ahead"
+        )
     return line
 
 
@@ -1002,19 +1232,36 @@ def _queue_summary(rounds: list[dict]) -> dict:
     for q in qs:
         for k, v in q["reasons"].items():
             reasons[k] += v
-    out = {k: sum(q[k] for q in qs) for k in ("callers", "pressed_1", "joined", "announced", "announced_2plus",
-                                               "announce_steps", "with_estimate", "head_silent", "not_joined",
-                                               "silent_behind", "failures")}
-    out.update({
-        "queue": QUEUE_ID, "announce_every_s": QUEUE_ANNOUNCE_EVERY_S, "key_after_ack_s": QUEUE_KEY_MS / 1000,
-        "announcements_per_caller_min": min(counts) if counts else None,
-        "announcements_per_caller_median": statistics.median(counts) if counts else None,
-        "announcements_per_caller_max": max(counts) if counts else None,
-        "wait_s_median": r(statistics.median(waits), 2) if waits else None,
-        "join_after_answer_s_median": r(statistics.median(joins), 3) if joins else None,
-        "reasons": dict(reasons),
-        "children_cpu_s": [r(x.get("children_cpu_s"), 2) for x in rounds],
-    })
+    out = {
+        k: sum(q[k] for q in qs)
+        for k in (
+            "callers",
+            "pressed_1",
+            "joined",
+            "announced",
+            "announced_2plus",
+            "announce_steps",
+            "with_estimate",
+            "head_silent",
+            "not_joined",
+            "silent_behind",
+            "failures",
+        )
+    }
+    out.update(
+        {
+            "queue": QUEUE_ID,
+            "announce_every_s": QUEUE_ANNOUNCE_EVERY_S,
+            "key_after_ack_s": QUEUE_KEY_MS / 1000,
+            "announcements_per_caller_min": min(counts) if counts else None,
+            "announcements_per_caller_median": statistics.median(counts) if counts else None,
+            "announcements_per_caller_max": max(counts) if counts else None,
+            "wait_s_median": r(statistics.median(waits), 2) if waits else None,
+            "join_after_answer_s_median": r(statistics.median(joins), 3) if joins else None,
+            "reasons": dict(reasons),
+            "children_cpu_s": [r(x.get("children_cpu_s"), 2) for x in rounds],
+        }
+    )
     return out
 
 

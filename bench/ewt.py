@@ -84,41 +84,43 @@ WRAPUP_S = (20.0, 40.0)
 RING_S = (2.0, 8.0)
 PATIENCE_MEDIAN_S = 300.0
 PATIENCE_SIGMA = 0.8
-SCENARIOS = {"light": 0.6, "busy": 0.9, "overloaded": 1.25}   # peak offered load per agent
-ANNOUNCE_EVERY_S = 30.0        # the queue node's announce_every default (appliance/flow/model.py)
+SCENARIOS = {"light": 0.6, "busy": 0.9, "overloaded": 1.25}  # peak offered load per agent
+ANNOUNCE_EVERY_S = 30.0  # the queue node's announce_every default (appliance/flow/model.py)
 
 
 def arrival_profile(hour: float) -> float:
     """Relative arrival intensity over the clinic day, at most 1 (morning peak, after-lunch bump)."""
-    return min(1.0, 0.3 + 0.7 * math.exp(-0.5 * ((hour - 9.5) / 1.0) ** 2)
-               + 0.3 * math.exp(-0.5 * ((hour - 13.5) / 1.2) ** 2))
+    return min(
+        1.0, 0.3 + 0.7 * math.exp(-0.5 * ((hour - 9.5) / 1.0) ** 2) + 0.3 * math.exp(-0.5 * ((hour - 13.5) / 1.2) ** 2)
+    )
 
 
 @dataclass
 class Caller:
     joined: float
-    handle_s: float = 0.0          # talk + wrap-up, if answered
+    handle_s: float = 0.0  # talk + wrap-up, if answered
     ring_s: float = 0.0
     patience: float = math.inf
-    ours_s: float | None = None    # announced at join (seconds as heard)
+    ours_s: float | None = None  # announced at join (seconds as heard)
     ours_raw_s: float | None = None
     asterisk_s: float | None = None
     oracle_s: float | None = None
-    queued: bool = False           # found no free agent on arrival
+    queued: bool = False  # found no free agent on arrival
     answered: float | None = None
     abandoned: bool = False
-    heard: list = field(default_factory=list)   # Heard: every announcement made to this caller
-    silent_next: int = 0           # announcement moments skipped: the caller was next in line
+    heard: list = field(default_factory=list)  # Heard: every announcement made to this caller
+    silent_next: int = 0  # announcement moments skipped: the caller was next in line
 
 
 @dataclass
 class Heard:
     """One announcement as the caller heard it, with what each estimator said at that moment."""
-    at: float                      # when it was made (s, clock of the day)
+
+    at: float  # when it was made (s, clock of the day)
     position: int
-    ours_s: float                  # as heard (rounded); inf: the box says no time
+    ours_s: float  # as heard (rounded); inf: the box says no time
     ours_raw_s: float
-    asterisk_s: float              # as app_queue would say it to a caller who has waited this long
+    asterisk_s: float  # as app_queue would say it to a caller who has waited this long
     oracle_s: float | None = None
 
 
@@ -133,18 +135,28 @@ class Tally:
     err_oracle: list = field(default_factory=list)
     waits: list = field(default_factory=list)
     # every announcement heard (position >= 2, while waiting)
-    made: int = 0                  # announcements made
-    made_censored: int = 0         # ... to callers who then hung up: counted, not scored
-    made_no_time: int = 0          # ... saying no time (nobody could answer): nothing to score
-    silent_next: int = 0           # moments the caller was next in line: the box says nothing
+    made: int = 0  # announcements made
+    made_censored: int = 0  # ... to callers who then hung up: counted, not scored
+    made_no_time: int = 0  # ... saying no time (nobody could answer): nothing to score
+    silent_next: int = 0  # moments the caller was next in line: the box says nothing
     herr_ours: list = field(default_factory=list)
     herr_ours_raw: list = field(default_factory=list)
     herr_ast: list = field(default_factory=list)
     herr_oracle: list = field(default_factory=list)
     remaining: list = field(default_factory=list)
 
-    LISTS = ("err_ours", "err_ours_raw", "err_ast", "err_oracle", "waits",
-             "herr_ours", "herr_ours_raw", "herr_ast", "herr_oracle", "remaining")
+    LISTS = (
+        "err_ours",
+        "err_ours_raw",
+        "err_ast",
+        "err_oracle",
+        "waits",
+        "herr_ours",
+        "herr_ours_raw",
+        "herr_ast",
+        "herr_oracle",
+        "remaining",
+    )
     COUNTS = ("callers", "queued", "abandoned", "made", "made_censored", "made_no_time", "silent_next")
 
     def add(self, c: Caller) -> None:
@@ -155,9 +167,9 @@ class Tally:
             return
         self.queued += 1
         if c.abandoned or c.answered is None:
-            return   # censored: the true wait is unknown, only that it was longer than patience
+            return  # censored: the true wait is unknown, only that it was longer than patience
         if not math.isfinite(c.ours_raw_s):
-            return   # nobody could answer at all: the box announces no time (operator path)
+            return  # nobody could answer at all: the box announces no time (operator path)
         wait = c.answered - c.joined
         self.waits.append(wait)
         self.err_ours.append(c.ours_s - wait)
@@ -170,11 +182,11 @@ class Tally:
         self.silent_next += c.silent_next
         self.made += len(c.heard)
         if c.abandoned or c.answered is None:
-            self.made_censored += len(c.heard)   # the remaining wait is unknown
+            self.made_censored += len(c.heard)  # the remaining wait is unknown
             return
         for h in c.heard:
             if not math.isfinite(h.ours_raw_s):
-                self.made_no_time += 1           # position only (operator path): not scored
+                self.made_no_time += 1  # position only (operator path): not scored
                 continue
             rest = c.answered - h.at
             self.remaining.append(rest)
@@ -202,8 +214,7 @@ class Estimators:
         self.stats = HandlingStats()
         self.asterisk = AsteriskEstimator()
 
-    def say(self, position: int, busy_elapsed: list[float], idle: int,
-            waited_s: float) -> tuple[float, float, float]:
+    def say(self, position: int, busy_elapsed: list[float], idle: int, waited_s: float) -> tuple[float, float, float]:
         """What each would announce now: (ours as heard, ours in seconds, Asterisk's as heard)."""
         raw = estimate_wait(position, busy_elapsed, idle, self.stats)
         ours = announced_wait_s(raw) if math.isfinite(raw) else raw
@@ -213,8 +224,7 @@ class Estimators:
         """The announcement on joining (kept on the caller for the join-only score)."""
         c.ours_s, c.ours_raw_s, c.asterisk_s = self.say(position, busy_elapsed, idle, 0.0)
 
-    def heard(self, c: Caller, now: float, position: int, busy_elapsed: list[float], idle: int,
-              oracle=None) -> None:
+    def heard(self, c: Caller, now: float, position: int, busy_elapsed: list[float], idle: int, oracle=None) -> None:
         """An announcement moment for a caller still waiting: the box says nothing to the caller
         who is next; otherwise both estimators' remaining waits are recorded. ``oracle``: a
         callable giving the oracle's prediction (called only when something is said)."""
@@ -222,7 +232,7 @@ class Estimators:
             c.silent_next += 1
             return
         if now == c.joined and c.ours_s is not None:
-            ours, raw, ast = c.ours_s, c.ours_raw_s, c.asterisk_s    # the join announcement itself
+            ours, raw, ast = c.ours_s, c.ours_raw_s, c.asterisk_s  # the join announcement itself
         else:
             ours, raw, ast = self.say(position, busy_elapsed, idle, now - c.joined)
         c.heard.append(Heard(now, position, ours, raw, ast, oracle() if oracle is not None else None))
@@ -230,35 +240,45 @@ class Estimators:
 
 # --- synthetic days --------------------------------------------------------------------------
 
+
 def generate_day(rng: np.random.Generator, agents: int, peak_load: float) -> tuple[list[Caller], float]:
     """The day's callers (arrival, handling, ring and patience times) and its true talk median."""
     day_factor = math.exp(rng.normal(0.0, DAY_FACTOR_SIGMA))
     talk_median = TALK_MEDIAN_S * day_factor
-    mean_handle = talk_median * math.exp(TALK_SIGMA ** 2 / 2) + sum(WRAPUP_S) / 2
-    peak_rate = peak_load * agents / mean_handle            # callers per second at the peak
+    mean_handle = talk_median * math.exp(TALK_SIGMA**2 / 2) + sum(WRAPUP_S) / 2
+    peak_rate = peak_load * agents / mean_handle  # callers per second at the peak
     t, end = OPEN_H * 3600.0, CLOSE_H * 3600.0
     callers = []
     while True:
         t += rng.exponential(1.0 / peak_rate)
         if t >= end:
             break
-        if rng.random() <= arrival_profile(t / 3600.0):        # thinning
-            callers.append(Caller(
-                joined=t,
-                handle_s=talk_median * math.exp(rng.normal(0.0, TALK_SIGMA)) + rng.uniform(*WRAPUP_S),
-                ring_s=rng.uniform(*RING_S),
-                patience=PATIENCE_MEDIAN_S * math.exp(rng.normal(0.0, PATIENCE_SIGMA))))
+        if rng.random() <= arrival_profile(t / 3600.0):  # thinning
+            callers.append(
+                Caller(
+                    joined=t,
+                    handle_s=talk_median * math.exp(rng.normal(0.0, TALK_SIGMA)) + rng.uniform(*WRAPUP_S),
+                    ring_s=rng.uniform(*RING_S),
+                    patience=PATIENCE_MEDIAN_S * math.exp(rng.normal(0.0, PATIENCE_SIGMA)),
+                )
+            )
     return callers, talk_median
 
 
-def simulate_day(callers: list[Caller], agents: int, est: Estimators, oracle: "Oracle | None" = None,
-                 every: float = ANNOUNCE_EVERY_S, later_oracle: "Oracle | None" = None) -> None:
+def simulate_day(
+    callers: list[Caller],
+    agents: int,
+    est: Estimators,
+    oracle: "Oracle | None" = None,
+    every: float = ANNOUNCE_EVERY_S,
+    later_oracle: "Oracle | None" = None,
+) -> None:
     """Exact FIFO ACD: events are arrivals, abandonments and agents freeing (after talk + wrap),
     plus the announcement moments of waiting callers (on joining, then every ``every`` s), which
     only observe: they change nothing in the queue. ``oracle`` predicts at joining,
     ``later_oracle`` (its own random stream, so the join figures do not depend on how many later
     announcements there were) at the later announcements."""
-    events: list[tuple[float, int, str, int]] = []       # (time, seq, kind, caller or agent)
+    events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, caller or agent)
     seq = 0
 
     def push(t, kind, ident):
@@ -268,7 +288,7 @@ def simulate_day(callers: list[Caller], agents: int, est: Estimators, oracle: "O
 
     for i, c in enumerate(callers):
         push(c.joined, "arrive", i)
-    busy_since: dict[int, float] = {}        # agent -> when the agent was taken (rung)
+    busy_since: dict[int, float] = {}  # agent -> when the agent was taken (rung)
     free_agents = list(range(agents))
     queue: list[int] = []
 
@@ -296,8 +316,9 @@ def simulate_day(callers: list[Caller], agents: int, est: Estimators, oracle: "O
             est.announce(c, position, busy, idle)
             c.queued = idle == 0
             if oracle is not None and c.queued:
-                c.oracle_s = oracle.predict(position, [t - now for t in busy_since.values()],
-                                            [now - callers[q].joined for q in queue])
+                c.oracle_s = oracle.predict(
+                    position, [t - now for t in busy_since.values()], [now - callers[q].joined for q in queue]
+                )
             if c.queued:
                 # The first announcement, at joining (nothing if next in line), then a timer.
                 est.heard(c, now, position, busy, idle, (lambda c=c: c.oracle_s) if oracle else None)
@@ -308,16 +329,19 @@ def simulate_day(callers: list[Caller], agents: int, est: Estimators, oracle: "O
             assign(now)
         elif kind == "announce":
             if ident not in queue:
-                continue              # answered (or being rung) or hung up: no more announcements
+                continue  # answered (or being rung) or hung up: no more announcements
             c = callers[ident]
             position = queue.index(ident) + 1
             busy = [max(0.0, now - busy_since[a]) for a in busy_since]
-            ahead = queue[:position - 1]
+            ahead = queue[: position - 1]
             predict = None
             if later_oracle is not None:
+
                 def predict(now=now, position=position, ahead=ahead):
-                    return later_oracle.predict(position, [t - now for t in busy_since.values()],
-                                                [now - callers[q].joined for q in ahead])
+                    return later_oracle.predict(
+                        position, [t - now for t in busy_since.values()], [now - callers[q].joined for q in ahead]
+                    )
+
             est.heard(c, now, position, busy, len(free_agents), predict)
             push(now + every, "announce", ident)
         elif kind == "abandon":
@@ -363,8 +387,7 @@ class Oracle:
         return np.maximum(talk + wrap - elapsed, 0.0)
 
     def _handle_new(self, n: int) -> np.ndarray:
-        return (self.talk_median * np.exp(self.rng.normal(0.0, TALK_SIGMA, n))
-                + self.rng.uniform(*WRAPUP_S, n))
+        return self.talk_median * np.exp(self.rng.normal(0.0, TALK_SIGMA, n)) + self.rng.uniform(*WRAPUP_S, n)
 
     def predict(self, position: int, answered_in: list[float], ahead_waited: list[float]) -> float:
         """``answered_in``: per busy agent, answer time minus now (> 0 while still ringing)."""
@@ -382,8 +405,9 @@ class Oracle:
         return float(np.median(free.min(axis=1) + self.rng.uniform(*RING_S, n)))
 
 
-def run_synthetic(days: int, seed: int, agents: int | None, with_oracle: bool = False,
-                  every: float = ANNOUNCE_EVERY_S) -> dict[str, tuple[Tally, dict]]:
+def run_synthetic(
+    days: int, seed: int, agents: int | None, with_oracle: bool = False, every: float = ANNOUNCE_EVERY_S
+) -> dict[str, tuple[Tally, dict]]:
     results = {}
     for level_no, (level, load) in enumerate(SCENARIOS.items()):
         rng = np.random.default_rng([seed, level_no])
@@ -401,12 +425,20 @@ def run_synthetic(days: int, seed: int, agents: int | None, with_oracle: bool = 
             simulate_day(callers, k, est, oracle, every, later_oracle)
             for c in callers:
                 tally.add(c)
-        results[level] = (tally, {"peak_load": load, "agents": f"{min(agent_days)}-{max(agent_days)}"
-                                  if min(agent_days) != max(agent_days) else str(agent_days[0])})
+        results[level] = (
+            tally,
+            {
+                "peak_load": load,
+                "agents": f"{min(agent_days)}-{max(agent_days)}"
+                if min(agent_days) != max(agent_days)
+                else str(agent_days[0]),
+            },
+        )
     return results
 
 
 # --- replay from the engine's records -------------------------------------------------------
+
 
 def _ts(text) -> float | None:
     if text in (None, ""):
@@ -416,14 +448,14 @@ def _ts(text) -> float | None:
     return datetime.fromisoformat(str(text)).timestamp()
 
 
-def replay_db(path: str, agents: int | None,
-              every: float = ANNOUNCE_EVERY_S) -> dict[str, tuple[Tally, dict]]:
+def replay_db(path: str, agents: int | None, every: float = ANNOUNCE_EVERY_S) -> dict[str, tuple[Tally, dict]]:
     """Replay real stays from ``queue_calls``. The number of agents is not recorded; it is
     --agents if given, else the most calls seen in progress at once that day (a lower bound)."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT queue, joined_at, answered_at, left_at, handle_s FROM queue_calls "
-                           "ORDER BY joined_at").fetchall()
+        rows = con.execute(
+            "SELECT queue, joined_at, answered_at, left_at, handle_s FROM queue_calls ORDER BY joined_at"
+        ).fetchall()
     except sqlite3.Error as e:
         print(f"--from-db {path}: no usable queue_calls table ({e}); nothing to replay")
         return {}
@@ -446,8 +478,9 @@ def replay_db(path: str, agents: int | None,
     return results
 
 
-def _replay_day(stays: list, agents: int | None, est: Estimators, tally: Tally,
-                every: float = ANNOUNCE_EVERY_S) -> None:
+def _replay_day(
+    stays: list, agents: int | None, est: Estimators, tally: Tally, every: float = ANNOUNCE_EVERY_S
+) -> None:
     # A call is "on an agent" from answered_at for handle_s seconds (talk + wrap-up).
     calls = [(a, a + (h or 0.0)) for (_, a, _, h) in stays if a is not None]
     if agents is None:
@@ -515,28 +548,38 @@ def _replay_day(stays: list, agents: int | None, est: Estimators, tally: Tally,
 
 # --- report ----------------------------------------------------------------------------------
 
+
 def print_table(name: str, tally: Tally, info: dict) -> None:
     print(f"\n{name}: peak load {info['peak_load']}, agents {info['agents']}")
-    print(f"  callers {tally.callers}, queued {tally.queued}, abandoned {tally.abandoned} "
-          f"(censored, not scored), scored {len(tally.waits)}, "
-          f"mean wait {np.mean(tally.waits) if tally.waits else float('nan'):.0f} s")
+    print(
+        f"  callers {tally.callers}, queued {tally.queued}, abandoned {tally.abandoned} "
+        f"(censored, not scored), scored {len(tally.waits)}, "
+        f"mean wait {np.mean(tally.waits) if tally.waits else float('nan'):.0f} s"
+    )
     no_time = f", no time said {tally.made_no_time}" if tally.made_no_time else ""
-    print(f"  announcements heard {tally.made} (to callers who then hung up {tally.made_censored}: "
-          f"censored, not scored{no_time}), scored {len(tally.remaining)}, mean remaining wait "
-          f"{np.mean(tally.remaining) if tally.remaining else float('nan'):.0f} s; "
-          f"next in line, nothing said {tally.silent_next}")
+    print(
+        f"  announcements heard {tally.made} (to callers who then hung up {tally.made_censored}: "
+        f"censored, not scored{no_time}), scored {len(tally.remaining)}, mean remaining wait "
+        f"{np.mean(tally.remaining) if tally.remaining else float('nan'):.0f} s; "
+        f"next in line, nothing said {tally.silent_next}"
+    )
     cols = f"{'MAE s':>8}{'bias s':>9}{'<=1 min':>9}"
     print(f"  {'':<26}{'every announcement heard':>26}   {'on joining only':>26}")
     print(f"  {'estimator':<26}{cols}   {cols}")
-    for label, heard, join in (("ours (as announced)", "herr_ours", "err_ours"),
-                               ("ours (seconds)", "herr_ours_raw", "err_ours_raw"),
-                               ("asterisk (announced)", "herr_ast", "err_ast"),
-                               ("oracle (knows generator)", "herr_oracle", "err_oracle")):
+    for label, heard, join in (
+        ("ours (as announced)", "herr_ours", "err_ours"),
+        ("ours (seconds)", "herr_ours_raw", "err_ours_raw"),
+        ("asterisk (announced)", "herr_ast", "err_ast"),
+        ("oracle (knows generator)", "herr_oracle", "err_oracle"),
+    ):
         cells = []
         for key in (heard, join):
             errs = np.asarray(getattr(tally, key), dtype=float)
-            cells.append(f"{np.mean(np.abs(errs)):>8.0f}{np.mean(errs):>+9.0f}"
-                         f"{100 * np.mean(np.abs(errs) <= 60):>8.0f}%" if errs.size else f"{'-':>8}{'':>18}")
+            cells.append(
+                f"{np.mean(np.abs(errs)):>8.0f}{np.mean(errs):>+9.0f}{100 * np.mean(np.abs(errs) <= 60):>8.0f}%"
+                if errs.size
+                else f"{'-':>8}{'':>18}"
+            )
         if any(getattr(tally, key) for key in (heard, join)):
             print(f"  {label:<26}{cells[0]}   {cells[1]}")
 
@@ -546,11 +589,20 @@ def main(argv=None) -> int:
     ap.add_argument("--days", type=int, default=20, help="simulated days per load level (default 20)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the day generator (default 1)")
     ap.add_argument("--agents", type=int, default=None, help="agents every day (default: 2-4, drawn per day)")
-    ap.add_argument("--announce-every", type=float, default=ANNOUNCE_EVERY_S, metavar="S",
-                    help=f"seconds between a waiting caller's announcements (default {ANNOUNCE_EVERY_S:.0f}, "
-                         "the queue node's default)")
-    ap.add_argument("--no-oracle", dest="oracle", action="store_false",
-                    help="skip the oracle that knows the generator (the error floor; ~17 s of a default run)")
+    ap.add_argument(
+        "--announce-every",
+        type=float,
+        default=ANNOUNCE_EVERY_S,
+        metavar="S",
+        help=f"seconds between a waiting caller's announcements (default {ANNOUNCE_EVERY_S:.0f}, "
+        "the queue node's default)",
+    )
+    ap.add_argument(
+        "--no-oracle",
+        dest="oracle",
+        action="store_false",
+        help="skip the oracle that knows the generator (the error floor; ~17 s of a default run)",
+    )
     ap.add_argument("--from-db", metavar="PATH", help="replay queue_calls from this SQLite database instead")
     args = ap.parse_args(argv)
     if not args.announce_every > 0:
@@ -575,27 +627,49 @@ def main(argv=None) -> int:
     ours, ast = total.mae("herr_ours"), total.mae("herr_ast")
     ours_join, ast_join = total.mae("err_ours"), total.mae("err_ast")
     ratio, join_ratio = _ratio(ours, ast), _ratio(ours_join, ast_join)
-    print(f"\nall, every announcement heard ({len(total.remaining)} scored, every "
-          f"{args.announce_every:g} s, position >= 2): ours {ours:.0f} s, asterisk {ast:.0f} s, "
-          f"ratio {ratio:.2f}")
-    print(f"all, on joining only ({len(total.waits)} callers): ours {ours_join:.0f} s, "
-          f"asterisk {ast_join:.0f} s, ratio {join_ratio:.2f} ({time.monotonic() - started:.1f} s)")
-    summary = {"ours_mae_s": _num(ours), "asterisk_mae_s": _num(ast), "ratio": _num(ratio, 3),
-               "ours_raw_mae_s": _num(total.mae("herr_ours_raw")),
-               "announcements": len(total.remaining), "announcements_made": total.made,
-               "announcements_censored": total.made_censored, "announcements_no_time": total.made_no_time,
-               "next_in_line_silent": total.silent_next, "announce_every_s": args.announce_every,
-               "ours_join_mae_s": _num(ours_join), "asterisk_join_mae_s": _num(ast_join),
-               "join_ratio": _num(join_ratio, 3), "ours_join_raw_mae_s": _num(total.mae("err_ours_raw")),
-               "days": days, "sim_days": sim_days,
-               "callers": total.callers, "queued": total.queued, "scored": len(total.waits),
-               "abandoned": total.abandoned, "seed": args.seed,
-               **({"oracle_mae_s": _num(total.mae("herr_oracle")),
-                   "oracle_ratio": _num(_ratio(total.mae("herr_oracle"), ast), 3),
-                   "oracle_join_mae_s": _num(total.mae("err_oracle")),
-                   "oracle_join_ratio": _num(_ratio(total.mae("err_oracle"), ast_join), 3)}
-                  if total.err_oracle else {}),
-               "source": args.from_db or "synthetic"}
+    print(
+        f"\nall, every announcement heard ({len(total.remaining)} scored, every "
+        f"{args.announce_every:g} s, position >= 2): ours {ours:.0f} s, asterisk {ast:.0f} s, "
+        f"ratio {ratio:.2f}"
+    )
+    print(
+        f"all, on joining only ({len(total.waits)} callers): ours {ours_join:.0f} s, "
+        f"asterisk {ast_join:.0f} s, ratio {join_ratio:.2f} ({time.monotonic() - started:.1f} s)"
+    )
+    summary = {
+        "ours_mae_s": _num(ours),
+        "asterisk_mae_s": _num(ast),
+        "ratio": _num(ratio, 3),
+        "ours_raw_mae_s": _num(total.mae("herr_ours_raw")),
+        "announcements": len(total.remaining),
+        "announcements_made": total.made,
+        "announcements_censored": total.made_censored,
+        "announcements_no_time": total.made_no_time,
+        "next_in_line_silent": total.silent_next,
+        "announce_every_s": args.announce_every,
+        "ours_join_mae_s": _num(ours_join),
+        "asterisk_join_mae_s": _num(ast_join),
+        "join_ratio": _num(join_ratio, 3),
+        "ours_join_raw_mae_s": _num(total.mae("err_ours_raw")),
+        "days": days,
+        "sim_days": sim_days,
+        "callers": total.callers,
+        "queued": total.queued,
+        "scored": len(total.waits),
+        "abandoned": total.abandoned,
+        "seed": args.seed,
+        **(
+            {
+                "oracle_mae_s": _num(total.mae("herr_oracle")),
+                "oracle_ratio": _num(_ratio(total.mae("herr_oracle"), ast), 3),
+                "oracle_join_mae_s": _num(total.mae("err_oracle")),
+                "oracle_join_ratio": _num(_ratio(total.mae("err_oracle"), ast_join), 3),
+            }
+            if total.err_oracle
+            else {}
+        ),
+        "source": args.from_db or "synthetic",
+    }
     print(json.dumps(summary))
     return 0
 

@@ -57,6 +57,7 @@ class LoopThread:
     def call(self, fn, *args):
         async def go():
             return fn(*args)
+
         return self.run(go())
 
 
@@ -75,6 +76,7 @@ class AtCall:
 
     def _done(self, fn, *args):
         import concurrent.futures
+
         f = concurrent.futures.Future()
         try:
             f.set_result(fn(*args))
@@ -119,7 +121,7 @@ def cpu_percent(seconds: float, exclude: set[int]) -> float:
 def chirp(ms=100) -> np.ndarray:
     t = np.arange(int(RATE * ms / 1000)) / RATE
     f0, f1 = 300.0, 3400.0
-    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1]))
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))
     return (12000 * np.sin(phase) * np.hanning(len(t))).astype(np.int16)
 
 
@@ -131,12 +133,13 @@ def find(received: bytes, ref: np.ndarray) -> int | None:
     corr = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(ref.astype(np.float64), size)), size)
     corr = corr[: len(x) - len(ref) + 1]
     peak = int(np.argmax(corr))
-    energy = np.sqrt(np.sum(x[peak:peak + len(ref)] ** 2) * np.sum(ref.astype(np.float64) ** 2)) + 1e-9
+    energy = np.sqrt(np.sum(x[peak : peak + len(ref)] ** 2) * np.sum(ref.astype(np.float64) ** 2)) + 1e-9
     return peak if corr[peak] / energy > 0.8 else None
 
 
 def free_udp_port() -> int:
     import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -187,12 +190,17 @@ def main(argv=None) -> int:
         per_call = busy - idle
         print(f"one GSM call (caller talking, hears hold music + own voice): {busy:.2f} % CPU")
         print(f"  -> the bridge costs {per_call:.2f} % of one core per GSM call")
-        print(f"  voice channel: {stats['frames_in']} frames in, {stats['frames_out']} out, "
-              f"{stats['underruns']} underruns, {stats['overruns']} overruns, {stats['trimmed_in']}+"
-              f"{stats['trimmed_out']} trimmed (clock drift)")
-        result.update(idle_cpu_pct=round(idle, 3), call_cpu_pct=round(busy, 3),
-                      cpu_pct_per_gsm_call=round(per_call, 3),
-                      voice_stats={k: v for k, v in stats.items() if k != "lost"})
+        print(
+            f"  voice channel: {stats['frames_in']} frames in, {stats['frames_out']} out, "
+            f"{stats['underruns']} underruns, {stats['overruns']} overruns, {stats['trimmed_in']}+"
+            f"{stats['trimmed_out']} trimmed (clock drift)"
+        )
+        result.update(
+            idle_cpu_pct=round(idle, 3),
+            call_cpu_pct=round(busy, 3),
+            cpu_pct_per_gsm_call=round(per_call, 3),
+            voice_stats={k: v for k, v in stats.items() if k != "lost"},
+        )
 
         # --- latency: the caller's audio looped back to the caller ---------------------------
         emulator.caller_tone_hz = None
@@ -219,14 +227,22 @@ def main(argv=None) -> int:
         time.sleep(2)
         if delays:
             med = statistics.median(delays)
-            print(f"round trip through the bridge (modem -> conference -> modem), {len(delays)} chirps: "
-                  f"median {med * 1000:.0f} ms, min {min(delays) * 1000:.0f}, max {max(delays) * 1000:.0f} "
-                  f"(emulator's {EMULATOR_ADDS_S * 1000:.0f} ms taken off)")
-            print(f"  -> added delay one way ~{med * 500:.0f} ms (jitter cushion {prebuffer} frames of "
-                  f"20 ms on the way in)")
-            result.update(round_trip_ms_median=round(med * 1000, 1), round_trip_ms_min=round(min(delays) * 1000, 1),
-                          round_trip_ms_max=round(max(delays) * 1000, 1), chirps_found=len(delays),
-                          chirps_sent=args.chirps)
+            print(
+                f"round trip through the bridge (modem -> conference -> modem), {len(delays)} chirps: "
+                f"median {med * 1000:.0f} ms, min {min(delays) * 1000:.0f}, max {max(delays) * 1000:.0f} "
+                f"(emulator's {EMULATOR_ADDS_S * 1000:.0f} ms taken off)"
+            )
+            print(
+                f"  -> added delay one way ~{med * 500:.0f} ms (jitter cushion {prebuffer} frames of "
+                f"20 ms on the way in)"
+            )
+            result.update(
+                round_trip_ms_median=round(med * 1000, 1),
+                round_trip_ms_min=round(min(delays) * 1000, 1),
+                round_trip_ms_max=round(max(delays) * 1000, 1),
+                chirps_found=len(delays),
+                chirps_sent=args.chirps,
+            )
         else:
             print("latency: the chirp never came back")
             result.update(round_trip_ms_median=None, chirps_found=0, chirps_sent=args.chirps)

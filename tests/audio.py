@@ -82,14 +82,17 @@ def find_occurrences(recording, reference) -> list[tuple[float, float]]:
     energy = np.concatenate(([0.0], np.cumsum(x * x)))
     onsets: list[tuple[float, int]] = []
     for k in range(n_chunks):
-        piece = r[k * chunk:(k + 1) * chunk]
+        piece = r[k * chunk : (k + 1) * chunk]
         if np.sqrt(np.mean(piece**2)) < 32768 * 10 ** (SILENCE_DBFS / 20):
             continue  # a pause inside the prompt matches any silence: not evidence
         score = _ncc(x, piece, energy, spec_x, size)
         for p in _peaks(score, CHUNK_MIN_SCORE, chunk):
             onsets.append((p / rate - k * CHUNK_S, k))
-    voiced = sum(1 for k in range(n_chunks)
-                 if np.sqrt(np.mean(r[k * chunk:(k + 1) * chunk] ** 2)) >= 32768 * 10 ** (SILENCE_DBFS / 20))
+    voiced = sum(
+        1
+        for k in range(n_chunks)
+        if np.sqrt(np.mean(r[k * chunk : (k + 1) * chunk] ** 2)) >= 32768 * 10 ** (SILENCE_DBFS / 20)
+    )
     onsets.sort()
     found, group = [], []
     for onset, k in onsets + [(float("inf"), -1)]:

@@ -24,8 +24,14 @@ async def main(mode: str) -> int:
         raise RuntimeError("handler failed on purpose")
 
     handler = {"none": None, "raise": fail, "limit": hold, "framing": hold}[mode]
-    stack = SipStack(address="127.0.0.1", port=free_port(), transports=("udp",), on_incoming=handler,
-                     max_calls=1 if mode == "limit" else 0, screen=False)
+    stack = SipStack(
+        address="127.0.0.1",
+        port=free_port(),
+        transports=("udp",),
+        on_incoming=handler,
+        max_calls=1 if mode == "limit" else 0,
+        screen=False,
+    )
     await stack.start()
     print(f"ready {stack.port}", flush=True)
     loop = asyncio.get_running_loop()

@@ -59,8 +59,9 @@ class Proc:
     def __init__(self, cmd, *, env=None, cwd=None, log_path=None):
         self.log_path = Path(log_path) if log_path else None
         err = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                     env=env, cwd=cwd or ROOT)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd or ROOT
+        )
         self.events: list[dict] = []
         self._q: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -94,19 +95,20 @@ class Proc:
                     return ev
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {event!r} {match or ''} within {timeout} s; events: {self.events}"
-                                     + self._stderr_tail())
+                raise AssertionError(
+                    f"no {event!r} {match or ''} within {timeout} s; events: {self.events}" + self._stderr_tail()
+                )
             try:
                 if self._q.get(timeout=min(left, 0.2)) is None and self.proc.poll() is not None:
                     if not any(e.get("event") == event for e in self.events):
-                        raise AssertionError(f"process ended before {event!r}; events: {self.events}"
-                                             + self._stderr_tail())
+                        raise AssertionError(
+                            f"process ended before {event!r}; events: {self.events}" + self._stderr_tail()
+                        )
             except queue.Empty:
                 pass
 
     def has(self, event: str, **match) -> bool:
-        return any(ev.get("event") == event and all(ev.get(k) == v for k, v in match.items())
-                   for ev in self.events)
+        return any(ev.get("event") == event and all(ev.get(k) == v for k, v in match.items()) for ev in self.events)
 
     def _stderr_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -134,14 +136,34 @@ class Proc:
 class Phone(Proc):
     """A pjsua2 phone in its own process (see appliance/sip/phone.py)."""
 
-    def __init__(self, workdir: Path, name: str, *, answer_after: float = 0.5, say: dict | None = None,
-                 user: str | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        *,
+        answer_after: float = 0.5,
+        say: dict | None = None,
+        user: str | None = None,
+        extra: list[str] | None = None,
+    ):
         self.name = name
         self.port = free_port()
         self.record_dir = workdir / f"rec-{name}"
-        cmd = [sys.executable, "-m", "appliance.sip.phone", "--port", str(self.port), "--user", user or name,
-               "--answer-after", str(answer_after), "--record-dir", str(self.record_dir),
-               "--cache-dir", str(workdir / "phone-cache")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "appliance.sip.phone",
+            "--port",
+            str(self.port),
+            "--user",
+            user or name,
+            "--answer-after",
+            str(answer_after),
+            "--record-dir",
+            str(self.record_dir),
+            "--cache-dir",
+            str(workdir / "phone-cache"),
+        ]
         for u, text in (say or {}).items():
             cmd += ["--say", f"{u}={text}"]
         cmd += extra or []
@@ -192,9 +214,13 @@ class Box:
         self._launch()
 
     def _launch(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
-                                     env=self.env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.stderr_path, "ab"),
+            env=self.env,
+            cwd=ROOT,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

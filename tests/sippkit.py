@@ -39,9 +39,14 @@ SIPP = shutil.which("sipp")
 # SIPp's exit codes (sipp(1)): anything else is a crash or a bad command line.
 EXIT_ALL_OK = 0
 EXIT_SOME_FAILED = 1
-_KNOWN_EXITS = {0: "all calls successful", 1: "at least one call failed", 97: "exit on internal command",
-                99: "normal exit without calls processed", 253: "fatal error: cannot bind",
-                255: "fatal error"}
+_KNOWN_EXITS = {
+    0: "all calls successful",
+    1: "at least one call failed",
+    97: "exit on internal command",
+    99: "normal exit without calls processed",
+    253: "fatal error: cannot bind",
+    255: "fatal error",
+}
 
 
 NO_SIPP = "sipp is not installed (Debian package sip-tester); the SIP edge tests need it"
@@ -88,18 +93,31 @@ class SippRun:
 
     def report(self) -> str:
         """Everything needed to see why a run went wrong, for assertion messages."""
-        return (f"\n--- sipp {' '.join(self.cmd[1:])}\n--- exit {self.rc} ({_KNOWN_EXITS.get(self.rc, '?')}), "
-                f"stats: successful={self.stats.get('SuccessfulCall(C)')} failed={self.stats.get('FailedCall(C)')}"
-                f"\n--- logged outcomes: {self.log}"
-                f"\n--- sipp error log ({self.dir}):\n{self.errors[-4000:] or '(empty)'}"
-                f"\n--- sipp stderr:\n{self.stderr[-1500:]}"
-                f"\n--- last SIP messages:\n{self.messages[-3000:]}")
+        return (
+            f"\n--- sipp {' '.join(self.cmd[1:])}\n--- exit {self.rc} ({_KNOWN_EXITS.get(self.rc, '?')}), "
+            f"stats: successful={self.stats.get('SuccessfulCall(C)')} failed={self.stats.get('FailedCall(C)')}"
+            f"\n--- logged outcomes: {self.log}"
+            f"\n--- sipp error log ({self.dir}):\n{self.errors[-4000:] or '(empty)'}"
+            f"\n--- sipp stderr:\n{self.stderr[-1500:]}"
+            f"\n--- last SIP messages:\n{self.messages[-3000:]}"
+        )
 
 
-def run_sipp(box, scenario: str, workdir: Path, *, calls: int = 1, limit: int | None = None,
-             rate: float | None = None, service: str = "48221234567", pause_ms: int | None = None,
-             timeout: float = 30, expect_rc: int | tuple[int, ...] | None = EXIT_ALL_OK,
-             extra: tuple[str, ...] = (), name: str | None = None) -> SippRun:
+def run_sipp(
+    box,
+    scenario: str,
+    workdir: Path,
+    *,
+    calls: int = 1,
+    limit: int | None = None,
+    rate: float | None = None,
+    service: str = "48221234567",
+    pause_ms: int | None = None,
+    timeout: float = 30,
+    expect_rc: int | tuple[int, ...] | None = EXIT_ALL_OK,
+    extra: tuple[str, ...] = (),
+    name: str | None = None,
+) -> SippRun:
     """Run ``tests/sipp/<scenario>`` against ``box`` in the foreground and return what it saw.
 
     ``calls`` is ``-m`` (calls to place, then exit), ``limit`` is ``-l`` (simultaneous calls),
@@ -116,15 +134,47 @@ def run_sipp(box, scenario: str, workdir: Path, *, calls: int = 1, limit: int | 
     files = {k: out / f"{k}.txt" for k in ("log", "errors", "messages", "screen")}
     stat_file = out / "stat.csv"
     port = free_port()
-    cmd = [sipp, f"127.0.0.1:{box.port}", "-sf", str(scenario_path), "-s", service,
-           "-i", "127.0.0.1", "-p", str(port), "-t", "u1",
-           "-m", str(calls), "-l", str(limit or calls), "-r", str(rate or 10),
-           "-timeout", f"{timeout:g}s", "-timeout_error", "-nostdin",
-           "-trace_logs", "-log_file", str(files["log"]),
-           "-trace_err", "-error_file", str(files["errors"]),
-           "-trace_msg", "-message_file", str(files["messages"]),
-           "-trace_screen", "-screen_file", str(files["screen"]),
-           "-trace_stat", "-stf", str(stat_file), "-fd", "1"]
+    cmd = [
+        sipp,
+        f"127.0.0.1:{box.port}",
+        "-sf",
+        str(scenario_path),
+        "-s",
+        service,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-t",
+        "u1",
+        "-m",
+        str(calls),
+        "-l",
+        str(limit or calls),
+        "-r",
+        str(rate or 10),
+        "-timeout",
+        f"{timeout:g}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_logs",
+        "-log_file",
+        str(files["log"]),
+        "-trace_err",
+        "-error_file",
+        str(files["errors"]),
+        "-trace_msg",
+        "-message_file",
+        str(files["messages"]),
+        "-trace_screen",
+        "-screen_file",
+        str(files["screen"]),
+        "-trace_stat",
+        "-stf",
+        str(stat_file),
+        "-fd",
+        "1",
+    ]
     if pause_ms is not None:
         cmd += ["-d", str(pause_ms)]
     cmd += list(extra)
@@ -134,11 +184,14 @@ def run_sipp(box, scenario: str, workdir: Path, *, calls: int = 1, limit: int | 
         cmd += ["-key", "rtp_port", str(rtp_sink.getsockname()[1])]
         started = time.monotonic()
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, cwd=out,
-                                  timeout=timeout + 15)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, cwd=out, timeout=timeout + 15)
         except subprocess.TimeoutExpired:  # run() has already killed and reaped SIPp
-            pytest.fail(f"sipp did not finish within {timeout + 15:g} s: {' '.join(cmd)}\n"
-                        + _read(files["errors"]) + "\n--- box log:\n" + box.log())
+            pytest.fail(
+                f"sipp did not finish within {timeout + 15:g} s: {' '.join(cmd)}\n"
+                + _read(files["errors"])
+                + "\n--- box log:\n"
+                + box.log()
+            )
     run = SippRun(
         rc=proc.returncode,
         cmd=cmd,
@@ -156,8 +209,7 @@ def run_sipp(box, scenario: str, workdir: Path, *, calls: int = 1, limit: int | 
     if expect_rc is not None:
         wanted = (expect_rc,) if isinstance(expect_rc, int) else tuple(expect_rc)
         if run.rc not in wanted:
-            pytest.fail(f"sipp exited with {run.rc}, expected {wanted}" + run.report()
-                        + "\n--- box log:\n" + box.log())
+            pytest.fail(f"sipp exited with {run.rc}, expected {wanted}" + run.report() + "\n--- box log:\n" + box.log())
     return run
 
 
@@ -189,6 +241,7 @@ def _last_stats(path: Path) -> dict[str, str]:
 
 # --- hand-made datagrams, for requests SIPp would refuse to build -----------------------------
 
+
 @dataclass
 class RawReply:
     lines: list[str] = field(default_factory=list)  # status lines, retransmissions included
@@ -207,8 +260,10 @@ class RawSip:
     """One UDP socket that sends hand-written SIP requests to the box and collects the answers
     carrying the request's Call-ID (other calls' retransmissions are ignored)."""
 
-    SDP = ("v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=centralka raw test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-           "m=audio {rtp} RTP/AVP 8 0\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+    SDP = (
+        "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=centralka raw test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio {rtp} RTP/AVP 8 0\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    )
 
     def __init__(self, box, source: str = "127.0.0.1"):
         self.box = box
@@ -224,8 +279,16 @@ class RawSip:
         self.sock.close()
         self.rtp.close()
 
-    def invite(self, *, user: str = "48221234567", body: str | None = None, content_length=None,
-               call_id: str | None = "", to: str | None = None, drop: tuple[str, ...] = ()) -> tuple[str, str]:
+    def invite(
+        self,
+        *,
+        user: str = "48221234567",
+        body: str | None = None,
+        content_length=None,
+        call_id: str | None = "",
+        to: str | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> tuple[str, str]:
         """A hand-written INVITE (text, Call-ID). ``content_length`` overrides the true length,
         ``call_id=None`` leaves the header out, ``to`` replaces the whole To line, ``drop`` leaves out
         the named headers."""
@@ -262,8 +325,9 @@ class RawSip:
             replies[name] = RawReply()
             by_cid.setdefault(call_id, []).append((name, data, _cseq_method(data)))
             self.sock.sendto(data, ("127.0.0.1", self.box.port))
-        for msg in self._responses(set(by_cid), wait, stop=lambda: stop_at_final and all(
-                r.final is not None for r in replies.values())):
+        for msg in self._responses(
+            set(by_cid), wait, stop=lambda: stop_at_final and all(r.final is not None for r in replies.values())
+        ):
             call_id, method = _header(msg, "Call-ID"), (_header(msg, "CSeq") or "").split()[-1:]
             for name, data, sent_method in by_cid.get(call_id, ()):
                 if method != [sent_method]:
@@ -282,8 +346,10 @@ class RawSip:
         which is why SIPp cannot tell them apart). The INVITE's final answer is acknowledged."""
         text, call_id = self.invite()
         via, frm, to = _header(text, "Via"), _header(text, "From"), _header(text, "To")
-        cancel = (f"CANCEL {text.split(' ', 2)[1]} SIP/2.0\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
-                  f"Call-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        cancel = (
+            f"CANCEL {text.split(' ', 2)[1]} SIP/2.0\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
         self.sock.sendto(text.encode(), ("127.0.0.1", self.box.port))
         self.sock.sendto(cancel.encode(), ("127.0.0.1", self.box.port))
         invite_code = cancel_code = None
@@ -322,19 +388,22 @@ class RawSip:
             m = re.match(r"\s*(\d+)", _header(response, "CSeq") or "")
             number = int(m.group(1)) if m else 1
             for cseq, method in ((number, "ACK"), (number + 1, "BYE")):
-                self.sock.sendto(self._in_dialog(method, cseq, frm, to, call_id).encode(),
-                                 ("127.0.0.1", self.box.port))
+                self.sock.sendto(self._in_dialog(method, cseq, frm, to, call_id).encode(), ("127.0.0.1", self.box.port))
         else:
             via = _header(request, "Via")
-            ack = (f"ACK sip:x@127.0.0.1:{self.box.port} SIP/2.0\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
-                   f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            ack = (
+                f"ACK sip:x@127.0.0.1:{self.box.port} SIP/2.0\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
             self.sock.sendto(ack.encode(), ("127.0.0.1", self.box.port))
 
     def _in_dialog(self, method: str, cseq: int, frm: str, to: str, call_id: str) -> str:
-        return (f"{method} sip:centralka@127.0.0.1:{self.box.port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {self.source}:{self.port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                f"From: {frm}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
-                f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        return (
+            f"{method} sip:centralka@127.0.0.1:{self.box.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.source}:{self.port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+            f"From: {frm}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
 
 
 def _cseq_method(data: bytes) -> str | None:

@@ -2,8 +2,15 @@
 
 import pytest
 
-from appliance.flow.announce import (announced_wait_s, is_are_pl, minutes_pl, number_pl,
-                                     people_ahead_pl, position_announcement, wait_minutes)
+from appliance.flow.announce import (
+    announced_wait_s,
+    is_are_pl,
+    minutes_pl,
+    number_pl,
+    people_ahead_pl,
+    position_announcement,
+    wait_minutes,
+)
 
 # count -> (persons, minutes, verb)
 GRAMMAR = {
@@ -46,20 +53,23 @@ def test_polish_sentence_agrees(n):
 
 def test_r10_wording_exactly():
     assert position_announcement(3, 360, spoken=False) == (
-        "W kolejce są przed Panem/Panią 3 osoby. Przybliżony czas oczekiwania to 6 minut.")
+        "W kolejce są przed Panem/Panią 3 osoby. Przybliżony czas oczekiwania to 6 minut."
+    )
 
 
 def test_spoken_text_reads_well_in_espeak():
     # "Panem/Panią" would be read "Panem slesz Panią"; feminine 1 and ...2 are spelled out
     # because espeak-ng says "jeden osoba", "dwa osoby" for the digits.
     assert position_announcement(3, 360) == (
-        "W kolejce są przed Panem lub Panią 3 osoby. Przybliżony czas oczekiwania to 6 minut.")
+        "W kolejce są przed Panem lub Panią 3 osoby. Przybliżony czas oczekiwania to 6 minut."
+    )
     assert position_announcement(1, 60) == (
-        "W kolejce jest przed Panem lub Panią jedna osoba. Przybliżony czas oczekiwania to jedna minuta.")
+        "W kolejce jest przed Panem lub Panią jedna osoba. Przybliżony czas oczekiwania to jedna minuta."
+    )
     assert position_announcement(2, 120).startswith("W kolejce są przed Panem lub Panią dwie osoby.")
     assert position_announcement(2, 120).endswith("to dwie minuty.")
     assert people_ahead_pl(22, spoken=True) == "dwadzieścia dwie osoby"
-    assert people_ahead_pl(21, spoken=True) == "21 osób"          # espeak: "dwadzieścia jeden osób"
+    assert people_ahead_pl(21, spoken=True) == "21 osób"  # espeak: "dwadzieścia jeden osób"
     assert people_ahead_pl(12, spoken=True) == "12 osób"
     assert people_ahead_pl(122, spoken=True) == "sto dwadzieścia dwie osoby"
 
@@ -82,7 +92,8 @@ def test_nothing_for_the_caller_who_is_next():
 
 def test_less_than_a_minute():
     assert position_announcement(1, 59, spoken=False) == (
-        "W kolejce jest przed Panem/Panią 1 osoba. Przybliżony czas oczekiwania to mniej niż minutę.")
+        "W kolejce jest przed Panem/Panią 1 osoba. Przybliżony czas oczekiwania to mniej niż minutę."
+    )
     assert position_announcement(1, 0, lang="en").endswith("The estimated wait is less than a minute.")
 
 
@@ -94,16 +105,34 @@ def test_position_only_without_wait():
 
 def test_english():
     assert position_announcement(3, 360, lang="en") == (
-        "There are 3 people ahead of you. The estimated wait is about 6 minutes.")
+        "There are 3 people ahead of you. The estimated wait is about 6 minutes."
+    )
     assert position_announcement(1, 70, lang="en") == (
-        "There is 1 person ahead of you. The estimated wait is about 1 minute.")
+        "There is 1 person ahead of you. The estimated wait is about 1 minute."
+    )
     assert position_announcement(2, 30, lang="en") == (
-        "There are 2 people ahead of you. The estimated wait is less than a minute.")
+        "There are 2 people ahead of you. The estimated wait is less than a minute."
+    )
 
 
-@pytest.mark.parametrize("wait_s,minutes", [
-    (0, 0), (59.9, 0), (60, 1), (89, 1), (90, 2), (359, 6), (1200, 20), (1201, 20), (1351, 25),
-    (1500, 25), (1649, 25), (1651, 30), (3600, 60)])
+@pytest.mark.parametrize(
+    "wait_s,minutes",
+    [
+        (0, 0),
+        (59.9, 0),
+        (60, 1),
+        (89, 1),
+        (90, 2),
+        (359, 6),
+        (1200, 20),
+        (1201, 20),
+        (1351, 25),
+        (1500, 25),
+        (1649, 25),
+        (1651, 30),
+        (3600, 60),
+    ],
+)
 def test_rounding(wait_s, minutes):
     assert wait_minutes(wait_s) == minutes
 

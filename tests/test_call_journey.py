@@ -16,7 +16,8 @@ from .sipkit import Phone
 
 def staff_voice(workdir, user):
     return PromptLibrary(workdir / "phone-cache" / "centralka-phone-prompts", rate=8000).synthesise(
-        DEMO_PHONES[user], "say")
+        DEMO_PHONES[user], "say"
+    )
 
 
 def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.8):
@@ -44,8 +45,9 @@ def test_key_2_reaches_the_department_and_caller_hears_them(box, staff, caller, 
     assert steps[:3] == ["answered", "enter", "play"]
     assert "choice" in steps and steps[-1] == "hangup"
     rec = caller.recording()
-    seq = heard(box, caller, workdir, "greeting", "menu", "connecting", staff_users=["poradnia", "operator"],
-                min_coverage=0.1)
+    seq = heard(
+        box, caller, workdir, "greeting", "menu", "connecting", staff_users=["poradnia", "operator"], min_coverage=0.1
+    )
     assert [h.name for h in seq][:4] == ["greeting", "menu", "connecting", "staff:poradnia"]
     assert seq[0].coverage > 0.8 and seq[0].at < 1.0  # the whole greeting, starting at once (R1)
     assert seq[1].coverage < 0.5  # the menu was cut short by the key press
@@ -71,8 +73,10 @@ def test_no_key_pressed_goes_to_operator_without_long_silence(box, staff, caller
     assert call["outcome"] == "operator" and call["caller"] == "caller"
     steps = [s["step"] for s in box.journey(call["id"])]
     assert "no_input" in steps and "operator" in steps
-    seq = [h.name for h in heard(box, caller, workdir, "greeting", "menu", "to_operator",
-                                  staff_users=["operator", "rejestracja"])]
+    seq = [
+        h.name
+        for h in heard(box, caller, workdir, "greeting", "menu", "to_operator", staff_users=["operator", "rejestracja"])
+    ]
     assert seq == ["greeting", "menu", "to_operator", "staff:operator"]
     assert longest_silence(caller.recording()) < 15  # R8
 
@@ -88,8 +92,7 @@ def test_wrong_keys_get_one_repeat_then_the_operator(box, staff, caller, workdir
     call = box.wait_call_ended()
     invalid = [s for s in box.journey(call["id"]) if s["step"] == "invalid"]
     assert [json.loads(s["detail"])["entered"] for s in invalid] == ["7", "8"]
-    names = [h.name for h in heard(box, caller, workdir, "invalid_choice", "to_operator",
-                                    staff_users=["operator"])]
+    names = [h.name for h in heard(box, caller, workdir, "invalid_choice", "to_operator", staff_users=["operator"])]
     assert names == ["invalid_choice", "to_operator", "staff:operator"]
 
 
@@ -126,7 +129,8 @@ def test_dead_destination_phone_ends_at_the_operator(make_box, staff, caller, wo
     poradnia = Phone(workdir, "poradnia", answer_after=0.5, say={"poradnia": DEMO_PHONES["poradnia"]})
     flow = demo_flow_text(f"127.0.0.1:{staff.port}").replace(
         f'target = "sip:poradnia@127.0.0.1:{staff.port}"\nprompt = "connecting"\nring_timeout = 25',
-        f'target = "sip:poradnia@127.0.0.1:{poradnia.port}"\nprompt = "connecting"\nring_timeout = 6')
+        f'target = "sip:poradnia@127.0.0.1:{poradnia.port}"\nprompt = "connecting"\nring_timeout = 6',
+    )
     assert f"{poradnia.port}" in flow
     box = make_box(flow)
     poradnia.kill()  # the department's phone is unplugged

@@ -24,24 +24,50 @@ pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamail
 def kbox(make_box, staff):
     kport = free_port()
     flow = demo_flow_text(f"127.0.0.1:{staff.port}").replace(
-        f'target = "sip:poradnia@127.0.0.1:{staff.port}"', 'target = "ext:201"')
-    box = make_box(flow, settings=(f"\n[kamailio]\nenabled = true\nport = {kport}\nban_seconds = 3\n"
-                                   f"pike_window_s = 2\npike_max_requests = 20\n"))
+        f'target = "sip:poradnia@127.0.0.1:{staff.port}"', 'target = "ext:201"'
+    )
+    box = make_box(
+        flow,
+        settings=(
+            f"\n[kamailio]\nenabled = true\nport = {kport}\nban_seconds = 3\n"
+            f"pike_window_s = 2\npike_max_requests = 20\n"
+        ),
+    )
     box.kport = kport
     return box
 
 
 def add_phone(box, extension):
-    out = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(box.config), "phones", "add",
-                          extension, "--name", "Rejestracja 1"], capture_output=True, text=True, cwd=ROOT,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "--config",
+            str(box.config),
+            "phones",
+            "add",
+            extension,
+            "--name",
+            "Rejestracja 1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
     return re.search(r"password (\S+),", out).group(1)
 
 
 def desk_phone(workdir, box, extension, password, name=None):
-    return Phone(workdir, name or f"desk{extension}", answer_after=0.5, user=extension,
-                 say={extension: DEMO_PHONES["rejestracja"]},
-                 extra=["--register", f"127.0.0.1:{box.kport}", f"--password={password}"])
+    return Phone(
+        workdir,
+        name or f"desk{extension}",
+        answer_after=0.5,
+        user=extension,
+        say={extension: DEMO_PHONES["rejestracja"]},
+        extra=["--register", f"127.0.0.1:{box.kport}", f"--password={password}"],
+    )
 
 
 def sip_request(port, method, user, *, call_id=None, extra=""):
@@ -50,11 +76,14 @@ def sip_request(port, method, user, *, call_id=None, extra=""):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         lport = s.getsockname()[1]
-        msg = (f"{method} sip:{user if method != 'REGISTER' else ''}{'@' if method != 'REGISTER' else ''}127.0.0.1:{port} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
-               f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag={tag}\r\n"
-               f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
-               f"Contact: <sip:{user}@127.0.0.1:{lport}>\r\n{extra}Content-Length: 0\r\n\r\n")
+        target = "" if method == "REGISTER" else f"{user}@"
+        msg = (
+            f"{method} sip:{target}127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag={tag}\r\n"
+            f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
+            f"Contact: <sip:{user}@127.0.0.1:{lport}>\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
         s.sendto(msg.encode(), ("127.0.0.1", port))
         s.settimeout(2)
         try:
@@ -107,7 +136,7 @@ def test_wrong_password_cannot_register_and_the_caller_reaches_the_operator(kbox
 def _shape(reply):
     """Status line and header names: what a scanner could compare between two users."""
     lines = reply.split("\r\n")
-    names = sorted({l.split(":", 1)[0].lower() for l in lines[1:] if ":" in l})
+    names = sorted({line.split(":", 1)[0].lower() for line in lines[1:] if ":" in line})
     realm = re.search(r'realm="([^"]*)"', reply)
     return lines[0], names, realm.group(1) if realm else None
 
@@ -122,9 +151,18 @@ def test_unknown_user_gets_the_same_answer_as_a_known_one(kbox):
         assert _shape(known) == _shape(unknown)
         assert _shape(known)[0].startswith("SIP/2.0 40")  # a challenge (401/407), never 404
     # A wrong password and an unknown user are answered alike too.
-    assert _shape(sip_request(kbox.kport, "REGISTER", "201", extra='Authorization: Digest username="201", '
-                              'realm="centralka", nonce="x", uri="sip:127.0.0.1", response="00"\r\n'))[0] \
+    assert (
+        _shape(
+            sip_request(
+                kbox.kport,
+                "REGISTER",
+                "201",
+                extra='Authorization: Digest username="201", '
+                'realm="centralka", nonce="x", uri="sip:127.0.0.1", response="00"\r\n',
+            )
+        )[0]
         == _shape(sip_request(kbox.kport, "REGISTER", "999"))[0]
+    )
 
 
 def test_a_request_flood_is_banned_then_forgiven(kbox):
@@ -134,10 +172,15 @@ def test_a_request_flood_is_banned_then_forgiven(kbox):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         for i in range(100):  # a scanner's burst: far more than any phone sends
-            s.sendto((f"OPTIONS sip:127.0.0.1:{kbox.kport} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]};"
-                      f"branch=z9hG4bKfl{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@127.0.0.1>;tag=f{i}\r\n"
-                      f"To: <sip:100@127.0.0.1>\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\n"
-                      f"Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", kbox.kport))
+            s.sendto(
+                (
+                    f"OPTIONS sip:127.0.0.1:{kbox.kport} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]};"
+                    f"branch=z9hG4bKfl{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@127.0.0.1>;tag=f{i}\r\n"
+                    f"To: <sip:100@127.0.0.1>\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\n"
+                    f"Content-Length: 0\r\n\r\n"
+                ).encode(),
+                ("127.0.0.1", kbox.kport),
+            )
         s.settimeout(0.5)
         try:
             while s.recv(4096):

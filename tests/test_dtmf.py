@@ -24,7 +24,7 @@ def keys(pcm: bytes, chunk: int = 320) -> str:
     det = DtmfDetector()
     got = []
     for i in range(0, len(pcm), chunk):
-        got += det.feed(pcm[i:i + chunk])
+        got += det.feed(pcm[i : i + chunk])
     return "".join(got)
 
 
@@ -112,9 +112,12 @@ def test_noise_alone_gives_nothing():
 
 def test_single_tones_and_pairs_of_rows_give_nothing():
     t = np.arange(RATE) / RATE
-    for signal in (np.sin(2 * np.pi * 697 * t), np.sin(2 * np.pi * 1336 * t),
-                   np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 852 * t),
-                   np.sin(2 * np.pi * 1209 * t) + np.sin(2 * np.pi * 1477 * t)):
+    for signal in (
+        np.sin(2 * np.pi * 697 * t),
+        np.sin(2 * np.pi * 1336 * t),
+        np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 852 * t),
+        np.sin(2 * np.pi * 1209 * t) + np.sin(2 * np.pi * 1477 * t),
+    ):
         assert keys(pcm(6000 * signal)) == ""
 
 
@@ -136,22 +139,23 @@ def test_the_boxs_hold_music_gives_nothing():
 
 @needs_tools
 def test_speech_gives_nothing(tmp_path):
-    texts = ("Dzień dobry, tu przychodnia. Aby umówić wizytę, wciśnij jeden, aby rozmawiać z "
-             "rejestracją, wciśnij dwa. Pięćdziesiąt sześć, siedemdziesiąt osiem, dziewięćset.")
+    texts = (
+        "Dzień dobry, tu przychodnia. Aby umówić wizytę, wciśnij jeden, aby rozmawiać z "
+        "rejestracją, wciśnij dwa. Pięćdziesiąt sześć, siedemdziesiąt osiem, dziewięćset."
+    )
     for voice in ("pl", "pl+f3", "en"):
         wav = tmp_path / f"{voice}.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), texts], check=True)
         speech, rate = read_wav(wav)
-        speech = np.interp(np.arange(0, len(speech), rate / RATE), np.arange(len(speech)),
-                           speech.astype(np.float64))
+        speech = np.interp(np.arange(0, len(speech), rate / RATE), np.arange(len(speech)), speech.astype(np.float64))
         for gain in (1.0, 3.0):
             assert keys(pcm(speech * gain)) == "", voice
 
 
 def test_keys_pressed_while_music_plays_are_still_heard():
     music, _ = read_wav(ROOT / "appliance" / "data" / "hold_music.wav")
-    bed = music[RATE * 20:RATE * 24].astype(np.float64) * 0.1  # music 20 dB under the keys
+    bed = music[RATE * 20 : RATE * 24].astype(np.float64) * 0.1  # music 20 dB under the keys
     tones = samples(dtmf_tones("2580", level_dbm0=-8, lead_ms=500))
     mixed = bed.copy()
-    mixed[:len(tones)] += tones
+    mixed[: len(tones)] += tones
     assert keys(pcm(mixed)) == "2580"

@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "ewt.py"
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench_ewt", BENCH)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod          # dataclasses look their module up while being built
+    sys.modules[spec.name] = mod  # dataclasses look their module up while being built
     spec.loader.exec_module(mod)
     return mod
 
@@ -68,7 +68,7 @@ def test_prior_then_learns_from_calls():
     stats = HandlingStats()
     assert stats.count == 0 and stats.mean == pytest.approx(180.0)
     before = estimate_wait(3, [0.0], 0, stats)
-    assert before > 400                          # three calls of the 180 s prior
+    assert before > 400  # three calls of the 180 s prior
     for _ in range(60):
         stats.observe(60.0)
     assert stats.count == 60
@@ -83,7 +83,7 @@ def test_recent_calls_weigh_more():
         stats.observe(100.0)
     for _ in range(40):
         stats.observe(300.0)
-    assert stats.mean > 220                      # a plain average would say 157
+    assert stats.mean > 220  # a plain average would say 157
 
 
 def test_elapsed_time_matters():
@@ -97,6 +97,7 @@ def test_elapsed_time_matters():
 
 def test_residual_samples_are_positive():
     import numpy as np
+
     r = residual_samples(10_000.0, HandlingStats(), np.linspace(0.001, 0.999, 50))
     assert (r > 0).all()
 
@@ -139,19 +140,19 @@ def test_asterisk_formula_by_hand():
     # app_queue.c: holdtime = (3*holdtime + wait) >> 2 on each answered caller;
     # announced minutes = abs((holdtime + 30 - waited) / 60), C integer division.
     ast = AsteriskEstimator()
-    ast.observe_wait(100)              # (0 + 100) >> 2 = 25
+    ast.observe_wait(100)  # (0 + 100) >> 2 = 25
     assert ast.holdtime == 25
-    ast.observe_wait(40)               # (75 + 40) >> 2 = 28
+    ast.observe_wait(40)  # (75 + 40) >> 2 = 28
     assert ast.holdtime == 28
-    ast.observe_wait(200.9)            # (84 + 200) >> 2 = 71 (whole seconds)
+    ast.observe_wait(200.9)  # (84 + 200) >> 2 = 71 (whole seconds)
     assert ast.holdtime == 71
-    assert ast.announced_minutes() == 1              # (71 + 30) / 60 = 1
+    assert ast.announced_minutes() == 1  # (71 + 30) / 60 = 1
     assert ast.announced_s() == 60.0
     assert AsteriskEstimator(89).announced_minutes() == 1
     assert AsteriskEstimator(90).announced_minutes() == 2
-    assert AsteriskEstimator(29).announced_minutes() == 0      # Asterisk says nothing
-    assert AsteriskEstimator(200).announced_minutes(waited_s=100) == 2   # 130 / 60
-    assert AsteriskEstimator(10).announced_minutes(waited_s=200) == 2   # abs(-160 / 60), truncated
+    assert AsteriskEstimator(29).announced_minutes() == 0  # Asterisk says nothing
+    assert AsteriskEstimator(200).announced_minutes(waited_s=100) == 2  # 130 / 60
+    assert AsteriskEstimator(10).announced_minutes(waited_s=200) == 2  # abs(-160 / 60), truncated
 
 
 def test_asterisk_ignores_position():
@@ -161,17 +162,29 @@ def test_asterisk_ignores_position():
 
 def test_short_bench_ours_beats_asterisk():
     text, summary = run_bench("--days", "2", "--seed", "7")
-    assert {"ours_mae_s", "asterisk_mae_s", "ratio", "ours_join_mae_s", "asterisk_join_mae_s",
-            "join_ratio", "announcements", "announcements_made", "announcements_censored",
-            "next_in_line_silent", "days", "callers"} <= summary.keys()
+    assert {
+        "ours_mae_s",
+        "asterisk_mae_s",
+        "ratio",
+        "ours_join_mae_s",
+        "asterisk_join_mae_s",
+        "join_ratio",
+        "announcements",
+        "announcements_made",
+        "announcements_censored",
+        "next_in_line_silent",
+        "days",
+        "callers",
+    } <= summary.keys()
     assert summary["days"] == 2 and summary["callers"] > 500
     assert summary["scored"] > 100
     # Every announcement heard (the headline score): more of them than callers scored on
     # joining, and those to callers who then hung up are counted but not scored.
     assert summary["announcements"] > summary["scored"]
     assert summary["announcements_censored"] > 0
-    assert summary["announcements_made"] == (summary["announcements"] + summary["announcements_censored"]
-                                             + summary["announcements_no_time"])
+    assert summary["announcements_made"] == (
+        summary["announcements"] + summary["announcements_censored"] + summary["announcements_no_time"]
+    )
     assert summary["next_in_line_silent"] > 0
     assert summary["ours_mae_s"] < summary["asterisk_mae_s"]
     assert summary["ratio"] < 0.85
@@ -210,8 +223,10 @@ def test_bench_announcements_follow_the_box():
 def test_bench_replays_a_database(tmp_path):
     db = tmp_path / "box.db"
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE queue_calls (id INTEGER PRIMARY KEY, queue TEXT, joined_at TEXT, "
-                "answered_at TEXT, left_at TEXT, reason TEXT, handle_s FLOAT)")
+    con.execute(
+        "CREATE TABLE queue_calls (id INTEGER PRIMARY KEY, queue TEXT, joined_at TEXT, "
+        "answered_at TEXT, left_at TEXT, reason TEXT, handle_s FLOAT)"
+    )
     rows = []
     # One agent; a caller every 60 s, each call 100 s: the line grows and waits lengthen.
     t_answer = 0.0
@@ -219,11 +234,20 @@ def test_bench_replays_a_database(tmp_path):
         joined = 60.0 * i
         answered = max(joined + 3, t_answer)
         t_answer = answered + 100
-        rows.append(("rejestracja", f"2026-03-02T08:{int(joined) // 60:02d}:{int(joined) % 60:02d}+00:00",
-                     f"2026-03-02T{8 + int(answered) // 3600:02d}:{int(answered) % 3600 // 60:02d}:"
-                     f"{int(answered) % 60:02d}+00:00", None, "answered", 100.0))
-    con.executemany("INSERT INTO queue_calls (queue, joined_at, answered_at, left_at, reason, handle_s) "
-                    "VALUES (?,?,?,?,?,?)", rows)
+        rows.append(
+            (
+                "rejestracja",
+                f"2026-03-02T08:{int(joined) // 60:02d}:{int(joined) % 60:02d}+00:00",
+                f"2026-03-02T{8 + int(answered) // 3600:02d}:{int(answered) % 3600 // 60:02d}:"
+                f"{int(answered) % 60:02d}+00:00",
+                None,
+                "answered",
+                100.0,
+            )
+        )
+    con.executemany(
+        "INSERT INTO queue_calls (queue, joined_at, answered_at, left_at, reason, handle_s) VALUES (?,?,?,?,?,?)", rows
+    )
     con.commit()
     con.close()
     text, summary = run_bench("--from-db", str(db), "--agents", "1")

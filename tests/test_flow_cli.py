@@ -75,19 +75,22 @@ def test_refused_import_keeps_the_active_flow(box_config, tmp_path, capsys):
     assert active_flow(open_db(db_path)) == before
 
 
-@pytest.mark.parametrize("name, code", [
-    ("menu_five_options", "menu-too-many-options"),
-    ("nested_menu", "nested-menu"),
-    ("loop", "loop"),
-    ("no_operator", "no-operator"),
-    ("dead_end", "dead-end"),
-    ("hangup_after_invalid", "hangup-not-allowed"),
-    ("menu_timeout_20s", "silence-too-long"),
-    ("gdpr_before_queue", "gdpr-mandatory"),
-    ("four_transfers", "too-many-transfers"),
-    ("unknown_node", "unknown-node"),
-    ("bad_key", "bad-key"),
-])
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("menu_five_options", "menu-too-many-options"),
+        ("nested_menu", "nested-menu"),
+        ("loop", "loop"),
+        ("no_operator", "no-operator"),
+        ("dead_end", "dead-end"),
+        ("hangup_after_invalid", "hangup-not-allowed"),
+        ("menu_timeout_20s", "silence-too-long"),
+        ("gdpr_before_queue", "gdpr-mandatory"),
+        ("four_transfers", "too-many-transfers"),
+        ("unknown_node", "unknown-node"),
+        ("bad_key", "bad-key"),
+    ],
+)
 def test_each_broken_rule_is_refused_by_the_command(box_config, capsys, name, code):
     assert run("flow", "check", str(FLOWS / f"{name}.toml"), config=box_config) == 1
     err = capsys.readouterr().err
@@ -118,8 +121,11 @@ def test_upload_of_something_that_is_not_audio_is_a_clear_error(box_config, tmp_
 
 
 def test_command_line_runs_as_a_program(box_config):
-    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(box_config), "flow", "check",
-                           str(FLOWS / "loop.toml")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "--config", str(box_config), "flow", "check", str(FLOWS / "loop.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "[loop]" in proc.stderr
 
 

@@ -80,7 +80,10 @@ def test_good_flow_has_the_defaults_the_engine_reads():
     assert flow.operator == "operator"
     assert flow.extensions == {"555": "gabinet_555"}
     assert flow.nodes["powitanie"].params == {
-        "prompt": "greeting", "role": None, "interruptible": True, "next": "menu",
+        "prompt": "greeting",
+        "role": None,
+        "interruptible": True,
+        "next": "menu",
     }
     poradnia = flow.nodes["poradnia"].params
     assert (poradnia["ring_timeout"], poradnia["remind_every"], poradnia["on_fail"]) == (25, 12, "operator")
@@ -114,7 +117,12 @@ def test_edges_lists_every_way_out_of_a_node():
 BROKEN = [
     # file, prompt lengths, the finding that must be there, every error code the file causes
     ("greeting_too_long.toml", {"greeting": 11.0}, ("greeting-too-long", "powitanie"), {"greeting-too-long"}),
-    ("greeting_too_long.toml", {"greeting": 6.0, "hours": 5.0}, ("greeting-too-long", "powitanie"), {"greeting-too-long"}),
+    (
+        "greeting_too_long.toml",
+        {"greeting": 6.0, "hours": 5.0},
+        ("greeting-too-long", "powitanie"),
+        {"greeting-too-long"},
+    ),
     ("menu_five_options.toml", {}, ("menu-too-many-options", "menu"), {"menu-too-many-options"}),
     ("nested_menu.toml", {}, ("nested-menu", "poradnie"), {"nested-menu"}),
     ("loop.toml", {}, ("loop", "menu"), {"loop"}),
@@ -134,9 +142,7 @@ BROKEN = [
 
 
 @pytest.mark.parametrize("lang", LANGS)
-@pytest.mark.parametrize(
-    "name, seconds, expected, codes", BROKEN, ids=[f"{b[0]}-{i}" for i, b in enumerate(BROKEN)]
-)
+@pytest.mark.parametrize("name, seconds, expected, codes", BROKEN, ids=[f"{b[0]}-{i}" for i, b in enumerate(BROKEN)])
 def test_broken_flow_is_refused_naming_node_and_rule(name, seconds, expected, codes, lang):
     flow = load(name)
     prompt_duration = durations(flow, **seconds)
@@ -164,7 +170,9 @@ def test_polish_message_reads_like_the_spec():
     flow = load("menu_five_options.toml")
     [finding] = check_flow(flow, durations(flow), "pl")
     assert finding == Finding(
-        "error", "menu-too-many-options", "menu",
+        "error",
+        "menu-too-many-options",
+        "menu",
         "Węzeł „menu”: menu ma 5 opcji, dozwolone są najwyżej 4 (R3).",
     )
 
@@ -232,7 +240,7 @@ def test_unknown_top_level_key_and_missing_start():
 
 
 def test_a_key_written_twice_points_at_the_second():
-    text = (FLOWS / "good.toml").read_text().replace('timeout = 5\n', 'timeout = 5\ntimeout = 6\n')
+    text = (FLOWS / "good.toml").read_text().replace("timeout = 5\n", "timeout = 5\ntimeout = 6\n")
     with pytest.raises(FlowSyntaxError) as caught:
         load_flow_text(text)
     assert caught.value.line == 25  # "timeout = 5" is on line 24
@@ -259,20 +267,36 @@ def test_good_flow_round_trips_in_the_documented_layout():
     assert load_flow_text(text) == flow
     assert dump_flow(load_flow_text(text)) == text
     assert re.findall(r"^\[nodes\.([^.\]]+)\]$", text, re.M) == [
-        "powitanie", "menu", "rejestracja", "poradnia", "rodo", "operator", "gabinet_555",
+        "powitanie",
+        "menu",
+        "rejestracja",
+        "poradnia",
+        "rodo",
+        "operator",
+        "gabinet_555",
     ]
     assert text.index("[prompts]") < text.index("[extensions]") < text.index("[nodes.")
     # Defaults are written out, so an admin diffing two exports sees every setting.
-    poradnia = text[text.index("[nodes.poradnia]"):text.index("[nodes.rodo]")]
-    assert 'ring_timeout = 25\n' in poradnia and 'on_fail = "operator"\n' in poradnia
+    poradnia = text[text.index("[nodes.poradnia]") : text.index("[nodes.rodo]")]
+    assert "ring_timeout = 25\n" in poradnia and 'on_fail = "operator"\n' in poradnia
     assert '[nodes.menu.options]\n"1" = "rejestracja"\n' in text
     assert "Dzień dobry, tu przychodnia Zdrowie." in text
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.name for p in FLOWS.glob("*.toml") if p.name not in
-                   {"syntax_error.toml", "unknown_key.toml", "timeout_not_number.toml",
-                    "missing_key.toml", "unknown_type.toml"}),
+    "name",
+    sorted(
+        p.name
+        for p in FLOWS.glob("*.toml")
+        if p.name
+        not in {
+            "syntax_error.toml",
+            "unknown_key.toml",
+            "timeout_not_number.toml",
+            "missing_key.toml",
+            "unknown_type.toml",
+        }
+    ),
 )
 def test_every_loadable_test_flow_round_trips(name):
     flow = load(name)
@@ -282,15 +306,27 @@ def test_every_loadable_test_flow_round_trips(name):
 def test_awkward_strings_round_trip():
     tricky = 'Zażółć gęślą jaźń: "cudzysłów", \\ukośnik\\, \ttab,\nnowa linia \x7f'
     flow = Flow(
-        name="Test „cudzysłowów”", start="gabinet 5.5", operator="op", language="pl",
+        name="Test „cudzysłowów”",
+        start="gabinet 5.5",
+        operator="op",
+        language="pl",
         prompts={"powitanie z spacją": tricky},
         extensions={"55": "gabinet 5.5"},
         nodes={
-            "gabinet 5.5": Node("gabinet 5.5", "transfer", {
-                "target": "sip:5.5@127.0.0.1", "prompt": "powitanie z spacją",
-                "ring_timeout": 20.5, "remind_every": 10, "on_fail": "op"}),
-            "op": Node("op", "operator", {
-                "target": "sip:op@127.0.0.1", "prompt": None, "ring_timeout": 25, "remind_every": 12}),
+            "gabinet 5.5": Node(
+                "gabinet 5.5",
+                "transfer",
+                {
+                    "target": "sip:5.5@127.0.0.1",
+                    "prompt": "powitanie z spacją",
+                    "ring_timeout": 20.5,
+                    "remind_every": 10,
+                    "on_fail": "op",
+                },
+            ),
+            "op": Node(
+                "op", "operator", {"target": "sip:op@127.0.0.1", "prompt": None, "ring_timeout": 25, "remind_every": 12}
+            ),
         },
     )
     text = dump_flow(flow)
@@ -324,7 +360,8 @@ def test_reminder_while_ringing_every_15_s_ok_16_refused():
     flow.nodes["rejestracja"].params["remind_every"] = 16
     flow.nodes["operator"].params["remind_every"] = 30
     assert errors(check_flow(flow, durations(flow))) == {
-        ("silence-too-long", "rejestracja"), ("silence-too-long", "operator"),
+        ("silence-too-long", "rejestracja"),
+        ("silence-too-long", "operator"),
     }
 
 
@@ -397,7 +434,8 @@ def test_a_transfer_with_no_fallback_is_a_dead_end():
     flow = load("no_operator.toml")
     flow.nodes["rejestracja"].params["on_fail"] = None
     assert errors(check_flow(flow, durations(flow))) == {
-        ("no-operator", None), ("dead-end", "rejestracja"),
+        ("no-operator", None),
+        ("dead-end", "rejestracja"),
     }
 
 
@@ -416,8 +454,10 @@ def test_every_finding_is_reported_not_only_the_first():
     flow.nodes["menu"].params["timeout"] = 20
     flow.nodes["menu"].params["options"].update({"2": "x", "3": "rejestracja", "4": "rejestracja"})
     assert errors(check_flow(flow, durations(flow))) == {
-        ("loop", "menu"), ("silence-too-long", "menu"),
-        ("menu-too-many-options", "menu"), ("unknown-node", "menu"),
+        ("loop", "menu"),
+        ("silence-too-long", "menu"),
+        ("menu-too-many-options", "menu"),
+        ("unknown-node", "menu"),
     }
 
 
@@ -461,7 +501,8 @@ def test_prompt_that_cannot_be_rendered_is_unknown():
         return 3.0
 
     assert errors(check_flow(flow, broken_tts)) == {
-        ("unknown-prompt", "rejestracja"), ("unknown-prompt", "poradnia"),
+        ("unknown-prompt", "rejestracja"),
+        ("unknown-prompt", "poradnia"),
     }
 
 
@@ -490,8 +531,9 @@ def test_unreachable_node_is_a_warning_but_an_idle_operator_is_not():
     flow = load("no_operator.toml")  # every fallback there goes to "sekretariat"
     flow.operator = "dyzurny"  # so the operator only takes calls after internal errors (R6)
     for nid in ("dyzurny", "stary"):
-        flow.nodes[nid] = Node(nid, "operator", {
-            "target": f"sip:{nid}@127.0.0.1", "prompt": None, "ring_timeout": 25, "remind_every": 12})
+        flow.nodes[nid] = Node(
+            nid, "operator", {"target": f"sip:{nid}@127.0.0.1", "prompt": None, "ring_timeout": 25, "remind_every": 12}
+        )
     found = assert_flow_ok(flow, durations(flow), "en")
     assert warnings(found) == {("unreachable", "stary")}
     assert found[0].message == "Node “stary”: no path from “menu” leads to this node."
@@ -540,8 +582,9 @@ def test_queue_leave_key_must_be_one_key():
 
 def test_queue_timeout_into_a_hangup_is_a_dead_end():
     flow = _queue_flow(on_timeout="do_widzenia")
-    flow.nodes["do_widzenia"] = Node("do_widzenia", "play", {"prompt": "menu", "role": "goodbye", "next": "koniec",
-                                                             "interruptible": True})
+    flow.nodes["do_widzenia"] = Node(
+        "do_widzenia", "play", {"prompt": "menu", "role": "goodbye", "next": "koniec", "interruptible": True}
+    )
     flow.nodes["koniec"] = Node("koniec", "hangup", {})
     found = errors(check_flow(flow, durations(flow), "pl"))
     assert ("dead-end", "rejestracja") in found

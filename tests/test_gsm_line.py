@@ -18,14 +18,18 @@ from appliance.gsm.emulator import ModemEmulator
 
 from .sipkit import free_port, wait_for
 
-FAST_MODEM = ("poll_s = 1.0\nping_timeout_s = 1.0\ndrain_s = 0.05\nprobe_s = 0.3\nreset_grace_s = 0.3\n"
-              "reset_wait_s = 3.0\nclip_wait_s = 0.5\ncall_poll_s = 0.3\nprobe_slow_s = 1.0\n")
+FAST_MODEM = (
+    "poll_s = 1.0\nping_timeout_s = 1.0\ndrain_s = 0.05\nprobe_s = 0.3\nreset_grace_s = 0.3\n"
+    "reset_wait_s = 3.0\nclip_wait_s = 0.5\ncall_poll_s = 0.3\nprobe_slow_s = 1.0\n"
+)
 ZAZOLC = "Zażółć gęślą jaźń"
 
 
 def modem_settings(emulator, extra: str = "") -> str:
-    return (f'\n[modem]\ndevice = "{emulator.device},{emulator.voice_device}"\n{FAST_MODEM}'
-            '\n[sms]\nretry_min_s = 1\nretry_max_s = 2\n' + extra)
+    return (
+        f'\n[modem]\ndevice = "{emulator.device},{emulator.voice_device}"\n{FAST_MODEM}'
+        "\n[sms]\nretry_min_s = 1\nretry_max_s = 2\n" + extra
+    )
 
 
 @pytest.fixture
@@ -43,13 +47,14 @@ def test_sms_with_polish_letters_leaves_as_ucs2_pdus(make_box, staff, emulator, 
     box = make_box(staff=staff, settings=modem_settings(emulator))
     gsm_up(box)
     assert cli_main(["--config", str(box.config), "sms", "send", "600 123 456", ZAZOLC]) == 0
-    long_text = ("Dzień dobry, tu rejestracja przychodni. Oddzwonimy dziś między 12:00 a 14:00. "
-                 "Prosimy mieć pod ręką numer PESEL. Dziękujemy za cierpliwość!")
+    long_text = (
+        "Dzień dobry, tu rejestracja przychodni. Oddzwonimy dziś między 12:00 a 14:00. "
+        "Prosimy mieć pod ręką numer PESEL. Dziękujemy za cierpliwość!"
+    )
     assert cli_main(["--config", str(box.config), "sms", "send", "+48600123457", long_text]) == 0
     wait_for(lambda: len(emulator.sent_sms) >= 4, what="both SMS sent")  # 1 + 3 parts
     first = emulator.sent_sms[0]
-    assert (first["number"], first["encoding"], first["text"], first["udh"]) == (
-        "+48600123456", "ucs2", ZAZOLC, None)
+    assert (first["number"], first["encoding"], first["text"], first["udh"]) == ("+48600123456", "ucs2", ZAZOLC, None)
     # The user data is the UTF-16BE text itself: 17 characters, 34 octets, at the PDU's end.
     assert first["pdu_hex"].endswith("22" + ZAZOLC.encode("utf-16-be").hex().upper())
     assert first["request_status_report"]
@@ -112,12 +117,21 @@ def test_an_incoming_sms_in_two_parts_reaches_the_staff_mailbox(make_box, staff,
 
     mail = MailServer().start()
     try:
-        box = make_box(staff=staff, settings=modem_settings(emulator, (
-            f'\n[mail]\nhost = "127.0.0.1"\nport = {mail.port}\nsecurity = "none"\n'
-            'from_address = "centralka@przychodnia.test"\nrecipients = ["rejestracja@przychodnia.test"]\n')))
+        box = make_box(
+            staff=staff,
+            settings=modem_settings(
+                emulator,
+                (
+                    f'\n[mail]\nhost = "127.0.0.1"\nport = {mail.port}\nsecurity = "none"\n'
+                    'from_address = "centralka@przychodnia.test"\nrecipients = ["rejestracja@przychodnia.test"]\n'
+                ),
+            ),
+        )
         gsm_up(box)
-        text = ("Dzień dobry, nie mogę przyjść jutro na wizytę o 9:00. Proszę o nowy termin. "
-                "Pozdrawiam, Józef Żółtowski")  # 105 characters: two UCS-2 parts
+        text = (
+            "Dzień dobry, nie mogę przyjść jutro na wizytę o 9:00. Proszę o nowy termin. "
+            "Pozdrawiam, Józef Żółtowski"
+        )  # 105 characters: two UCS-2 parts
         emulator.deliver_sms("+48600123456", text, parts=2)
         received = wait_for(lambda: mail.received, 30, "the forwarded SMS e-mail")
         msg = received[0]
@@ -176,14 +190,24 @@ def test_a_gsm_caller_hears_the_greeting_and_reaches_a_queue_agent_by_keys(make_
         emulator.hangup_remote()
         call = box.wait_call_ended(timeout=20)
         assert (call["line"], call["caller"], call["outcome"], call["ended_by"]) == (
-            "gsm", "+48600123456", "connected", "caller")
+            "gsm",
+            "+48600123456",
+            "connected",
+            "caller",
+        )
         steps = {s["step"]: s for s in box.journey(call["id"])}
         assert json_detail(steps["choice"])["key"] == "1"
         voice = PromptLibrary(workdir / "phone-cache" / "centralka-phone-prompts", rate=8000).synthesise(
-            f"Rejestracja, stanowisko {agent.name[-1]}.", "say")
-        heard = [h.name for h in heard_sequence(mobile_heard(emulator, workdir), {
-            "greeting": box.prompt_file("greeting"), "menu": box.prompt_file("menu"), "agent": voice},
-            min_coverage=0.3)]
+            f"Rejestracja, stanowisko {agent.name[-1]}.", "say"
+        )
+        heard = [
+            h.name
+            for h in heard_sequence(
+                mobile_heard(emulator, workdir),
+                {"greeting": box.prompt_file("greeting"), "menu": box.prompt_file("menu"), "agent": voice},
+                min_coverage=0.3,
+            )
+        ]
         assert heard[0] == "greeting" and heard[-1] == "agent" and "menu" in heard
         assert longest_silence(mobile_heard(emulator, workdir)) < 15
     finally:
@@ -196,15 +220,21 @@ def json_detail(step):
     return json.loads(step["detail"] or "{}")
 
 
-def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_box, staff, workdir, emulator,
-                                                                         capsys):
+def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_box, staff, workdir, emulator, capsys):
     from .audio import heard_sequence
 
     dead = free_port()  # nobody listens: the trunk's registrar is unreachable (TCP: refused at once)
-    box = make_box(staff=staff, settings=modem_settings(emulator, (
-        f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{dead};transport=tcp"\nusername = "clinic"\n'
-        'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n'
-        '\n[alarms]\nsms_to = ["+48600999888"]\nsms_severities = ["warning", "critical"]\n')))
+    box = make_box(
+        staff=staff,
+        settings=modem_settings(
+            emulator,
+            (
+                f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{dead};transport=tcp"\nusername = "clinic"\n'
+                'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n'
+                '\n[alarms]\nsms_to = ["+48600999888"]\nsms_severities = ["warning", "critical"]\n'
+            ),
+        ),
+    )
     gsm_up(box)
     wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "down", 20, "trunk down")
     assert cli_main(["--config", str(box.config), "call", "600 123 456"]) == 0
@@ -223,7 +253,10 @@ def test_trunk_down_an_outbound_call_goes_over_gsm_and_the_alarm_is_stored(make_
     to_admin = wait_for(lambda: [s for s in emulator.sent_sms if s["number"] == "+48600999888"], 20, "alarm SMS")
     assert all(s["udh"]["ref"] == to_admin[0]["udh"]["ref"] for s in to_admin)  # one message (in parts)
     text = "".join(s["text"] for s in to_admin)
-    assert text.startswith("Centralka: Trunk SIP nie działa: rejestracja nie powiodła się: ") and text.count("Centralka") == 1
+    assert (
+        text.startswith("Centralka: Trunk SIP nie działa: rejestracja nie powiodła się: ")
+        and text.count("Centralka") == 1
+    )
 
 
 def test_stopping_the_box_during_a_gsm_call_ends_it_cleanly(make_box, staff, emulator):
@@ -246,8 +279,12 @@ def test_gsm_network_lost_an_outbound_call_goes_over_the_trunk(make_box, staff, 
 
     provider = Provider(workdir, "provider_answers")
     try:
-        box = make_box(staff=staff, settings=modem_settings(emulator, trunk_settings(provider.port)
-                                                            + '\n[outbound]\nprefer = ["gsm", "trunk"]\n'))
+        box = make_box(
+            staff=staff,
+            settings=modem_settings(
+                emulator, trunk_settings(provider.port) + '\n[outbound]\nprefer = ["gsm", "trunk"]\n'
+            ),
+        )
         gsm_up(box)
         wait_for(lambda: box.status()["lines"]["trunk"]["state"] == "up", 20, "trunk up")
         emulator.fault("network_lost")  # the SIM loses the network: the GSM line is no good

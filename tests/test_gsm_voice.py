@@ -34,6 +34,7 @@ RATE = 8000
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def speechlike(seed: int, seconds: float = 1.6) -> np.ndarray:
     """A deterministic phrase-like signal: band-limited noise in syllable-shaped bursts."""
     rng = np.random.default_rng(seed)
@@ -85,11 +86,13 @@ class StackThread:
     def call(self, fn, *args):
         async def go():
             return fn(*args)
+
         return self.run(go())
 
     def wait(self, fut, timeout: float = 10):
         async def go():
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
         return self.run(go(), timeout + 5)
 
     def ports(self) -> int:
@@ -154,6 +157,7 @@ class AtControl:
         def job():
             self.command("ATA")
             self.command("AT^DDSETEX=2")
+
         return self.jobs.submit(job)
 
     def hangup(self):
@@ -200,8 +204,11 @@ def thread_errors():
 def gsm_call(sip, emulator, control, number="600123456") -> GsmLeg:
     """A GSM caller rings and the box answers: the leg is up and its audio flows."""
     emulator.ring(number)
-    leg = sip.call(lambda: GsmLeg(sip.stack, "in", control, emulator.voice_device, remote_number=number,
-                                  local_number="48500100200"))
+    leg = sip.call(
+        lambda: GsmLeg(
+            sip.stack, "in", control, emulator.voice_device, remote_number=number, local_number="48500100200"
+        )
+    )
     control.on_ended = lambda reason: sip.loop.call_soon_threadsafe(leg.modem_ended, reason)
     sip.call(leg.answer, 200)
     assert sip.wait(leg.confirmed) is True
@@ -214,6 +221,7 @@ def end(sip, leg):
 
 
 # --- tests ---------------------------------------------------------------------------------
+
 
 def test_gsm_caller_hears_a_prompt_played_to_the_call(sip, modem, tmp_path):
     emulator, control = modem
@@ -294,8 +302,9 @@ def test_gsm_call_bridged_to_a_sip_phone_carries_audio_both_ways(sip, modem, tmp
         phone.wait("disconnected", timeout=10)
         caller_heard = received(emulator)
         end(sip, leg)
-        voice, rate = read_wav(PromptLibrary(tmp_path / "phone-cache" / "centralka-phone-prompts",
-                                             rate=8000).synthesise(agent_text, "say"))
+        voice, rate = read_wav(
+            PromptLibrary(tmp_path / "phone-cache" / "centralka-phone-prompts", rate=8000).synthesise(agent_text, "say")
+        )
         agent_heard, agent_rate = read_wav(phone.recording())
     finally:
         phone.stop()
@@ -410,11 +419,15 @@ def test_a_sound_card_voice_channel_carries_audio_and_keys_both_ways(tmp_path):
 
     heard_file = tmp_path / "card-heard.raw"
     digits, lost = [], []
-    voice = VoiceChannel("alsa:plughw:CARD=Modem", on_digit=digits.append, on_lost=lost.append, commands=(
-        [sys.executable, "-c", _CARD_SAYS, "1.5"], [sys.executable, "-c", _CARD_HEARS, str(heard_file)]))
+    voice = VoiceChannel(
+        "alsa:plughw:CARD=Modem",
+        on_digit=digits.append,
+        on_lost=lost.append,
+        commands=([sys.executable, "-c", _CARD_SAYS, "1.5"], [sys.executable, "-c", _CARD_HEARS, str(heard_file)]),
+    )
     voice.start()
     try:
-        ours = (b"\x10\x20" * 160)
+        ours = b"\x10\x20" * 160
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and len(digits) < 2:
             voice.read_frame()

@@ -28,8 +28,9 @@ from appliance.media.prompts import PromptLibrary, read_wav, write_wav_atomic
 
 from .conftest import needs_tools
 
-HAVE_RENDERER = bool(shutil.which("fluidsynth") and holdmusic.SOUNDFONT.is_file()
-                     and importlib.util.find_spec("music21"))
+HAVE_RENDERER = bool(
+    shutil.which("fluidsynth") and holdmusic.SOUNDFONT.is_file() and importlib.util.find_spec("music21")
+)
 needs_renderer = pytest.mark.skipif(
     not HAVE_RENDERER,
     reason="fluidsynth, fluid-soundfont-gm (Debian) and music21 (PyPI) are installed by `make test`",
@@ -98,6 +99,7 @@ def built(tmp_path_factory):
 
 # --- the rendered default piece -----------------------------------------------------------------
 
+
 @needs_renderer
 def test_default_piece_is_bridge_format_and_two_to_five_minutes(built):
     _, out, meta, samples, rate = built
@@ -132,7 +134,7 @@ def test_default_piece_loops_smoothly(built):
     # No click where the player wraps round: the last and first samples are both near zero.
     assert abs(int(samples[-1])) < 50 and abs(int(samples[0])) < 50
     # ...and the fade really is a fade: the music is much louder a few seconds in.
-    assert active_rms_dbfs(samples[5 * rate: 15 * rate], rate) > -35
+    assert active_rms_dbfs(samples[5 * rate : 15 * rate], rate) > -35
 
 
 @needs_renderer
@@ -140,7 +142,8 @@ def test_default_piece_loops_smoothly(built):
 def test_default_piece_is_quieter_than_a_speech_prompt(built, tmp_path):
     _, _, _, music, rate = built
     speech_path = PromptLibrary(tmp_path / "prompts", rate=rate).synthesise(
-        "Wszyscy konsultanci są zajęci. Prosimy czekać na połączenie.", "busy")
+        "Wszyscy konsultanci są zajęci. Prosimy czekać na połączenie.", "busy"
+    )
     speech, speech_rate = read_wav(speech_path)
     assert speech_rate == rate
     music_db, speech_db = active_rms_dbfs(music, rate), active_rms_dbfs(speech, rate)
@@ -178,14 +181,21 @@ def test_a_stuck_note_cannot_make_fluidsynth_render_forever(tmp_path, monkeypatc
     # One organ note with no note-off: fluidsynth's fast render would write audio until the disk fills.
     track = bytes([0x00, 0xC0, 19, 0x00, 0x90, 60, 100, 0x60, 0xFF, 0x2F, 0x00])
     midi = tmp_path / "stuck.mid"
-    midi.write_bytes(b"MThd" + (6).to_bytes(4, "big") + bytes([0, 0, 0, 1, 1, 0xE0])
-                     + b"MTrk" + len(track).to_bytes(4, "big") + track)
+    midi.write_bytes(
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + bytes([0, 0, 0, 1, 1, 0xE0])
+        + b"MTrk"
+        + len(track).to_bytes(4, "big")
+        + track
+    )
     monkeypatch.setattr(holdmusic, "MAX_RENDER_S", 5)
     with pytest.raises(HoldMusicError, match="never ends"):
         holdmusic._render(shutil.which("fluidsynth"), holdmusic.SOUNDFONT, midi, tmp_path / "out.wav")
 
 
 # --- the fallback and the choice of file (no renderer needed) -----------------------------------
+
 
 def test_without_fluidsynth_the_queue_gets_a_gentle_tone_pattern_and_a_clear_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="centralka.holdmusic"):

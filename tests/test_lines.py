@@ -26,28 +26,34 @@ def settings(tmp_path):
     return load_settings(None, env={})
 
 
-@pytest.mark.parametrize("number, e164", [
-    ("600123456", "+48600123456"),
-    ("+48 600 123 456", "+48600123456"),
-    ("0048-22-123-45-67", "+48221234567"),
-    ("800123456", "+48800123456"),  # toll free is fine
-])
+@pytest.mark.parametrize(
+    "number, e164",
+    [
+        ("600123456", "+48600123456"),
+        ("+48 600 123 456", "+48600123456"),
+        ("0048-22-123-45-67", "+48221234567"),
+        ("800123456", "+48800123456"),  # toll free is fine
+    ],
+)
 def test_polish_numbers_are_dialled_in_e164(number, e164):
     assert parse_destination(number, OutboundPolicy())[0] == e164
 
 
-@pytest.mark.parametrize("number, rule", [
-    ("701234567", "premium"),        # Polish premium rate
-    ("801123456", "premium"),        # shared cost
-    ("+4930123456", "country"),      # Germany: not allowed by default
-    ("+88216123456", "country"),     # satellite (Iridium): international networks
-    ("600123456;ext=1", "characters"),
-    ("600123456\r\nATD", "characters"),
-    ("sip:600123456@evil", "characters"),
-    ("*100#", "characters"),
-    ("12345678901234567", "invalid"),
-    ("", "characters"),
-])
+@pytest.mark.parametrize(
+    "number, rule",
+    [
+        ("701234567", "premium"),  # Polish premium rate
+        ("801123456", "premium"),  # shared cost
+        ("+4930123456", "country"),  # Germany: not allowed by default
+        ("+88216123456", "country"),  # satellite (Iridium): international networks
+        ("600123456;ext=1", "characters"),
+        ("600123456\r\nATD", "characters"),
+        ("sip:600123456@evil", "characters"),
+        ("*100#", "characters"),
+        ("12345678901234567", "invalid"),
+        ("", "characters"),
+    ],
+)
 def test_dangerous_or_odd_destinations_are_refused_with_the_rule(number, rule):
     with pytest.raises(DestinationRefused) as exc:
         parse_destination(number, OutboundPolicy())
@@ -57,14 +63,16 @@ def test_dangerous_or_odd_destinations_are_refused_with_the_rule(number, rule):
 def test_hourly_caps_count_every_attempt(db, settings):
     settings.sections.setdefault("outbound", {}).update(per_number_per_hour=2, per_hour=3)
     for n in ("600123456", "600123456"):
-        db["outbound_calls"].insert({"at": _now_iso(), "number": "+48600123456", "purpose": "test",
-                                     "line": "gsm", "outcome": "placed"})
+        db["outbound_calls"].insert(
+            {"at": _now_iso(), "number": "+48600123456", "purpose": "test", "line": "gsm", "outcome": "placed"}
+        )
     with pytest.raises(DestinationRefused) as exc:
         check_destination(db, "600123456", settings)
     assert exc.value.rule == "number cap"
     assert check_destination(db, "600123457", settings) == "+48600123457"
-    db["outbound_calls"].insert({"at": _now_iso(), "number": "+48600123457", "purpose": "test",
-                                 "line": "gsm", "outcome": "placed"})
+    db["outbound_calls"].insert(
+        {"at": _now_iso(), "number": "+48600123457", "purpose": "test", "line": "gsm", "outcome": "placed"}
+    )
     with pytest.raises(DestinationRefused) as exc:
         check_destination(db, "600123458", settings)
     assert exc.value.rule == "hourly cap"
@@ -169,8 +177,11 @@ def test_an_english_settings_box_keeps_english_alarms(db, settings):
 def test_modem_alarms_read_in_polish():
     from appliance.alarms import localise
 
-    assert localise("The SIM card refused the PIN (CME error 16); it is not tried again, because three "
-                    "wrong PINs lock the SIM.") == ("Karta SIM odrzuciła PIN (błąd CME 16); nie jest wpisywany "
-                                                    "ponownie, bo trzy błędne PIN-y blokują kartę.")
-    assert localise("the modem's port failed (EIO); reconnecting") == "port modemu przestał działać (EIO); ponowne łączenie"
+    assert localise(
+        "The SIM card refused the PIN (CME error 16); it is not tried again, because three wrong PINs lock the SIM."
+    ) == ("Karta SIM odrzuciła PIN (błąd CME 16); nie jest wpisywany ponownie, bo trzy błędne PIN-y blokują kartę.")
+    assert (
+        localise("the modem's port failed (EIO); reconnecting")
+        == "port modemu przestał działać (EIO); ponowne łączenie"
+    )
     assert localise("something new") == "something new"  # unknown text stays readable, untranslated

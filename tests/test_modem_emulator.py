@@ -12,8 +12,15 @@ import time
 
 import pytest
 import serial
-from gsmmodem.exceptions import (CmeError, CmsError, CommandError, IncorrectPinError,
-                                 PinRequiredError, PukRequiredError, TimeoutException)
+from gsmmodem.exceptions import (
+    CmeError,
+    CmsError,
+    CommandError,
+    IncorrectPinError,
+    PinRequiredError,
+    PukRequiredError,
+    TimeoutException,
+)
 from gsmmodem.modem import GsmModem, SentSms
 from gsmmodem.pdu import Concatenation
 
@@ -107,7 +114,7 @@ def test_connect_reads_back_identity_and_network(lab, profile):
     assert emulator.cnmi[:4] == [2, 1, 0, 2]
     assert emulator.cpms == ["ME", "ME", "ME"]
     assert (emulator.clip, emulator.crc) == (1, 1)
-    assert ("AT+VTS=?" in emulator.commands) is probes   # SIMCom refuses AT+CLAC
+    assert ("AT+VTS=?" in emulator.commands) is probes  # SIMCom refuses AT+CLAC
 
 
 def test_connect_with_the_right_pin(lab):
@@ -143,17 +150,17 @@ def test_three_wrong_pins_lock_the_sim_behind_its_puk(lab):
 
 # SMS-SUBMIT for "Zażółć gęślą jaźń" to +48600123456, computed by hand (3GPP TS 23.040):
 POLISH_PDU = (
-    "00"            # no SMSC address: the modem uses the SIM's
-    "21"            # SMS-SUBMIT, TP-SRR (status report requested), no validity period
-    "00"            # TP-MR: the library's reference counter, 0 on a fresh connection
-    "0B91"          # destination: 11 digits, international
+    "00"  # no SMSC address: the modem uses the SIM's
+    "21"  # SMS-SUBMIT, TP-SRR (status report requested), no validity period
+    "00"  # TP-MR: the library's reference counter, 0 on a fresh connection
+    "0B91"  # destination: 11 digits, international
     "8406103254F6"  # 48 60 01 23 45 6  -> nibble-swapped, F-padded
-    "00"            # TP-PID
-    "08"            # TP-DCS: UCS-2
-    "22"            # TP-UDL: 17 characters x 2 octets
-    "005A0061017C00F3014201070020"      # Z a ż ó ł ć ␠
-    "00670119015B006C01050020"          # g ę ś l ą ␠
-    "006A0061017A0144"                  # j a ź ń
+    "00"  # TP-PID
+    "08"  # TP-DCS: UCS-2
+    "22"  # TP-UDL: 17 characters x 2 octets
+    "005A0061017C00F3014201070020"  # Z a ż ó ł ć ␠
+    "00670119015B006C01050020"  # g ę ś l ą ␠
+    "006A0061017A0144"  # j a ź ń
 )
 
 
@@ -163,7 +170,7 @@ def test_polish_sms_leaves_as_one_ucs2_pdu_byte_for_byte(lab):
 
     [sent] = emulator.sent_sms
     assert sent["pdu_hex"] == POLISH_PDU
-    assert "AT+CMGS=47" in emulator.commands        # TPDU length, SMSC octet excluded
+    assert "AT+CMGS=47" in emulator.commands  # TPDU length, SMSC octet excluded
     assert (sent["number"], sent["text"], sent["encoding"]) == (PATIENT, "Zażółć gęślą jaźń", "ucs2")
     assert sent["udh"] is None and sent["request_status_report"]
     assert sms.reference == sent["mr"]
@@ -203,8 +210,8 @@ def test_160_gsm7_characters_fit_one_pdu(lab):
 
     [sent] = emulator.sent_sms
     assert (sent["encoding"], sent["text"], sent["udh"]) == ("gsm7", text, None)
-    assert sent["pdu_hex"][24:28] == "00A0"             # DCS GSM-7, UDL 160 septets
-    assert "AT+CMGS=153" in emulator.commands            # 13 header octets + 140 packed
+    assert sent["pdu_hex"][24:28] == "00A0"  # DCS GSM-7, UDL 160 septets
+    assert "AT+CMGS=153" in emulator.commands  # 13 header octets + 140 packed
 
 
 def test_161_gsm7_characters_split_with_fill_bits(lab):
@@ -233,7 +240,7 @@ def test_emoji_cannot_be_sent_defect(lab):
 def test_request_delivery_false_still_asks_for_a_report_defect(lab):
     emulator, modem = lab.connected("huawei", requestDelivery=False)
     modem.sendSms(PATIENT, "Test")
-    assert "AT+CSMP=17,167,0,0" in emulator.commands   # only the text-mode setting obeys
+    assert "AT+CSMP=17,167,0,0" in emulator.commands  # only the text-mode setting obeys
     assert emulator.sent_sms[0]["request_status_report"] is True
 
 
@@ -254,7 +261,7 @@ def test_delivery_report_reaches_the_library(lab):
     report = reports.get(timeout=3)
     assert (report.reference, report.number, report.deliveryStatus) == (sms.reference, PATIENT, 0)
     assert sms.status == SentSms.DELIVERED
-    assert emulator.stored_sms("SR") == {}               # read and deleted by the library
+    assert emulator.stored_sms("SR") == {}  # read and deleted by the library
 
 
 # -------------------------------------------------------------------------- calls in
@@ -275,7 +282,7 @@ def test_national_caller_id_gets_a_bogus_plus_defect(lab):
     calls, on_call = collector()
     emulator, modem = lab.connected("huawei", incomingCallCallbackFunc=on_call)
     emulator.ring("600123456", ton=129)
-    assert calls.get(timeout=3).number == "+600123456"   # gsm/ must make this +48600123456
+    assert calls.get(timeout=3).number == "+600123456"  # gsm/ must make this +48600123456
 
 
 def test_caller_id_in_a_separate_read_is_lost_defect(lab):
@@ -311,7 +318,7 @@ def test_answering_a_call_the_caller_left_hangs_until_timeout_defect(lab):
     emulator.ring(PATIENT)
     calls.get(timeout=3)
     emulator.hangup_remote()
-    time.sleep(0.2)   # the box gets round to answering a moment later
+    time.sleep(0.2)  # the box gets round to answering a moment later
     # The modem answers ATA with NO CARRIER, which the library does not take as a final result.
     with pytest.raises(TimeoutException) as caught:
         modem.write("ATA", timeout=0.5)
@@ -337,10 +344,10 @@ def test_answered_call_carries_pcm_both_ways(lab, profile):
         deadline = time.monotonic() + 2
         while len(heard) < 5 * FRAME_BYTES and time.monotonic() < deadline:
             heard += voice.read(FRAME_BYTES)
-        assert len(heard) >= 5 * FRAME_BYTES and any(heard)   # the test tone, not silence
+        assert len(heard) >= 5 * FRAME_BYTES and any(heard)  # the test tone, not silence
 
         emulator.caller_presses("5")
-        pressed = dtmf_pcm("5")[:4 * FRAME_BYTES]
+        pressed = dtmf_pcm("5")[: 4 * FRAME_BYTES]
         deadline = time.monotonic() + 2
         while pressed not in heard and time.monotonic() < deadline:
             heard += voice.read(FRAME_BYTES)
@@ -385,7 +392,7 @@ def test_call_answered_before_the_first_poll_is_lost_defect(lab):
     _, modem = lab.connected(emulator=emulator)
     with pytest.raises(TimeoutException):
         modem.dial(PATIENT, timeout=1)
-    assert [c["state"] for c in emulator.calls] == [0]   # 0 = active
+    assert [c["state"] for c in emulator.calls] == [0]  # 0 = active
     # Its polling thread gives up a moment later, with the same exception, in the background.
     assert wait_for(lambda: not any("_pollCallStatus" in t.name for t in threading.enumerate()))
 
@@ -401,7 +408,7 @@ def test_incoming_sms_reaches_the_library(lab, profile):
 
     sms = received.get(timeout=3)
     assert (sms.number, sms.text) == (PATIENT, "Dzień dobry, potwierdzam wizytę.")
-    assert wait_for(lambda: emulator.stored_sms("ME") == {})   # deleted after the callback
+    assert wait_for(lambda: emulator.stored_sms("ME") == {})  # deleted after the callback
 
 
 def test_multipart_sms_arrives_unjoined_defect(lab):
@@ -423,7 +430,7 @@ def test_two_sms_notices_in_one_read_lose_the_second_defect(lab):
     received.get(timeout=3)
     with pytest.raises(queue.Empty):
         received.get(timeout=0.5)
-    assert len(emulator.stored_sms("ME")) == 1            # still on the modem, never read
+    assert len(emulator.stored_sms("ME")) == 1  # still on the modem, never read
 
 
 def test_emoji_arrives_as_surrogate_pairs_defect(lab):
@@ -450,7 +457,7 @@ def test_late_reply_lands_on_the_next_command_defect(lab):
     emulator.fault("late_reply")
     with pytest.raises(TimeoutException):
         modem.write("AT+CSQ", timeout=0.3)
-    assert modem.write("AT+CGMI") == ["+CSQ: 20,99", "OK"]   # the previous command's reply
+    assert modem.write("AT+CGMI") == ["+CSQ: 20,99", "OK"]  # the previous command's reply
     # CGMI's own reply follows at once. A command sent straight away would take it in turn (the
     # library stays one reply behind); only after a pause does it go astray as a notification.
     time.sleep(0.2)
@@ -459,7 +466,7 @@ def test_late_reply_lands_on_the_next_command_defect(lab):
     emulator.fault("late_reply")
     with pytest.raises(TimeoutException):
         modem.write("AT+CGMI", timeout=0.3)
-    with pytest.raises(CommandError):      # signalStrength parses "Quectel" as a +CSQ line
+    with pytest.raises(CommandError):  # signalStrength parses "Quectel" as a +CSQ line
         modem.signalStrength  # noqa: B018
 
 
@@ -484,7 +491,7 @@ def test_reset_reenumerates_under_a_new_name(lab):
     old = emulator.device
     assert modem.write("AT+CFUN=1,1") == ["OK"]
     assert wait_for(lambda: emulator.replugged.is_set() and emulator.device != old)
-    assert emulator.echo is True                        # settings are back to power-on
+    assert emulator.echo is True  # settings are back to power-on
     _, again = lab.connected(emulator=emulator)
     assert again.networkName == "Plus"
 
@@ -537,7 +544,7 @@ def test_network_lost(lab):
 def test_other_cme_errors_reach_the_caller(lab):
     emulator, modem = lab.connected("quectel")
     with pytest.raises(CmeError) as caught:
-        modem.write("AT+CPIN=1234")   # the SIM is not asking for a PIN
+        modem.write("AT+CPIN=1234")  # the SIM is not asking for a PIN
     assert caught.value.code == 3
 
 
@@ -551,7 +558,7 @@ def test_verbose_errors_are_not_seen_as_a_final_result_defect(lab):
 
 def test_urc_during_a_command_is_taken_as_its_reply_defect(lab):
     emulator, modem = lab.connected("huawei")
-    emulator.unsolicited("^RSSI:17", with_next_reply=True)   # Huawei reports these unasked
+    emulator.unsolicited("^RSSI:17", with_next_reply=True)  # Huawei reports these unasked
     with pytest.raises(CommandError):
         modem.signalStrength  # noqa: B018
     assert modem.signalStrength == 20
@@ -562,8 +569,9 @@ def test_cli_prints_the_device_and_stops_on_sigterm(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.gsm.emulator", "--profile", "quectel"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance.gsm.emulator", "--profile", "quectel"], stdout=subprocess.PIPE, text=True
+    )
     try:
         device = proc.stdout.readline().strip()
         voice = proc.stdout.readline().strip()

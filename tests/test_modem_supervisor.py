@@ -25,9 +25,18 @@ from .test_modem_emulator import wait_for as _poll
 
 PATIENT = "+48600123456"
 OTHER = "+48600123457"
-FAST = {"poll_s": 1.0, "ping_timeout_s": 0.5, "drain_s": 0.05, "probe_s": 0.2, "reset_grace_s": 0.3,
-        "reset_wait_s": 2.0, "sim_busy_reset_s": 0.5, "clip_wait_s": 0.5, "call_poll_s": 0.3,
-        "probe_slow_s": 1.0}
+FAST = {
+    "poll_s": 1.0,
+    "ping_timeout_s": 0.5,
+    "drain_s": 0.05,
+    "probe_s": 0.2,
+    "reset_grace_s": 0.3,
+    "reset_wait_s": 2.0,
+    "sim_busy_reset_s": 0.5,
+    "clip_wait_s": 0.5,
+    "call_poll_s": 0.3,
+    "probe_slow_s": 1.0,
+}
 
 
 def wait_for(predicate, timeout=15.0, interval=0.02):
@@ -37,20 +46,28 @@ def wait_for(predicate, timeout=15.0, interval=0.02):
 class Rig:
     """One emulated modem, one supervisor on it, the box's database, and what the box heard."""
 
-    def __init__(self, tmp_path, profile="huawei", *, emulator_kw=None, pin=None, start=True, voice=None,
-                 **modem_settings):
+    def __init__(
+        self, tmp_path, profile="huawei", *, emulator_kw=None, pin=None, start=True, voice=None, **modem_settings
+    ):
         self.emulator = ModemEmulator(profile, **(emulator_kw or {}))
         self.dev_dir = os.path.dirname(self.emulator.device)
         self.db_path = tmp_path / "centralka.db"
         self.db = open_db(self.db_path)
-        self.settings = load_settings(env={}, modem={**FAST, **modem_settings},
-                                      sms={"retry_min_s": 1, "retry_max_s": 2})
+        self.settings = load_settings(
+            env={}, modem={**FAST, **modem_settings}, sms={"retry_min_s": 1, "retry_max_s": 2}
+        )
         self.events = []
         self.resets = 0
         self.supervisor = ModemSupervisor(
-            device=self.emulator.device, voice_device=voice or self.emulator.voice_device, db_path=self.db_path,
-            settings=self.settings, pin=pin, on_event=lambda name, data: self.events.append((name, data)),
-            usb_reset=self._usb_reset, discover=self.discover)
+            device=self.emulator.device,
+            voice_device=voice or self.emulator.voice_device,
+            db_path=self.db_path,
+            settings=self.settings,
+            pin=pin,
+            on_event=lambda name, data: self.events.append((name, data)),
+            usb_reset=self._usb_reset,
+            discover=self.discover,
+        )
         if start:
             self.supervisor.start()
 
@@ -93,12 +110,14 @@ def rigs(tmp_path):
         rig = Rig(box, *args, **kw)
         made.append(rig)
         return rig
+
     yield make
     for rig in made:
         rig.close()
 
 
 # ------------------------------------------------------------------------------- SMS out
+
 
 def ucs2_hex(text):
     return text.encode("utf-16-be").hex().upper()
@@ -113,8 +132,9 @@ def test_polish_sms_leaves_as_one_ucs2_pdu(rigs, profile):
     assert wait_for(lambda: get_sms(rig.db, sms_id)["state"] == "sent")
 
     [sent] = rig.emulator.sent_sms
-    assert sent["pdu_hex"] == ("00" "21" "01" "0B91" "8406103254F6" "00" "08" "22"
-                               "005A0061017C00F3014201070020" "00670119015B006C01050020" "006A0061017A0144")
+    assert sent["pdu_hex"] == (
+        "0021010B918406103254F6000822005A0061017C00F301420107002000670119015B006C01050020006A0061017A0144"
+    )
     assert (sent["text"], sent["encoding"], sent["udh"]) == ("Zażółć gęślą jaźń", "ucs2", None)
     assert rig.commands("AT+CMGS=") == ["AT+CMGS=47"]
     # The box's own idea of the TE character set is still plain text afterwards.
@@ -137,7 +157,7 @@ def test_long_polish_sms_leaves_as_three_concatenated_parts(rigs):
         body = ucs2_hex(chunk)
         udh = f"050003{1:02X}03{seq:02X}"  # 8-bit reference 1 (the box's first message), 3 parts
         udl = f"{6 + len(chunk) * 2:02X}"
-        assert pdu == "00" "61" "01" "0B91" "8406103254F6" "00" "08" + udl + udh + body
+        assert pdu == "0061010B918406103254F60008" + udl + udh + body
         assert part["udh"] == {"raw": udh[2:], "ref": 1, "parts": 3, "seq": seq}
     assert "".join(p["text"] for p in parts) == text
     assert rig.commands("AT+CMGS=") == ["AT+CMGS=153", "AT+CMGS=153", "AT+CMGS=51"]
@@ -161,6 +181,7 @@ def test_delivery_report_lands_on_the_right_sms(rigs):
 
 # ------------------------------------------------------------------------------- faults
 
+
 def queue_two_then(rig, fault, **kw):
     """Two SMS wait in the outbox when the modem breaks; then the box is told to send them."""
     ids = [rig.queue(PATIENT, "Przypominamy o wizycie jutro."), rig.queue(OTHER, "Prosimy o kontakt z rejestracją.")]
@@ -170,8 +191,9 @@ def queue_two_then(rig, fault, **kw):
 
 
 def assert_each_left_once(rig, ids):
-    assert wait_for(lambda: all(get_sms(rig.db, i)["state"] == "sent" for i in ids), timeout=30), \
-        [get_sms(rig.db, i) for i in ids]
+    assert wait_for(lambda: all(get_sms(rig.db, i)["state"] == "sent" for i in ids), timeout=30), [
+        get_sms(rig.db, i) for i in ids
+    ]
     assert len(rig.sent_to(PATIENT)) == 1 and len(rig.sent_to(OTHER)) == 1
     assert rig.sent_to(OTHER)[0]["text"] == "Prosimy o kontakt z rejestracją."
 
@@ -330,9 +352,14 @@ def test_missing_modem_is_absent_then_found(tmp_path):
     dev_dir = os.path.dirname(emulator.device)
     settings = load_settings(env={}, modem=FAST)
     states = queue.Queue()
-    supervisor = ModemSupervisor(device=None, voice_device=None, db_path=tmp_path / "c.db", settings=settings,
-                                 on_event=lambda n, d: states.put(d["state"]) if n == "health" else None,
-                                 discover=lambda: find_modem(None, dev_dir=dev_dir, probe_timeout=0.3))
+    supervisor = ModemSupervisor(
+        device=None,
+        voice_device=None,
+        db_path=tmp_path / "c.db",
+        settings=settings,
+        on_event=lambda n, d: states.put(d["state"]) if n == "health" else None,
+        discover=lambda: find_modem(None, dev_dir=dev_dir, probe_timeout=0.3),
+    )
     try:
         supervisor.start()  # never raises for a missing modem
         assert wait_for(lambda: supervisor.health()["state"] == "absent")
@@ -347,6 +374,7 @@ def test_missing_modem_is_absent_then_found(tmp_path):
 
 
 # ------------------------------------------------------------------------------- calls
+
 
 def test_caller_id_fixes():
     assert fix_caller_id("600123456", 129) == "600123456"
@@ -448,6 +476,7 @@ def test_outgoing_call_connects_and_ends(rigs, profile):
 
 # ------------------------------------------------------------------------------- SMS in
 
+
 @pytest.mark.parametrize("profile, together", [("huawei", False), ("simcom", True)])
 def test_incoming_two_part_sms_is_joined_and_announced(rigs, profile, together):
     rig = rigs(profile)
@@ -457,8 +486,9 @@ def test_incoming_two_part_sms_is_joined_and_announced(rigs, profile, together):
     assert wait_for(lambda: rig.named("sms_in"))
     [announced] = rig.named("sms_in")
     assert (announced["number"], announced["text"]) == (PATIENT, text)
-    row = rig.db.execute("SELECT number, text, parts, complete FROM sms_incoming WHERE id = ?",
-                         [announced["message_id"]]).fetchone()
+    row = rig.db.execute(
+        "SELECT number, text, parts, complete FROM sms_incoming WHERE id = ?", [announced["message_id"]]
+    ).fetchone()
     assert tuple(row) == (PATIENT, text, 2, 1)
     assert wait_for(lambda: rig.emulator.stored_sms("ME") == {})
 
@@ -492,6 +522,7 @@ def test_events_come_from_one_thread(rigs):
 
 
 # ------------------------------------------------------------------------------- discovery
+
 
 def test_discovery_order(tmp_path):
     dev = tmp_path / "dev"

@@ -124,8 +124,14 @@ class Clock:
 
 
 def box_settings(port, language="pl", **mail):
-    values = {"host": "127.0.0.1", "port": port, "security": "none", "from_address": BOX,
-              "from_name": "Centralka – Przychodnia Zdrowie", "recipients": [ADMIN]}
+    values = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "from_address": BOX,
+        "from_name": "Centralka – Przychodnia Zdrowie",
+        "recipients": [ADMIN],
+    }
     values.update(mail)
     return load_settings(env={}, box={"language": language}, mail=values)
 
@@ -143,8 +149,14 @@ def notifier_for(db, settings, clock=None):
 def test_an_alarm_reaches_the_admin_in_polish(servers, db):
     server = servers()
     notifier = notifier_for(db, box_settings(server.port))
-    raise_alarm(db, "line_down", "trunk", "Łącze SIP nie działa: operator odrzuca rejestrację.",
-                severity="critical", detail="REGISTER: 403 Forbidden")
+    raise_alarm(
+        db,
+        "line_down",
+        "trunk",
+        "Łącze SIP nie działa: operator odrzuca rejestrację.",
+        severity="critical",
+        detail="REGISTER: 403 Forbidden",
+    )
 
     assert notifier.run_once()["alarms"] == 1
 
@@ -184,8 +196,13 @@ def test_alarms_piled_up_arrive_as_one_list(servers, db):
     server = servers()
     notifier = notifier_for(db, box_settings(server.port))
     for n in range(7):
-        raise_alarm(db, "line_down" if n % 2 == 0 else "line_up", "trunk", f"Zdarzenie numer {n + 1}.",
-                    severity="critical" if n == 3 else "info")
+        raise_alarm(
+            db,
+            "line_down" if n % 2 == 0 else "line_up",
+            "trunk",
+            f"Zdarzenie numer {n + 1}.",
+            severity="critical" if n == 3 else "info",
+        )
 
     notifier.run_once()
 
@@ -197,12 +214,29 @@ def test_alarms_piled_up_arrive_as_one_list(servers, db):
     assert all(a["notified_at"] for a in list_alarms(db))
 
 
-@pytest.mark.parametrize("count, words", [(2, "2 nowe alarmy"), (5, "5 nowych alarmów"),
-                                          (12, "12 nowych alarmów"), (22, "22 nowe alarmy"),
-                                          (21, "21 nowych alarmów")])
+@pytest.mark.parametrize(
+    "count, words",
+    [
+        (2, "2 nowe alarmy"),
+        (5, "5 nowych alarmów"),
+        (12, "12 nowych alarmów"),
+        (22, "22 nowe alarmy"),
+        (21, "21 nowych alarmów"),
+    ],
+)
 def test_alarm_counts_agree_in_polish(count, words):
-    rows = [{"id": i, "at": "2025-03-14T08:05:00+00:00", "kind": "line_down", "source": "trunk",
-             "severity": "warning", "text": "x", "detail": None} for i in range(1, count + 1)]
+    rows = [
+        {
+            "id": i,
+            "at": "2025-03-14T08:05:00+00:00",
+            "kind": "line_down",
+            "source": "trunk",
+            "severity": "warning",
+            "text": "x",
+            "detail": None,
+        }
+        for i in range(1, count + 1)
+    ]
     assert alarm_digest(rows, "pl")["Subject"] == f"[Centralka] {words}"
 
 
@@ -211,20 +245,22 @@ def test_an_incoming_sms_in_two_parts_is_forwarded_whole_with_polish_letters(ser
     server = servers()
     notifier = notifier_for(db, box_settings(server.port, recipients=[ADMIN, DESK]))
     sent = datetime(2025, 3, 14, 8, 5, tzinfo=timezone.utc)  # 09:05 in Warsaw (winter time)
-    store_incoming(db, "+48600123456", "Dzień dobry, tu Zofia Żółkiewska. Proszę o zmianę ",
-                   parts_info=(42, 2, 1), sent_at=sent)
-    store_incoming(db, "+48600123456", "terminu wizyty na środę — gęślą jaźń „OK”.",
-                   parts_info=(42, 2, 2), sent_at=sent)
+    store_incoming(
+        db, "+48600123456", "Dzień dobry, tu Zofia Żółkiewska. Proszę o zmianę ", parts_info=(42, 2, 1), sent_at=sent
+    )
+    store_incoming(
+        db, "+48600123456", "terminu wizyty na środę — gęślą jaźń „OK”.", parts_info=(42, 2, 2), sent_at=sent
+    )
 
     assert notifier.run_once()["sms"] == 1
 
     [mail] = server.received
     assert sorted(mail.rcpt_tos) == sorted([ADMIN, DESK])
-    assert mail.subject == ("[Centralka] SMS od 600 123 456: Dzień dobry, tu Zofia Żółkiewska. "
-                            "Proszę o zmianę terminu…")
+    assert mail.subject == (
+        "[Centralka] SMS od 600 123 456: Dzień dobry, tu Zofia Żółkiewska. Proszę o zmianę terminu…"
+    )
     body = mail.body
-    assert ("Dzień dobry, tu Zofia Żółkiewska. Proszę o zmianę terminu wizyty na środę — gęślą jaźń „OK”."
-            in body)
+    assert "Dzień dobry, tu Zofia Żółkiewska. Proszę o zmianę terminu wizyty na środę — gęślą jaźń „OK”." in body
     assert "Od: 600 123 456" in body
     assert "Wysłany: 14.03.2025, 09:05" in body
     assert "Części: 2" in body
@@ -280,8 +316,9 @@ def test_server_down_keeps_everything_pending_and_delivers_exactly_once_later(se
     notifier.run_once()
     mail_alarm = list_alarms(db)[0]
     assert mail_alarm["kind"] == "mail_failing"
-    assert mail_alarm["text"] == ("E-maile z centralki nie wychodzą: serwer poczty nie przyjmuje połączeń "
-                                  f"(127.0.0.1:{server.port}).")
+    assert mail_alarm["text"] == (
+        f"E-maile z centralki nie wychodzą: serwer poczty nie przyjmuje połączeń (127.0.0.1:{server.port})."
+    )
 
     server.start()
     clock.advance(3600)
@@ -380,9 +417,28 @@ def certificate(tmp_path):
     if not shutil.which("openssl"):
         pytest.skip("openssl makes the test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
     return cert, ctx
@@ -391,8 +447,9 @@ def certificate(tmp_path):
 def test_login_over_starttls_with_the_clinics_own_certificate(servers, db, certificate):
     cert, ctx = certificate
     server = servers(tls_context=ctx, require_starttls=True, authenticator=check_login, auth_required=True)
-    settings = box_settings(server.port, security="starttls", username="centralka", password="hasło-123",
-                            ca_file=str(cert))
+    settings = box_settings(
+        server.port, security="starttls", username="centralka", password="hasło-123", ca_file=str(cert)
+    )
     notifier = notifier_for(db, settings)
     store_incoming(db, "+48221234567", "Zażółć gęślą jaźń.")
 

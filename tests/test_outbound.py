@@ -18,8 +18,9 @@ from .sipkit import free_port, wait_for
 
 SCENARIOS = Path(__file__).with_name("sipp_trunk")
 
-pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="sipp (Debian sip-tester) is installed by make test")
+pytestmark = pytest.mark.skipif(
+    shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is installed by make test"
+)
 
 
 class Provider:
@@ -29,10 +30,29 @@ class Provider:
         self.port = free_port()
         self.log = workdir / f"{scenario}.messages"
         self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(self.port),
-             "-mi", "127.0.0.1", "-mp", str(free_port()), "-nostdin", "-timeout", "120s",
-             "-trace_msg", "-message_file", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+            [
+                "sipp",
+                "-sf",
+                str(SCENARIOS / f"{scenario}.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                str(free_port()),
+                "-nostdin",
+                "-timeout",
+                "120s",
+                "-trace_msg",
+                "-message_file",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+        )
         time.sleep(0.5)
 
     def messages(self) -> str:
@@ -62,8 +82,10 @@ def provider(workdir):
 
 
 def trunk_settings(port: int, extra: str = "") -> str:
-    return (f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{port}"\nusername = "clinic"\n'
-            f'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n{extra}\n')
+    return (
+        f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{port}"\nusername = "clinic"\n'
+        f'password = "Trunk-s3cret"\nretry_min_s = 1\nretry_max_s = 2\n{extra}\n'
+    )
 
 
 def test_a_test_call_goes_out_over_the_trunk_in_e164(make_box, staff, provider, capsys):
@@ -74,7 +96,11 @@ def test_a_test_call_goes_out_over_the_trunk_in_e164(make_box, staff, provider, 
     assert "placed over the trunk line" in capsys.readouterr().out
     call = box.wait_call_ended(timeout=30)
     assert (call["direction"], call["line"], call["caller"], call["outcome"]) == (
-        "out", "trunk", "+48600123456", "answered")
+        "out",
+        "trunk",
+        "+48600123456",
+        "answered",
+    )
     assert p.invites() == [f"sip:+48600123456@127.0.0.1:{p.port}"]
     rows = box.db().execute("SELECT line, outcome FROM outbound_calls").fetchall()
     assert rows == [("trunk", "answered")]

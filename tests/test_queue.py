@@ -75,11 +75,24 @@ announce_min_gap_s = 5
 
 
 class Clinic:
-    def __init__(self, make_box, staff, workdir, *, strategy="round_robin", wrapup=1, ring_timeout=10,
-                 max_wait=120, answer_after=(0.5, 0.5), settings=""):
+    def __init__(
+        self,
+        make_box,
+        staff,
+        workdir,
+        *,
+        strategy="round_robin",
+        wrapup=1,
+        ring_timeout=10,
+        max_wait=120,
+        answer_after=(0.5, 0.5),
+        settings="",
+    ):
         self.kport = free_port()
-        self.box = make_box(QUEUE_FLOW.format(max_wait=max_wait, staff_port=staff.port),
-                            settings=f"\n[kamailio]\nenabled = true\nport = {self.kport}\n{settings}")
+        self.box = make_box(
+            QUEUE_FLOW.format(max_wait=max_wait, staff_port=staff.port),
+            settings=f"\n[kamailio]\nenabled = true\nport = {self.kport}\n{settings}",
+        )
         self.box.kport = self.kport
         staff_file = workdir / "staff.toml"
         staff_file.write_text(STAFF.format(strategy=strategy, ring_timeout=ring_timeout, wrapup=wrapup))
@@ -87,15 +100,25 @@ class Clinic:
         self.phones = {}
         for ext, delay in zip(("201", "202"), answer_after):
             password = add_phone(self.box, ext)
-            self.phones[ext] = Phone(workdir, f"agent{ext}", answer_after=delay, user=ext,
-                                     say={ext: f"Rejestracja, stanowisko {ext[-1]}."},
-                                     extra=["--register", f"127.0.0.1:{self.kport}", f"--password={password}"])
+            self.phones[ext] = Phone(
+                workdir,
+                f"agent{ext}",
+                answer_after=delay,
+                user=ext,
+                say={ext: f"Rejestracja, stanowisko {ext[-1]}."},
+                extra=["--register", f"127.0.0.1:{self.kport}", f"--password={password}"],
+            )
         for phone in self.phones.values():
             phone.wait("registration", state="registered", timeout=20)
 
     def cli(self, *args):
-        return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(self.box.config), *args],
-                              capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "appliance.cli", "--config", str(self.box.config), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout
 
     def queue_calls(self):
         return list(self.box.db()["queue_calls"].rows_where(order_by="id"))
@@ -131,7 +154,8 @@ def answered_by(clinic, timeout=30):
     while time.monotonic() < deadline:
         for ext, phone in clinic.phones.items():
             if phone.has("confirmed") and not getattr(phone, "_seen_confirmed", 0) == len(
-                    [e for e in phone.events if e["event"] == "confirmed"]):
+                [e for e in phone.events if e["event"] == "confirmed"]
+            ):
                 phone._seen_confirmed = len([e for e in phone.events if e["event"] == "confirmed"])
                 return ext
         time.sleep(0.1)
@@ -242,14 +266,18 @@ def test_leaving_by_key_and_max_wait_go_to_the_operator(clinic, staff, caller):
     assert c.queue_calls()[1]["wait_s"] >= 8
 
 
-@pytest.mark.parametrize("strategy, expect", [("longest_idle", "basia"), ("fewest_calls", "anna"),
-                                              ("ring_all", "anna,basia"), ("round_robin", "anna")])
+@pytest.mark.parametrize(
+    "strategy, expect",
+    [("longest_idle", "basia"), ("fewest_calls", "anna"), ("ring_all", "anna,basia"), ("round_robin", "anna")],
+)
 def test_strategy_choice(strategy, expect):
     staff = load_staff_text(STAFF.format(strategy=strategy, ring_timeout=10, wrapup=0))
 
     qm = QueueManager.__new__(QueueManager)
-    qm.agents = {"anna": AgentState(Agent("anna", "Anna", ("201",)), last_call_end=100.0, calls_today=1),
-                 "basia": AgentState(Agent("basia", "Basia", ("202",)), last_call_end=50.0, calls_today=3)}
+    qm.agents = {
+        "anna": AgentState(Agent("anna", "Anna", ("201",)), last_call_end=100.0, calls_today=1),
+        "basia": AgentState(Agent("basia", "Basia", ("202",)), last_call_end=50.0, calls_today=3),
+    }
     q = type("Q", (), {"cfg": staff.queues["rejestracja"], "last_rung": None})()
     chosen = qm._choose(q, list(qm.agents.values()))
     assert ",".join(a.agent.id for a in chosen) == expect

@@ -16,8 +16,9 @@ def test_core_reports_ready_and_pings_the_watchdog(make_box, staff, workdir):
     notify.bind(str(sock_path))
     notify.settimeout(10)
     try:
-        box = make_box(demo_flow_text(f"127.0.0.1:{staff.port}"),
-                       env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+        box = make_box(
+            demo_flow_text(f"127.0.0.1:{staff.port}"), env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
+        )
         messages = []
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
@@ -30,8 +31,13 @@ def test_core_reports_ready_and_pings_the_watchdog(make_box, staff, workdir):
 
 
 def _run_core(config, timeout=20):
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(config), "run"],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def test_bad_setting_is_one_clear_line(tmp_path):
@@ -39,8 +45,7 @@ def test_bad_setting_is_one_clear_line(tmp_path):
     cfg.write_text('[sip]\nport = "piec tysiecy"\n')
     proc = _run_core(cfg)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"centralka: {cfg}: sip.port: expected int, got 'piec tysiecy'")
+    assert proc.stderr.strip().splitlines()[-1] == (f"centralka: {cfg}: sip.port: expected int, got 'piec tysiecy'")
 
 
 def test_busy_sip_port_is_one_clear_line(make_box, staff, workdir, tmp_path):
@@ -55,8 +60,9 @@ def test_busy_sip_port_is_one_clear_line(make_box, staff, workdir, tmp_path):
 
 def test_core_without_a_flow_says_what_to_do(tmp_path):
     cfg = tmp_path / "centralka.toml"
-    cfg.write_text(f'[box]\ndata_dir = "{tmp_path}"\n[sip]\nport = {free_port()}\n'
-                   f'[control]\nsocket = "{tmp_path / "c.sock"}"\n')
+    cfg.write_text(
+        f'[box]\ndata_dir = "{tmp_path}"\n[sip]\nport = {free_port()}\n[control]\nsocket = "{tmp_path / "c.sock"}"\n'
+    )
     proc = _run_core(cfg)
     assert proc.returncode == 1
     assert "no call flow in the database: import one with `centralka flow import FILE`" in proc.stderr

@@ -15,7 +15,7 @@ import pytest
 
 from .sipkit import Phone, free_port, wait_for
 from .sippkit import RawSip, needs_sipp
-from .test_sip_torture import caller_reaches_a_human, no_leftover_legs
+from .test_sip_torture import caller_reaches_a_human, key_0_reaches_the_operator, no_leftover_legs
 
 pytestmark = [pytest.mark.sip, needs_sipp]
 
@@ -40,12 +40,7 @@ def test_a_flood_from_one_address_is_cut_off_and_the_call_in_progress_goes_on(ma
         answered = [n for n, r in replies.items() if r.lines]
         # The patient's call is still up and still served: a key takes them to the operator.
         assert not caller.has("disconnected"), "the call in progress was dropped by the flood"
-        caller.press("0")
-        ring = staff.wait("incoming", timeout=30)
-        assert ring["user"] == "operator", ring
-        staff.wait("confirmed", timeout=15)
-        caller.hangup()
-        caller.wait("disconnected", timeout=15)
+        key_0_reaches_the_operator(caller, staff)
     finally:
         flooder.close()
         caller.stop()

@@ -22,9 +22,14 @@ pytestmark = pytest.mark.sip
 
 class BareStack:
     def __init__(self, mode: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.refusing_stack", mode], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.refusing_stack", mode],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert line.startswith("ready "), line + self.proc.stderr.read()
         self.port = int(line.split()[1])
@@ -55,8 +60,11 @@ def test_each_refusal_is_answered_and_the_process_lives(mode, expected):
         reply = raw.send(text, cid, wait=3, stop_at_final=True)
         assert reply.final_code == expected, reply.lines
         # Alive and well: the next caller is answered the same way, not by a dead socket.
-        again = raw.send(*(no_sdp_invite(raw, content_length=99999999) if mode == "framing"
-                           else no_sdp_invite(raw)), wait=3, stop_at_final=True)
+        again = raw.send(
+            *(no_sdp_invite(raw, content_length=99999999) if mode == "framing" else no_sdp_invite(raw)),
+            wait=3,
+            stop_at_final=True,
+        )
         assert again.final_code == expected, again.lines
         assert stack.proc.poll() is None
     finally:

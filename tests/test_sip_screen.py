@@ -11,12 +11,22 @@ import pytest
 from appliance.sip.screen import FloodGate, check_offer, check_request, parse_request, sip_hosts
 from appliance.text import wire_text
 
-SDP = ("v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-       "m=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+SDP = (
+    "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
 
 
-def invite(body: str = SDP, *, ctype: str | None = "application/sdp", clen=None, method: str = "INVITE",
-           cseq: str = "1 INVITE", start: str | None = None, extra: str = "") -> bytes:
+def invite(
+    body: str = SDP,
+    *,
+    ctype: str | None = "application/sdp",
+    clen=None,
+    method: str = "INVITE",
+    cseq: str = "1 INVITE",
+    start: str | None = None,
+    extra: str = "",
+) -> bytes:
     head = [
         start or f"{method} sip:48221234567@127.0.0.1:5060 SIP/2.0",
         "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKabc",
@@ -45,27 +55,30 @@ def test_a_plain_invite_passes_and_so_does_one_without_an_offer():
     assert code(invite(body="")) is None
 
 
-@pytest.mark.parametrize("data, expected, why", [
-    (invite(clen=99999999), 400, "Content-Length 99999999 is past the datagram"),
-    (invite(clen="abc"), 400, "Bad Content-Length"),
-    (invite(clen=-5), 400, "Bad Content-Length"),
-    (invite(ctype=None), 400, "a body without Content-Type"),
-    (invite(ctype="text/plain"), 415, "Content-Type text/plain"),
-    (invite(cseq="1 BYE"), 400, "does not match"),
-    (invite(cseq="99999999999 INVITE"), 400, "too large"),
-    (invite(method="FOO", cseq="1 FOO"), 501, "method FOO"),
-    (invite(start="INVITE sip:x@127.0.0.1 SIP/7.0"), 505, "version"),
-    (invite(start="INVITE  sip:x@127.0.0.1 SIP/2.0"), 400, "request line"),
-    (invite(start="INVITE nobodyhome:x@127.0.0.1 SIP/2.0"), 416, "scheme"),
-    (invite(SDP.replace("c=IN IP4 127.0.0.1", "c=IN IP9 zz").replace("40000", "99999999")), 488, "bad port"),
-    (invite(SDP.replace("40000", "0")), 488, "port 0"),
-    (invite(SDP.replace("RTP/AVP", "RTP/XYZ")), 488, "transport RTP/XYZ"),
-    (invite(SDP.replace("IN IP4 127.0.0.1\r\nt", "IN IP6 ::1\r\nt")), 488, "address type IP6"),
-    (invite(SDP.replace(" 8 0 101", " 18 101")), 488, "no common codec"),
-    (invite("v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"), 488, "no audio stream"),
-    (invite("this is not a session description\r\n"), 400, "v=0"),
-    (invite(extra="X-Big: " + "a" * 20000), 513, "bytes"),
-])
+@pytest.mark.parametrize(
+    "data, expected, why",
+    [
+        (invite(clen=99999999), 400, "Content-Length 99999999 is past the datagram"),
+        (invite(clen="abc"), 400, "Bad Content-Length"),
+        (invite(clen=-5), 400, "Bad Content-Length"),
+        (invite(ctype=None), 400, "a body without Content-Type"),
+        (invite(ctype="text/plain"), 415, "Content-Type text/plain"),
+        (invite(cseq="1 BYE"), 400, "does not match"),
+        (invite(cseq="99999999999 INVITE"), 400, "too large"),
+        (invite(method="FOO", cseq="1 FOO"), 501, "method FOO"),
+        (invite(start="INVITE sip:x@127.0.0.1 SIP/7.0"), 505, "version"),
+        (invite(start="INVITE  sip:x@127.0.0.1 SIP/2.0"), 400, "request line"),
+        (invite(start="INVITE nobodyhome:x@127.0.0.1 SIP/2.0"), 416, "scheme"),
+        (invite(SDP.replace("c=IN IP4 127.0.0.1", "c=IN IP9 zz").replace("40000", "99999999")), 488, "bad port"),
+        (invite(SDP.replace("40000", "0")), 488, "port 0"),
+        (invite(SDP.replace("RTP/AVP", "RTP/XYZ")), 488, "transport RTP/XYZ"),
+        (invite(SDP.replace("IN IP4 127.0.0.1\r\nt", "IN IP6 ::1\r\nt")), 488, "address type IP6"),
+        (invite(SDP.replace(" 8 0 101", " 18 101")), 488, "no common codec"),
+        (invite("v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"), 488, "no audio stream"),
+        (invite("this is not a session description\r\n"), 400, "v=0"),
+        (invite(extra="X-Big: " + "a" * 20000), 513, "bytes"),
+    ],
+)
 def test_broken_requests_get_the_rfc_answer_and_say_why(data, expected, why):
     refusal = check_request(data)
     assert refusal is not None and refusal.code == expected, refusal
@@ -88,9 +101,11 @@ def test_a_dynamic_payload_type_mapped_to_pcma_is_a_common_codec():
 
 
 def test_compact_folded_and_odd_but_valid_headers_are_read():
-    data = (b"INVITE sip:1@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
-            b"f: <sip:a@b>;tag=1\r\nt: <sip:1@127.0.0.1>\r\ni: folded-1\r\nCSeq  :\r\n  7 INVITE\r\n"
-            b"c: application/sdp\r\nl: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP.encode())
+    data = (
+        b"INVITE sip:1@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
+        b"f: <sip:a@b>;tag=1\r\nt: <sip:1@127.0.0.1>\r\ni: folded-1\r\nCSeq  :\r\n  7 INVITE\r\n"
+        b"c: application/sdp\r\nl: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP.encode()
+    )
     req = parse_request(data)
     assert req.call_id == "folded-1" and req.get("cseq") == "7 INVITE" and not req.in_dialog
     assert check_request(data) is None
@@ -106,8 +121,7 @@ def test_a_to_tag_puts_a_request_in_a_dialog():
 
 def test_the_flood_gate_bans_a_source_then_forgives_it_and_never_limits_trusted_ones():
     now = [1000.0]
-    gate = FloodGate(window_s=2, max_requests=5, ban_s=60, trusted=["10.0.0.9", "10.0.0.8:5070"],
-                     clock=lambda: now[0])
+    gate = FloodGate(window_s=2, max_requests=5, ban_s=60, trusted=["10.0.0.9", "10.0.0.8:5070"], clock=lambda: now[0])
     results = [gate.admit("10.0.0.1", 5060) for _ in range(7)]
     assert [ok for ok, _ in results] == [True] * 5 + [False, False]
     assert "banned 10.0.0.1 for 60 s" in results[5][1]
@@ -157,8 +171,12 @@ def test_wire_text_can_always_be_stored_and_logged_on_one_line():
 
 def test_no_byte_sequence_makes_the_screen_raise():
     rng = random.Random(4475)
-    seeds = [invite(), invite(body=""), invite(method="OPTIONS", cseq="2 OPTIONS", body=""),
-             invite(method="BYE", cseq="3 BYE", body="")]
+    seeds = [
+        invite(),
+        invite(body=""),
+        invite(method="OPTIONS", cseq="2 OPTIONS", body=""),
+        invite(method="BYE", cseq="3 BYE", body=""),
+    ]
     for i in range(5000):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 12)):
@@ -169,7 +187,7 @@ def test_no_byte_sequence_makes_the_screen_raise():
             elif op < 0.7:
                 data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
             elif op < 0.9:
-                del data[pos:pos + rng.randint(1, 40)]
+                del data[pos : pos + rng.randint(1, 40)]
             else:
                 data[pos:pos] = rng.choice([b"\r\n", b":", b" ", b";tag=", b"\r\n\r\n", b"%00", b"\xc3"])
         refusal = check_request(bytes(data))

@@ -37,8 +37,10 @@ def tbox(make_box, staff):
 
 def sdp(rtp: int, *, audio: str | None = None, conn: str = "IN IP4 127.0.0.1") -> str:
     media = audio or f"m=audio {rtp} RTP/AVP 8 0 101"
-    return (f"v=0\r\no=torture 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc={conn}\r\nt=0 0\r\n{media}\r\n"
-            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+    return (
+        f"v=0\r\no=torture 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc={conn}\r\nt=0 0\r\n{media}\r\n"
+        "a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
 
 
 class Msg:
@@ -50,8 +52,15 @@ class Msg:
         self.me = f"{raw.source}:{raw.port}"
         self.rtp = raw.rtp.getsockname()[1]
 
-    def make(self, start: str, headers: list[str], body: str | bytes = "", *, clen: str | int | None = "auto",
-             call_id: str | None = None) -> tuple[bytes, str]:
+    def make(
+        self,
+        start: str,
+        headers: list[str],
+        body: str | bytes = "",
+        *,
+        clen: str | int | None = "auto",
+        call_id: str | None = None,
+    ) -> tuple[bytes, str]:
         cid = call_id or f"{uuid.uuid4().hex}@torture"
         tag = uuid.uuid4().hex[:10]
         branch = "z9hG4bK" + uuid.uuid4().hex
@@ -65,9 +74,15 @@ class Msg:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + raw_body, cid
 
     def base(self, method: str, *, ctype: bool = True) -> list[str]:
-        h = ["Via: SIP/2.0/UDP {me};branch={branch};rport", "From: \"Torture\" <sip:600123456@{me}>;tag={tag}",
-             "To: <sip:48221234567@{box}>", "Call-ID: {cid}", f"CSeq: 1 {method}", "Max-Forwards: 70",
-             "Contact: <sip:torture@{me}>"]
+        h = [
+            "Via: SIP/2.0/UDP {me};branch={branch};rport",
+            'From: "Torture" <sip:600123456@{me}>;tag={tag}',
+            "To: <sip:48221234567@{box}>",
+            "Call-ID: {cid}",
+            f"CSeq: 1 {method}",
+            "Max-Forwards: 70",
+            "Contact: <sip:torture@{me}>",
+        ]
         return h + (["Content-Type: application/sdp"] if ctype else [])
 
     def invite(self, **kw) -> tuple[bytes, str]:
@@ -75,6 +90,7 @@ class Msg:
 
 
 # --- the messages ------------------------------------------------------------------------------
+
 
 def wellformed(m: Msg) -> dict[str, tuple[bytes, str]]:
     """Odd but valid: each must get the answer a normal request gets (200; 501 for the odd
@@ -85,85 +101,177 @@ def wellformed(m: Msg) -> dict[str, tuple[bytes, str]]:
             "INVITE sip:vivekg@{box};unknownparam SIP/2.0",
             # (The RFC's To carries a tag too; at a user agent that makes it a re-INVITE of an
             # unknown dialog, answered 481: left out so the tortuous rest is really parsed.)
-            ["TO :\r\n sip:vivekg@{box} ;   unknownparam    = 1918181833n",
-             'from   : "J Rosenberg \\\\\\""       <sip:jdrosen@{me}>\r\n  ;\r\n  tag = 98asjd8',
-             "MaX-fOrWaRdS: 0068", "Call-ID: {cid}", "Content-Length   : " + str(len(s)),
-             "cseq: 0009\r\n  INVITE", "Via  : SIP  /   2.0\r\n /UDP\r\n    {me};branch=0{branch}",
-             "s :", "NewFangledHeader:   newfangled value\r\n continued newfangled value",
-             "UnknownHeaderWithUnusualValue: ;;,,;;,;", "Content-Type: application/sdp",
-             "v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n"
-             " SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239",
-             'm:"Quoted string \\"\\"" <sip:jdrosen@{me}> ; newparam =\r\n      newvalue ;\r\n'
-             "  secondparam ; q = 0.33"],
-            s, clen=None),
+            [
+                "TO :\r\n sip:vivekg@{box} ;   unknownparam    = 1918181833n",
+                'from   : "J Rosenberg \\\\\\""       <sip:jdrosen@{me}>\r\n  ;\r\n  tag = 98asjd8',
+                "MaX-fOrWaRdS: 0068",
+                "Call-ID: {cid}",
+                "Content-Length   : " + str(len(s)),
+                "cseq: 0009\r\n  INVITE",
+                "Via  : SIP  /   2.0\r\n /UDP\r\n    {me};branch=0{branch}",
+                "s :",
+                "NewFangledHeader:   newfangled value\r\n continued newfangled value",
+                "UnknownHeaderWithUnusualValue: ;;,,;;,;",
+                "Content-Type: application/sdp",
+                "v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n"
+                " SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239",
+                'm:"Quoted string \\"\\"" <sip:jdrosen@{me}> ; newparam =\r\n      newvalue ;\r\n'
+                "  secondparam ; q = 0.33",
+            ],
+            s,
+            clen=None,
+        ),
         "intmeth: a method of unusual token characters": m.make(
             "!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
             ":&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@{box} SIP/2.0",
-            ["Via: SIP/2.0/UDP {me};branch={branch}", "To: <sip:48221234567@{box}>",
-             "From: <sip:torture@{me}>;tag={tag}", "Call-ID: {cid}",
-             "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~", "Max-Forwards: 255"]),
+            [
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+                "To: <sip:48221234567@{box}>",
+                "From: <sip:torture@{me}>;tag={tag}",
+                "Call-ID: {cid}",
+                "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~",
+                "Max-Forwards: 255",
+            ],
+        ),
         "esc01: escaped characters in the Request-URI": m.make(
             "INVITE sip:sips%3Auser%40example.com@{box} SIP/2.0",
-            m.base("INVITE")[:2] + ["To: sip:%61lice@{box}", "Call-ID: {cid}", "CSeq: 1 INVITE",
-                                    "Max-Forwards: 70", "Contact: <sip:torture@{me}>",
-                                    "Content-Type: application/sdp"], s),
+            m.base("INVITE")[:2]
+            + [
+                "To: sip:%61lice@{box}",
+                "Call-ID: {cid}",
+                "CSeq: 1 INVITE",
+                "Max-Forwards: 70",
+                "Contact: <sip:torture@{me}>",
+                "Content-Type: application/sdp",
+            ],
+            s,
+        ),
         "escnull: escaped nulls in URIs": m.make(
             "INVITE sip:null-%00-null@{box} SIP/2.0",
-            ["Via: SIP/2.0/UDP {me};branch={branch}", "From: sip:null-%00-null@{me};tag={tag}",
-             "To: sip:null-%00-null@{box}", "Call-ID: {cid}", "CSeq: 1 INVITE", "Max-Forwards: 70",
-             "Contact: <sip:null-%00-null@{me}>", "Content-Type: application/sdp"], s),
+            [
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+                "From: sip:null-%00-null@{me};tag={tag}",
+                "To: sip:null-%00-null@{box}",
+                "Call-ID: {cid}",
+                "CSeq: 1 INVITE",
+                "Max-Forwards: 70",
+                "Contact: <sip:null-%00-null@{me}>",
+                "Content-Type: application/sdp",
+            ],
+            s,
+        ),
         "lwsdisp: no space between display name and <": m.make(
             "OPTIONS sip:user@{box} SIP/2.0",
-            ["To: sip:user@{box}", 'From: caller<sip:caller@{me}>;tag={tag}', "Max-Forwards: 70",
-             "Call-ID: {cid}", "CSeq: 3882 OPTIONS", "Via: SIP/2.0/UDP {me};branch={branch}"]),
+            [
+                "To: sip:user@{box}",
+                "From: caller<sip:caller@{me}>;tag={tag}",
+                "Max-Forwards: 70",
+                "Call-ID: {cid}",
+                "CSeq: 3882 OPTIONS",
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+            ],
+        ),
         "longreq: long values in header fields": m.make(
             "INVITE sip:48221234567@{box} SIP/2.0",
-            ["To: \"I have a user name of " + "extreme" * 40 + " proportion\" <sip:48221234567@{box}>",
-             "From: sip:torture@{me};tag=" + "12982" * 60 + "424",
-             "Call-ID: {cid}", "CSeq: 1 INVITE", "Max-Forwards: 70",
-             "Via: SIP/2.0/UDP {me};branch={branch}" + "bbbb" * 40,
-             "Contact: <sip:torture@{me}>", "Content-Type: application/sdp",
-             "X-Long-Unknown: " + "reallylongvalue" * 60], s),
+            [
+                'To: "I have a user name of ' + "extreme" * 40 + ' proportion" <sip:48221234567@{box}>',
+                "From: sip:torture@{me};tag=" + "12982" * 60 + "424",
+                "Call-ID: {cid}",
+                "CSeq: 1 INVITE",
+                "Max-Forwards: 70",
+                "Via: SIP/2.0/UDP {me};branch={branch}" + "bbbb" * 40,
+                "Contact: <sip:torture@{me}>",
+                "Content-Type: application/sdp",
+                "X-Long-Unknown: " + "reallylongvalue" * 60,
+            ],
+            s,
+        ),
         "dblreq: extra octets after the body": m.make(
-            "INVITE sip:48221234567@{box} SIP/2.0", m.base("INVITE"),
-            s.encode() + b"INVITE sip:joe@example.com SIP/2.0\r\nExtra: trailing octets\r\n\r\n", clen=len(s)),
+            "INVITE sip:48221234567@{box} SIP/2.0",
+            m.base("INVITE"),
+            s.encode() + b"INVITE sip:joe@example.com SIP/2.0\r\nExtra: trailing octets\r\n\r\n",
+            clen=len(s),
+        ),
         "semiuri: semicolons in the user part": m.make(
             "OPTIONS sip:user;par=u%40example.net@{box} SIP/2.0",
-            ["To: sip:j_user@{box}", "From: sip:caller@{me};tag={tag}", "Max-Forwards: 70",
-             "Call-ID: {cid}", "CSeq: 26 OPTIONS", "Via: SIP/2.0/UDP {me};branch={branch}"]),
+            [
+                "To: sip:j_user@{box}",
+                "From: sip:caller@{me};tag={tag}",
+                "Max-Forwards: 70",
+                "Call-ID: {cid}",
+                "CSeq: 26 OPTIONS",
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+            ],
+        ),
         "transports: unknown transports further down the Via": m.make(
             "OPTIONS sip:user@{box} SIP/2.0",
-            ["To: sip:user@{box}", "From: <sip:caller@{me}>;tag={tag}", "Max-Forwards: 70",
-             "Call-ID: {cid}", "CSeq: 777 OPTIONS", "Via: SIP/2.0/UDP {me};branch={branch}",
-             "Via: SIP/2.0/SCTP t1.example.com;branch=z9hG4bKklasjdhf",
-             "Via: SIP/2.0/TLS t2.example.com;branch=z9hG4bK2980unddj",
-             "Via: SIP/2.0/UNKNOWN t3.example.com;branch=z9hG4bKasd0f3en"]),
+            [
+                "To: sip:user@{box}",
+                "From: <sip:caller@{me}>;tag={tag}",
+                "Max-Forwards: 70",
+                "Call-ID: {cid}",
+                "CSeq: 777 OPTIONS",
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+                "Via: SIP/2.0/SCTP t1.example.com;branch=z9hG4bKklasjdhf",
+                "Via: SIP/2.0/TLS t2.example.com;branch=z9hG4bK2980unddj",
+                "Via: SIP/2.0/UNKNOWN t3.example.com;branch=z9hG4bKasd0f3en",
+            ],
+        ),
         "mpart01: multipart body with SDP": m.make(
             "INVITE sip:48221234567@{box} SIP/2.0",
             m.base("INVITE", ctype=False) + ['Content-Type: multipart/mixed;boundary="7a9cbec02ceef655"'],
-            "--7a9cbec02ceef655\r\nContent-Type: application/sdp\r\n\r\n" + s
+            "--7a9cbec02ceef655\r\nContent-Type: application/sdp\r\n\r\n"
+            + s
             + "\r\n--7a9cbec02ceef655\r\nContent-Type: text/plain\r\n\r\nHello from a patient.\r\n"
-            "--7a9cbec02ceef655--\r\n"),
+            "--7a9cbec02ceef655--\r\n",
+        ),
         "zeromf: Max-Forwards 0 at the user agent": m.make(
             "OPTIONS sip:user@{box} SIP/2.0",
-            ["To: sip:user@{box}", "From: <sip:caller@{me}>;tag={tag}", "Max-Forwards: 0",
-             "Call-ID: {cid}", "CSeq: 14 OPTIONS", "Via: SIP/2.0/UDP {me};branch={branch}"]),
+            [
+                "To: sip:user@{box}",
+                "From: <sip:caller@{me}>;tag={tag}",
+                "Max-Forwards: 0",
+                "Call-ID: {cid}",
+                "CSeq: 14 OPTIONS",
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+            ],
+        ),
         "cparam01: media type with parameters": m.make(
             "INVITE sip:48221234567@{box} SIP/2.0",
-            m.base("INVITE", ctype=False) + ["Content-Type: application/sdp; charset=ISO-10646"], s),
+            m.base("INVITE", ctype=False) + ["Content-Type: application/sdp; charset=ISO-10646"],
+            s,
+        ),
         "ncl: no Content-Length over UDP": m.make(
-            "INVITE sip:48221234567@{box} SIP/2.0", m.base("INVITE"), s, clen=None),
+            "INVITE sip:48221234567@{box} SIP/2.0", m.base("INVITE"), s, clen=None
+        ),
         "novelsc: a novel scheme in To": m.make(
             "OPTIONS sip:user@{box} SIP/2.0",
-            ["To: soap.beep://192.0.2.103:3002", "From: <sip:caller@{me}>;tag={tag}", "Max-Forwards: 70",
-             "Call-ID: {cid}", "CSeq: 3 OPTIONS", "Via: SIP/2.0/UDP {me};branch={branch}"]),
+            [
+                "To: soap.beep://192.0.2.103:3002",
+                "From: <sip:caller@{me}>;tag={tag}",
+                "Max-Forwards: 70",
+                "Call-ID: {cid}",
+                "CSeq: 3 OPTIONS",
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+            ],
+        ),
         "hostile display name: bytes that are not UTF-8": m.make(
             "INVITE sip:48221234567@{box} SIP/2.0",
-            ["Via: SIP/2.0/UDP {me};branch={branch}", 'From: "Zdzis\xb3aw \xff\xfe\xc3(" <sip:600123456@{me}>;tag={tag}',
-             "To: <sip:48221234567@{box}>", "Call-ID: {cid}", "CSeq: 1 INVITE", "Max-Forwards: 70",
-             "Contact: <sip:torture@{me}>", "Content-Type: application/sdp"], s),
+            [
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+                'From: "Zdzis\xb3aw \xff\xfe\xc3(" <sip:600123456@{me}>;tag={tag}',
+                "To: <sip:48221234567@{box}>",
+                "Call-ID: {cid}",
+                "CSeq: 1 INVITE",
+                "Max-Forwards: 70",
+                "Contact: <sip:torture@{me}>",
+                "Content-Type: application/sdp",
+            ],
+            s,
+        ),
         "an INVITE with no offer (late offer)": m.make(
-            "INVITE sip:48221234567@{box} SIP/2.0", m.base("INVITE", ctype=False), ""),
+            "INVITE sip:48221234567@{box} SIP/2.0", m.base("INVITE", ctype=False), ""
+        ),
     }
 
 
@@ -183,66 +291,110 @@ def malformed(m: Msg) -> dict[str, tuple[tuple[bytes, str], set]]:
         "Content-Length 99999999, no body": (m.make(inv, no_ct, "", clen=99999999), {400}),
         "a 60 kB header": (m.make(inv, base + ["X-Padding: " + "x" * 60000], s), {513}),
         # The issue's other findings.
-        "garbage SDP: IP9 address, port 99999999": (m.make(inv, base, sdp(
-            m.rtp, audio="m=audio 99999999 RTP/AVP 8", conn="IN IP9 zz")), {488}),
+        "garbage SDP: IP9 address, port 99999999": (
+            m.make(inv, base, sdp(m.rtp, audio="m=audio 99999999 RTP/AVP 8", conn="IN IP9 zz")),
+            {488},
+        ),
         "the only stream has port 0": (m.make(inv, base, sdp(m.rtp, audio="m=audio 0 RTP/AVP 8 0")), {488}),
         "unknown media transport": (m.make(inv, base, sdp(m.rtp, audio=f"m=audio {m.rtp} RTP/XYZ 8")), {488}),
         "no common codec": (m.make(inv, base, sdp(m.rtp, audio=f"m=audio {m.rtp} RTP/AVP 18 4")), {488}),
-        "sdp01: no audio stream, only video": (m.make(inv, base, sdp(
-            m.rtp, audio=f"m=video {m.rtp} RTP/AVP 31")), {488}),
+        "sdp01: no audio stream, only video": (
+            m.make(inv, base, sdp(m.rtp, audio=f"m=video {m.rtp} RTP/AVP 31")),
+            {488},
+        ),
         "an SDP body without Content-Type": (m.make(inv, no_ct, s), {400}),
         "a body that is not SDP": (m.make(inv, no_ct + ["Content-Type: text/plain"], "Hello"), {415}),
-        "an unknown method": (m.make("FOO sip:x@{box} SIP/2.0", [h.replace("1 INVITE", "1 FOO") for h in no_ct]),
-                              {501}),
+        "an unknown method": (
+            m.make("FOO sip:x@{box} SIP/2.0", [h.replace("1 INVITE", "1 FOO") for h in no_ct]),
+            {501},
+        ),
         # RFC 4475 §3.1.2, invalid messages.
         "mismatch01: CSeq method disagrees": (m.make(inv.replace("INVITE", "OPTIONS", 1), no_ct), {400}),
-        "mismatch02: unknown method, CSeq disagrees": (m.make("NEWMETHOD sip:x@{box} SIP/2.0", base, s),
-                                                       {400}),
-        "badvers: SIP/7.0": (m.make("OPTIONS sip:t.watson@{box} SIP/7.0",
-                                    [h.replace("1 INVITE", "1 OPTIONS") for h in no_ct]), {505, None}),
+        "mismatch02: unknown method, CSeq disagrees": (m.make("NEWMETHOD sip:x@{box} SIP/2.0", base, s), {400}),
+        "badvers: SIP/7.0": (
+            m.make("OPTIONS sip:t.watson@{box} SIP/7.0", [h.replace("1 INVITE", "1 OPTIONS") for h in no_ct]),
+            {505, None},
+        ),
         "clerr: Content-Length larger than the message": (m.make(inv, base, s, clen=9999), {400}),
         "scalar02: negative Content-Length": (m.make(inv, base, s, clen=-999), {400, None}),
-        "scalarlg: overlarge CSeq": (m.make(inv, [h.replace("CSeq: 1 ", "CSeq: 36893488147419103232 ")
-                                                  for h in base], s), {400, None}),
+        "scalarlg: overlarge CSeq": (
+            m.make(inv, [h.replace("CSeq: 1 ", "CSeq: 36893488147419103232 ") for h in base], s),
+            {400, None},
+        ),
         "mcl01: two different Content-Lengths": (m.make(inv, base + ["Content-Length: 3"], s), {400, None}),
-        "lwsstart: two spaces in the request line": (m.make("INVITE  sip:48221234567@{box} SIP/2.0", base, s),
-                                                     {400, None}),
+        "lwsstart: two spaces in the request line": (
+            m.make("INVITE  sip:48221234567@{box} SIP/2.0", base, s),
+            {400, None},
+        ),
         "trws: a space at the end of the request line": (m.make(inv + " ", base, s), {400, None}),
-        "ltgtruri: <> around the Request-URI": (m.make("INVITE <sip:48221234567@{box}> SIP/2.0", base, s),
-                                                {400, None}),
-        "lwsruri: a space inside the Request-URI": (m.make("INVITE sip:user@example.com; lr SIP/2.0", base, s),
-                                                    {400, None}),
-        "escruri: headers in the Request-URI": (m.make("INVITE sip:user@{box}?Route=%3Csip:example.com%3E SIP/2.0",
-                                                       base, s), {400}),
-        "unksm: unknown Request-URI scheme": (m.make("INVITE nobodyhome:sip@{box} SIP/2.0", base, s),
-                                              {416, 400, None}),
-        "quotbal: unterminated quote in the display name": (m.make(inv, [
-            h.replace('"Torture"', '"Torture') for h in base], s), {400, None}),
-        "insuf: no Call-ID, From or To": (m.make(inv, [h for h in base if h.split(":")[0] not in (
-            "Call-ID", "From", "To")], s), {None}),
-        "badinv01: separators galore": (m.make(inv, [
-            "Via: SIP/2.0/UDP {me};;,;,,", "From: <sip:x@{me}>;;,;tag={tag}", "To: <sip:48221234567@{box}>;;,;,,",
-            "Call-ID: {cid}", "CSeq: 1 INVITE", "Max-Forwards: 80", "Content-Type: application/sdp"], s),
-            {400, None}),
-        "a REGISTER at a user agent": (m.make("REGISTER sip:{box} SIP/2.0", [
-            h.replace("1 INVITE", "1 REGISTER") for h in no_ct]), {405}),
-        "a BYE for no call": (m.make("BYE sip:x@{box} SIP/2.0", [
-            h.replace("1 INVITE", "1 BYE").replace("<sip:48221234567@{box}>", "<sip:48221234567@{box}>;tag=nope")
-            for h in no_ct]), {481}),
+        "ltgtruri: <> around the Request-URI": (m.make("INVITE <sip:48221234567@{box}> SIP/2.0", base, s), {400, None}),
+        "lwsruri: a space inside the Request-URI": (
+            m.make("INVITE sip:user@example.com; lr SIP/2.0", base, s),
+            {400, None},
+        ),
+        "escruri: headers in the Request-URI": (
+            m.make("INVITE sip:user@{box}?Route=%3Csip:example.com%3E SIP/2.0", base, s),
+            {400},
+        ),
+        "unksm: unknown Request-URI scheme": (m.make("INVITE nobodyhome:sip@{box} SIP/2.0", base, s), {416, 400, None}),
+        "quotbal: unterminated quote in the display name": (
+            m.make(inv, [h.replace('"Torture"', '"Torture') for h in base], s),
+            {400, None},
+        ),
+        "insuf: no Call-ID, From or To": (
+            m.make(inv, [h for h in base if h.split(":")[0] not in ("Call-ID", "From", "To")], s),
+            {None},
+        ),
+        "badinv01: separators galore": (
+            m.make(
+                inv,
+                [
+                    "Via: SIP/2.0/UDP {me};;,;,,",
+                    "From: <sip:x@{me}>;;,;tag={tag}",
+                    "To: <sip:48221234567@{box}>;;,;,,",
+                    "Call-ID: {cid}",
+                    "CSeq: 1 INVITE",
+                    "Max-Forwards: 80",
+                    "Content-Type: application/sdp",
+                ],
+                s,
+            ),
+            {400, None},
+        ),
+        "a REGISTER at a user agent": (
+            m.make("REGISTER sip:{box} SIP/2.0", [h.replace("1 INVITE", "1 REGISTER") for h in no_ct]),
+            {405},
+        ),
+        "a BYE for no call": (
+            m.make(
+                "BYE sip:x@{box} SIP/2.0",
+                [
+                    h.replace("1 INVITE", "1 BYE").replace(
+                        "<sip:48221234567@{box}>", "<sip:48221234567@{box}>;tag=nope"
+                    )
+                    for h in no_ct
+                ],
+            ),
+            {481},
+        ),
     }
 
 
 def log_names(box, call_id: str) -> bool:
     """The box's log has a line naming this refused message (by its Call-ID)."""
-    return any(call_id in line for line in box.stderr_path.read_text(errors="replace").splitlines()
-               if re.search(r"refused|dropped|answered|call limit", line))
+    return any(
+        call_id in line
+        for line in box.stderr_path.read_text(errors="replace").splitlines()
+        if re.search(r"refused|dropped|answered|call limit", line)
+    )
 
 
 def box_answers_options(box, raw: RawSip) -> int | None:
     """OPTIONS as a user agent sends it: retransmitted (same branch) until answered, 4 s at most."""
     m = Msg(raw)
-    text, cid = m.make("OPTIONS sip:check@{box} SIP/2.0", [
-        h.replace("1 INVITE", "1 OPTIONS") for h in m.base("INVITE", ctype=False)])
+    text, cid = m.make(
+        "OPTIONS sip:check@{box} SIP/2.0", [h.replace("1 INVITE", "1 OPTIONS") for h in m.base("INVITE", ctype=False)]
+    )
     for _ in range(8):
         code = raw.send(text, cid, wait=0.5, stop_at_final=True).final_code
         if code is not None:
@@ -260,8 +412,11 @@ def no_leftover_legs(box, timeout: float = 90.0) -> dict:
         if status["legs_in_use"] == 0 and status["calls_active"] == 0 and status["pjsua_calls"] == 0:
             return status
         if time.monotonic() > deadline:
-            open_calls = [(c, [(j["at"], j["step"], j["node"], j["detail"]) for j in box.journey(c["id"])])
-                          for c in box.calls() if not c["ended_at"]]
+            open_calls = [
+                (c, [(j["at"], j["step"], j["node"], j["detail"]) for j in box.journey(c["id"])])
+                for c in box.calls()
+                if not c["ended_at"]
+            ]
             raise AssertionError(f"legs left after {timeout} s: {status['legs']}\nopen calls: {open_calls}")
         time.sleep(0.5)
 
@@ -273,35 +428,57 @@ def caller_reaches_a_human(box, staff, workdir) -> None:
         caller.call(box.uri("600123456"))
         caller.wait("confirmed", timeout=15)
         time.sleep(1.0)
-        caller.press("0")
-        ring = staff.wait("incoming", timeout=30)
-        assert ring["user"] == "operator", ring
-        staff.wait("confirmed", timeout=15)
-        caller.hangup()
-        caller.wait("disconnected", timeout=15)
+        key_0_reaches_the_operator(caller, staff)
     finally:
         caller.stop()
 
 
+def key_0_reaches_the_operator(caller, staff) -> None:
+    """The caller, in the menu, presses 0: the operator's phone rings and answers; then hang up."""
+    caller.press("0")
+    ring = staff.wait("incoming", timeout=30)
+    assert ring["user"] == "operator", ring
+    staff.wait("confirmed", timeout=15)
+    caller.hangup()
+    caller.wait("disconnected", timeout=15)
+
+
 # --- the tests ---------------------------------------------------------------------------------
+
 
 def test_the_datagrams_that_aborted_the_core_are_refused_and_it_keeps_answering(tbox, staff, workdir):
     raw = RawSip(tbox)
     try:
         m = Msg(raw)
-        cases = {name: msg for name, (msg, _) in malformed(m).items() if name in (
-            "Content-Length 99999999 past the datagram", "Content-Length 99999999, no body", "a 60 kB header")}
-        text, cid = m.make("INVITE sip:48221234567@{box} SIP/2.0", [
-            "Via: SIP/2.0/UDP {me};branch={branch}", 'From: "\xff\xfe\xc3(" <sip:600123456@{me}>;tag={tag}',
-            "To: <sip:48221234567@{box}>", "Call-ID: {cid}", "CSeq: 1 INVITE", "Max-Forwards: 70",
-            "Contact: <sip:torture@{me}>", "Content-Type: application/sdp"], sdp(m.rtp))
+        cases = {
+            name: msg
+            for name, (msg, _) in malformed(m).items()
+            if name
+            in ("Content-Length 99999999 past the datagram", "Content-Length 99999999, no body", "a 60 kB header")
+        }
+        text, cid = m.make(
+            "INVITE sip:48221234567@{box} SIP/2.0",
+            [
+                "Via: SIP/2.0/UDP {me};branch={branch}",
+                'From: "\xff\xfe\xc3(" <sip:600123456@{me}>;tag={tag}',
+                "To: <sip:48221234567@{box}>",
+                "Call-ID: {cid}",
+                "CSeq: 1 INVITE",
+                "Max-Forwards: 70",
+                "Contact: <sip:torture@{me}>",
+                "Content-Type: application/sdp",
+            ],
+            sdp(m.rtp),
+        )
         replies = {name: raw.send(t, c, wait=3, stop_at_final=True) for name, (t, c) in cases.items()}
         name_reply = raw.send(text, cid, wait=3, stop_at_final=True)
     finally:
         raw.close()
     assert {n: r.final_code for n, r in replies.items()} == {
-        "Content-Length 99999999 past the datagram": 400, "Content-Length 99999999, no body": 400,
-        "a 60 kB header": 513}
+        "Content-Length 99999999 past the datagram": 400,
+        "Content-Length 99999999, no body": 400,
+        "a 60 kB header": 513,
+    }
     assert "Warning: 399 centralka" in replies["Content-Length 99999999 past the datagram"].final
     # The caller with a name that is not UTF-8 is a caller like any other: answered, stored.
     assert name_reply.final_code == 200, name_reply.lines
@@ -318,8 +495,9 @@ def test_wellformed_but_odd_messages_still_work(tbox, staff, workdir):
         messages = wellformed(Msg(raw))
         # One at a time: each INVITE becomes a call (the flow answers it; we hang up at once).
         replies = {name: raw.send(text, cid, wait=4, stop_at_final=True) for name, (text, cid) in messages.items()}
-        wait_for(lambda: tbox.status()["legs_in_use"] == 0 and all(c["ended_at"] for c in tbox.calls()), 15,
-                 "calls ended")
+        wait_for(
+            lambda: tbox.status()["legs_in_use"] == 0 and all(c["ended_at"] for c in tbox.calls()), 15, "calls ended"
+        )
     finally:
         raw.close()
     wrong = {n: r.lines for n, r in replies.items() if r.final_code != WELLFORMED_ANSWER.get(n, 200)}
@@ -339,17 +517,16 @@ def test_malformed_requests_get_the_rfc_answer_and_leave_nothing_behind(tbox, st
         assert box_answers_options(tbox, raw) == 200
     finally:
         raw.close()
-    wrong = {n: (r.lines, sorted(cases[n][1], key=str)) for n, r in replies.items()
-             if r.final_code not in cases[n][1]}
+    wrong = {n: (r.lines, sorted(cases[n][1], key=str)) for n, r in replies.items() if r.final_code not in cases[n][1]}
     assert not wrong, f"answered otherwise than the RFCs say (got, allowed): {wrong}"
-    assert not [n for n, r in replies.items() if any(c == 100 or 200 <= c < 300 for c in r.codes)], \
+    assert not [n for n, r in replies.items() if any(c == 100 or 200 <= c < 300 for c in r.codes)], (
         "a broken request was taken for a call"
+    )
     status = no_leftover_legs(tbox, timeout=5)
     assert status["calls_active"] == 0
     assert tbox.calls() == [], "a refused request left a call row"
     # (pjsip's own 481 for a request in a dialog that does not exist is routine, not logged.)
-    unnamed = [n for n, r in replies.items()
-               if r.final_code not in (None, 481) and not log_names(tbox, cases[n][0][1])]
+    unnamed = [n for n, r in replies.items() if r.final_code not in (None, 481) and not log_names(tbox, cases[n][0][1])]
     assert not unnamed, f"refused without a log line naming it: {unnamed}\n{tbox.log()}"
     caller_reaches_a_human(tbox, staff, workdir)
 
@@ -362,11 +539,28 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         if op < 0.3 and out:
             out[pos % len(out)] = rng.randrange(256)
         elif op < 0.5:
-            out[pos:pos] = rng.choice([b"\r\n", b"\r\n\r\n", b":", b";", b",", b" ", b"<", b">", b'"', b"%00",
-                                       b"\xff\xfe", b"\xc3\xb3", b";tag=x", b"0" * rng.randint(1, 30),
-                                       b"Content-Length: 99999\r\n", b"m=audio 0 RTP/AVP 8\r\n"])
+            out[pos:pos] = rng.choice(
+                [
+                    b"\r\n",
+                    b"\r\n\r\n",
+                    b":",
+                    b";",
+                    b",",
+                    b" ",
+                    b"<",
+                    b">",
+                    b'"',
+                    b"%00",
+                    b"\xff\xfe",
+                    b"\xc3\xb3",
+                    b";tag=x",
+                    b"0" * rng.randint(1, 30),
+                    b"Content-Length: 99999\r\n",
+                    b"m=audio 0 RTP/AVP 8\r\n",
+                ]
+            )
         elif op < 0.7:
-            del out[pos:pos + rng.randint(1, 60)]
+            del out[pos : pos + rng.randint(1, 60)]
         elif op < 0.85:
             # Duplicate a line somewhere else.
             lines = bytes(out).split(b"\r\n")
@@ -391,6 +585,7 @@ def fuzz_seeds(m: Msg) -> list[bytes]:
 
     def as_(method, headers, cseq="2"):
         return [h.replace("CSeq: 1 INVITE", f"CSeq: {cseq} {method}") for h in headers]
+
     info = "Signal=5\r\nDuration=160\r\n"
     return [
         m.invite()[0],
@@ -398,9 +593,11 @@ def fuzz_seeds(m: Msg) -> list[bytes]:
         m.make("BYE sip:48221234567@{box} SIP/2.0", as_("BYE", [h for h in dialog if "Content-Type" not in h]))[0],
         m.make("CANCEL sip:48221234567@{box} SIP/2.0", as_("CANCEL", no_ct, "1"))[0],
         m.make("OPTIONS sip:48221234567@{box} SIP/2.0", as_("OPTIONS", no_ct))[0],
-        m.make("INFO sip:48221234567@{box} SIP/2.0",
-               as_("INFO", [h for h in dialog if "Content-Type" not in h]) + ["Content-Type: application/dtmf-relay"],
-               info)[0],
+        m.make(
+            "INFO sip:48221234567@{box} SIP/2.0",
+            as_("INFO", [h for h in dialog if "Content-Type" not in h]) + ["Content-Type: application/dtmf-relay"],
+            info,
+        )[0],
         m.make("INVITE sip:48221234567@{box} SIP/2.0", as_("INVITE", dialog), s)[0],
     ]
 
@@ -449,3 +646,29 @@ def drain(raw: RawSip, box) -> list[str]:
             if cid:
                 raw._acknowledge("", msg, cid.group(1))
                 got.append(cid.group(1))
+
+
+def test_the_screen_answers_over_tcp_too(tbox, staff, workdir):
+    """The same rules on a TCP connection (pjsip frames the stream; the screen sees each message)."""
+    with socket.create_connection(("127.0.0.1", tbox.port), timeout=5) as conn:
+        me = "127.0.0.1:%d" % conn.getsockname()[1]
+
+        def request(method: str, cseq_method: str | None = None, extra: str = "") -> str:
+            cid = f"{uuid.uuid4().hex}@tcp"
+            msg = (
+                f"{method} sip:48221234567@127.0.0.1:{tbox.port};transport=tcp SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP {me};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"From: <sip:600123456@{me}>;tag=t1\r\nTo: <sip:48221234567@127.0.0.1>\r\n"
+                f"Call-ID: {cid}\r\nCSeq: 1 {cseq_method or method}\r\nMax-Forwards: 70\r\n{extra}"
+                "Content-Length: 0\r\n\r\n"
+            )
+            conn.sendall(msg.encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65535)
+            return data.decode("latin-1").split("\r\n", 1)[0]
+
+        assert request("FOO") == "SIP/2.0 501 Not Implemented"
+        assert request("OPTIONS", "INVITE").startswith("SIP/2.0 400")
+        assert request("OPTIONS") == "SIP/2.0 200 OK"
+    assert tbox.proc.poll() is None

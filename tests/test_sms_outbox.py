@@ -18,9 +18,22 @@ import pytest
 from gsmmodem.pdu import encodeSmsSubmitPdu
 
 from appliance.cli import main
-from appliance.gsm.outbox import (Outbox, SmsPolicy, SmsRefused, SmsSendError, cancel, check_number,
-                                  delivery_from_tp_status, flush_incomplete, get_sms, list_outbox, queue_sms,
-                                  record_status_report, resend, store_incoming)
+from appliance.gsm.outbox import (
+    Outbox,
+    SmsPolicy,
+    SmsRefused,
+    SmsSendError,
+    cancel,
+    check_number,
+    delivery_from_tp_status,
+    flush_incomplete,
+    get_sms,
+    list_outbox,
+    queue_sms,
+    record_status_report,
+    resend,
+    store_incoming,
+)
 from appliance.gsm.smstext import TemplateError, prepare, render_template
 from appliance.gsm.sender import ModemSender
 from appliance.store.db import open_db
@@ -94,8 +107,10 @@ def test_gsm7_fits_160_then_153_per_part_and_escapes_cost_two():
 
 def test_transliteration_turns_polish_into_gsm7_that_fits_160():
     assert prepare("Zażółć gęślą jaźń", transliterate=True).text == "Zazolc gesla jazn"
-    text = ("Prosimy o kontakt z rejestracją w sprawie wizyty w poradni. Dziękujemy, "
-            "„Przychodnia Zdrowie” – tel. 22 123 45 67… Żółty budynek, wejście od ul. Łąkowej.")
+    text = (
+        "Prosimy o kontakt z rejestracją w sprawie wizyty w poradni. Dziękujemy, "
+        "„Przychodnia Zdrowie” – tel. 22 123 45 67… Żółty budynek, wejście od ul. Łąkowej."
+    )
     assert 70 < len(text) <= 160
     assert prepare(text).part_count == 3
     plan = prepare(text, transliterate=True)
@@ -120,10 +135,21 @@ def test_emoji_are_dropped_instead_of_crashing_the_library():
     assert prepare("🙂 Dzień dobry 🙂, do\u200bjutra ❤️\n🙂 Anna").text == "Dzień dobry, dojutra ❤\nAnna"
 
 
-@pytest.mark.parametrize("text", [
-    "Zażółć gęślą jaźń", "a" * 160, "a" * 161, "[]{}€" * 40, "x" * 152 + "€" + "y" * 10,
-    ("Zażółć gęślą jaźń. " * 8)[:150], "ą" * 70, "ą" * 71, "Plan: 9:00–10:00 … " * 9, "Café €5 " * 30,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Zażółć gęślą jaźń",
+        "a" * 160,
+        "a" * 161,
+        "[]{}€" * 40,
+        "x" * 152 + "€" + "y" * 10,
+        ("Zażółć gęślą jaźń. " * 8)[:150],
+        "ą" * 70,
+        "ą" * 71,
+        "Plan: 9:00–10:00 … " * 9,
+        "Café €5 " * 30,
+    ],
+)
 def test_plan_agrees_with_the_pdus_the_library_builds(text):
     from appliance.gsm.emulator import decode_submit_pdu  # an independent 23.040 decoder
 
@@ -138,8 +164,10 @@ def test_plan_agrees_with_the_pdus_the_library_builds(text):
 
 def test_templates_fill_placeholders_and_refuse_bad_values():
     tpl = "Dzień dobry {name}, wizyta {day} o {hour}. Odpowiedz {{TAK}}."
-    assert render_template(tpl, name="Anna", day="jutro", hour="10:30", extra="ignored") == \
-        "Dzień dobry Anna, wizyta jutro o 10:30. Odpowiedz {TAK}."
+    assert (
+        render_template(tpl, name="Anna", day="jutro", hour="10:30", extra="ignored")
+        == "Dzień dobry Anna, wizyta jutro o 10:30. Odpowiedz {TAK}."
+    )
     with pytest.raises(TemplateError, match=r"placeholder \{hour\} has no value"):
         render_template(tpl, name="Anna", day="jutro")
     with pytest.raises(TemplateError, match=r"\{name\} contains a control character"):
@@ -154,11 +182,20 @@ def test_templates_fill_placeholders_and_refuse_bad_values():
 
 
 # --- validation and caps --------------------------------------------------------------------------
-@pytest.mark.parametrize("number,rule", [
-    ("anonymous", "withheld"), ("", "withheld"), ("555", "internal"), ("abc", "invalid number"),
-    ("+48 12 345", "invalid number"), ("221234567", "mobile only"), ("+447911123456", "country"),
-    ("+48801123456", "number type"), ("+48700123456", "number type"),
-])
+@pytest.mark.parametrize(
+    "number,rule",
+    [
+        ("anonymous", "withheld"),
+        ("", "withheld"),
+        ("555", "internal"),
+        ("abc", "invalid number"),
+        ("+48 12 345", "invalid number"),
+        ("221234567", "mobile only"),
+        ("+447911123456", "country"),
+        ("+48801123456", "number type"),
+        ("+48700123456", "number type"),
+    ],
+)
 def test_refusals_name_the_rule(db, number, rule):
     with pytest.raises(SmsRefused) as info:
         queue_sms(db, number, "Test", now=T0)
@@ -207,9 +244,11 @@ def test_dedupe_key_makes_queueing_idempotent(db):
 # --- sending --------------------------------------------------------------------------------------
 def test_each_queued_message_is_sent_once_with_parts_and_mrs(db):
     clock, modem = Clock(), RecordingModem()
-    ids = [queue_sms(db, PATIENT, "Wizyta jutro o 10:30.", now=T0),
-           queue_sms(db, "600123457", ("Zażółć gęślą jaźń. " * 8)[:150], now=T0),
-           queue_sms(db, "600123458", "Plain GSM text", now=T0)]
+    ids = [
+        queue_sms(db, PATIENT, "Wizyta jutro o 10:30.", now=T0),
+        queue_sms(db, "600123457", ("Zażółć gęślą jaźń. " * 8)[:150], now=T0),
+        queue_sms(db, "600123458", "Plain GSM text", now=T0),
+    ]
     outbox = Outbox(db, modem, clock=clock)
     assert outbox.send_due() == 3
     assert outbox.send_due() == 0
@@ -228,8 +267,7 @@ def test_transient_error_retries_later_with_backoff(db):
     modem = RecordingModem(fail=[SmsSendError("+CMS ERROR: 38 network out of order", transient=True)])
     first = queue_sms(db, PATIENT, "Pierwsza", now=T0)
     second = queue_sms(db, "600123457", "Druga", now=T0)
-    outbox = Outbox(db, modem, settings={"retry_min_s": 20, "retry_max_s": 600}, clock=clock,
-                    rng=random.Random(1))
+    outbox = Outbox(db, modem, settings={"retry_min_s": 20, "retry_max_s": 600}, clock=clock, rng=random.Random(1))
 
     assert outbox.send_due() == 0  # the transient error ends the round: "Druga" keeps its attempts
     row = get_sms(db, first)
@@ -248,8 +286,9 @@ def test_transient_error_retries_later_with_backoff(db):
 
 
 def test_backoff_grows_exponentially_up_to_the_cap(db):
-    outbox = Outbox(db, RecordingModem(), settings={"retry_min_s": 10, "retry_max_s": 100}, clock=Clock(),
-                    rng=random.Random(3))
+    outbox = Outbox(
+        db, RecordingModem(), settings={"retry_min_s": 10, "retry_max_s": 100}, clock=Clock(), rng=random.Random(3)
+    )
     for attempt, base in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (9, 100)]:
         assert base / 2 <= outbox.backoff(attempt) <= base
 
@@ -363,8 +402,9 @@ def test_kill_9_while_sending_then_restart_sends_each_message_at_most_once(tmp_p
     path, log = tmp_path / "centralka.db", tmp_path / "network.txt"
     script = tmp_path / "core.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(path), str(log)], cwd=REPO,
-                          capture_output=True, text=True, timeout=20)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), str(log)], cwd=REPO, capture_output=True, text=True, timeout=20
+    )
     assert proc.returncode == -9, proc.stderr
     assert log.read_text().splitlines() == ["Wiadomość 0", "Wiadomość 1"]
 
@@ -516,9 +556,17 @@ PARTS = ["Dzień dobry, proszę o przełożenie ", "wizyty z czwartku na piątek
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
 def test_incoming_multipart_is_joined_in_any_order(db, order):
-    results = [store_incoming(db, "+48600123456", PARTS[i], (77, 3, i + 1),
-                              sent_at=f"2027-01-15T08:00:0{i}+00:00", received_at=f"2027-01-15T08:00:1{n}+00:00")
-               for n, i in enumerate(order)]
+    results = [
+        store_incoming(
+            db,
+            "+48600123456",
+            PARTS[i],
+            (77, 3, i + 1),
+            sent_at=f"2027-01-15T08:00:0{i}+00:00",
+            received_at=f"2027-01-15T08:00:1{n}+00:00",
+        )
+        for n, i in enumerate(order)
+    ]
     assert [r.status for r in results] == ["waiting", "waiting", "complete"]
     [msg] = db["sms_incoming"].rows
     assert (msg["text"], msg["parts"], msg["complete"], msg["number"]) == ("".join(PARTS), 3, 1, PATIENT)
@@ -526,8 +574,14 @@ def test_incoming_multipart_is_joined_in_any_order(db, order):
 
 def test_incoming_duplicates_are_ignored_and_refs_may_be_reused(db):
     def part(i, *, day="15", ref=77, text=None):
-        return store_incoming(db, "600123456", text or PARTS[i], {"ref": ref, "total": 3, "seq": i + 1},
-                              sent_at=f"2027-01-{day}T08:00:0{i}+00:00", received_at=f"2027-01-{day}T09:00:0{i}+00:00")
+        return store_incoming(
+            db,
+            "600123456",
+            text or PARTS[i],
+            {"ref": ref, "total": 3, "seq": i + 1},
+            sent_at=f"2027-01-{day}T08:00:0{i}+00:00",
+            received_at=f"2027-01-{day}T09:00:0{i}+00:00",
+        )
 
     assert part(0).status == "waiting"
     assert part(0).status == "duplicate"  # the modem delivered a stored part again
@@ -545,8 +599,10 @@ def test_incoming_duplicates_are_ignored_and_refs_may_be_reused(db):
         last = part(i, day="16", text=PARTS[i].upper())
     assert last.status == "complete"
     assert db["sms_incoming"].count == 4
-    assert db.execute("SELECT text FROM sms_incoming WHERE id = ?", [last.message_id]).fetchone()[0] == \
-        "".join(PARTS).upper()
+    assert (
+        db.execute("SELECT text FROM sms_incoming WHERE id = ?", [last.message_id]).fetchone()[0]
+        == "".join(PARTS).upper()
+    )
 
 
 def test_incomplete_multipart_is_kept_not_lost(db):
@@ -584,8 +640,9 @@ def test_cli_sms_send_and_list(box_config, tmp_path, capsys):
 
     assert main(["--config", str(box_config), "sms", "send", "12ab", "Dzień dobry"]) == 1
     captured = capsys.readouterr()
-    assert captured.err.strip().splitlines() == ["centralka: SMS refused (invalid number): '12ab' is not a valid "
-                                                 "phone number"]
+    assert captured.err.strip().splitlines() == [
+        "centralka: SMS refused (invalid number): '12ab' is not a valid phone number"
+    ]
     assert db["sms_outbox"].count == 1
 
     assert main(["--config", str(box_config), "sms", "list", "--limit", "5"]) == 0
@@ -610,8 +667,15 @@ def test_outbox_through_the_library_and_the_emulator(tmp_path):
 
     def on_report(report):  # the library calls this on a thread of its own
         rdb = open_db(path)
-        reports.append(record_status_report(rdb, report.reference, delivery_from_tp_status(report.deliveryStatus),
-                                            report.timeFinalized, number=report.number))
+        reports.append(
+            record_status_report(
+                rdb,
+                report.reference,
+                delivery_from_tp_status(report.deliveryStatus),
+                report.timeFinalized,
+                number=report.number,
+            )
+        )
         rdb.conn.close()
 
     with emulator_mod.ModemEmulator("huawei") as emulator:

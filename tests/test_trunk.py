@@ -17,17 +17,35 @@ from .sipkit import free_port
 
 SCENARIO = Path(__file__).with_name("sipp_trunk") / "registrar.xml"
 
-pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="sipp (Debian sip-tester) is installed by make test")
+pytestmark = pytest.mark.skipif(
+    shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is installed by make test"
+)
 
 
 class Registrar:
     def __init__(self, workdir: Path, port: int, transport: str = "u1"):
         self.port = port
         self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-t", transport, "-m", "1",
-             "-nostdin", "-timeout", "60s"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+            [
+                "sipp",
+                "-sf",
+                str(SCENARIO),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-t",
+                transport,
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "60s",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+        )
         time.sleep(0.5)
 
     def finish(self, timeout=10) -> int:
@@ -60,8 +78,10 @@ def registrars(workdir):
 
 def trunk_box(make_box, staff, port, password, transport=""):
     suffix = f";transport={transport}" if transport else ""
-    settings = (f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{port}{suffix}"\nusername = "clinic"\n'
-                f'password = "{password}"\nretry_min_s = 1\nretry_max_s = 2\n')
+    settings = (
+        f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{port}{suffix}"\nusername = "clinic"\n'
+        f'password = "{password}"\nretry_min_s = 1\nretry_max_s = 2\n'
+    )
     return make_box(demo_flow_text(f"127.0.0.1:{staff.port}"), settings=settings)
 
 
@@ -109,6 +129,7 @@ def test_trunk_keeps_retrying_until_the_provider_is_back(make_box, staff, regist
     assert st["state"] in ("failed", "registering")
     registrars(port, transport="t1")
     wait_trunk(box, lambda s: s["state"] == "registered", timeout=15)
-    failed = box.db().execute(
-        "SELECT count(*) FROM line_events WHERE line = 'trunk' AND state = 'failed'").fetchone()[0]
+    failed = (
+        box.db().execute("SELECT count(*) FROM line_events WHERE line = 'trunk' AND state = 'failed'").fetchone()[0]
+    )
     assert failed >= 3

@@ -8,8 +8,13 @@ def test_health_reports_a_running_core(box):
     app = create_app(load_settings(box.config, env={}))
     reply = app.test_client().get("/health")
     assert reply.status_code == 200
-    assert reply.get_json() == {"ok": True, "core": "up", "calls_active": 0,
-                                "call_limit": box.status()["call_limit"], "trunk": "disabled"}
+    assert reply.get_json() == {
+        "ok": True,
+        "core": "up",
+        "calls_active": 0,
+        "call_limit": box.status()["call_limit"],
+        "trunk": "disabled",
+    }
 
 
 def test_health_says_the_core_is_down(tmp_path):

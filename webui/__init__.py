@@ -26,7 +26,14 @@ def create_app(settings=None, **overrides) -> Flask:
         except CoreNotRunning as exc:
             return jsonify({"ok": False, "core": "down", "error": str(exc)}), 503
         trunk = status["trunk"]["state"]
-        return jsonify({"ok": True, "core": "up", "calls_active": status["calls_active"],
-                        "call_limit": status["call_limit"], "trunk": trunk})
+        return jsonify(
+            {
+                "ok": True,
+                "core": "up",
+                "calls_active": status["calls_active"],
+                "call_limit": status["call_limit"],
+                "trunk": trunk,
+            }
+        )
 
     return app

@@ -31,12 +31,42 @@ from __future__ import annotations
 import math
 
 _UNITS = ("zero", "jeden", "dwa", "trzy", "cztery", "pięć", "sześć", "siedem", "osiem", "dziewięć")
-_TEENS = ("dziesięć", "jedenaście", "dwanaście", "trzynaście", "czternaście", "piętnaście",
-          "szesnaście", "siedemnaście", "osiemnaście", "dziewiętnaście")
-_TENS = ("", "", "dwadzieścia", "trzydzieści", "czterdzieści", "pięćdziesiąt", "sześćdziesiąt",
-         "siedemdziesiąt", "osiemdziesiąt", "dziewięćdziesiąt")
-_HUNDREDS = ("", "sto", "dwieście", "trzysta", "czterysta", "pięćset", "sześćset", "siedemset",
-             "osiemset", "dziewięćset")
+_TEENS = (
+    "dziesięć",
+    "jedenaście",
+    "dwanaście",
+    "trzynaście",
+    "czternaście",
+    "piętnaście",
+    "szesnaście",
+    "siedemnaście",
+    "osiemnaście",
+    "dziewiętnaście",
+)
+_TENS = (
+    "",
+    "",
+    "dwadzieścia",
+    "trzydzieści",
+    "czterdzieści",
+    "pięćdziesiąt",
+    "sześćdziesiąt",
+    "siedemdziesiąt",
+    "osiemdziesiąt",
+    "dziewięćdziesiąt",
+)
+_HUNDREDS = (
+    "",
+    "sto",
+    "dwieście",
+    "trzysta",
+    "czterysta",
+    "pięćset",
+    "sześćset",
+    "siedemset",
+    "osiemset",
+    "dziewięćset",
+)
 
 LESS_THAN_MINUTE_S = 60.0
 FIVE_MINUTE_STEPS_ABOVE_S = 20 * 60.0
@@ -142,8 +172,7 @@ def announced_wait_s(wait_s: float) -> float:
     return 30.0 if minutes == 0 else 60.0 * minutes
 
 
-def position_announcement(ahead: int, wait_s: float | None, lang: str = "pl",
-                          spoken: bool = True) -> str | None:
+def position_announcement(ahead: int, wait_s: float | None, lang: str = "pl", spoken: bool = True) -> str | None:
     """The periodic queue announcement (R10), or None for the caller who is next (ahead == 0).
 
     ``wait_s`` None (or not finite) -> only the position sentence; the engine passes None when

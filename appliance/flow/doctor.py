@@ -52,16 +52,12 @@ class Finding:
     message: str
 
 
-def check_flow(
-    flow: Flow, prompt_duration: Callable[[str], float | None], lang: str = "pl"
-) -> list[Finding]:
+def check_flow(flow: Flow, prompt_duration: Callable[[str], float | None], lang: str = "pl") -> list[Finding]:
     """All findings about ``flow``, errors first; ``prompt_duration`` gives seconds or None."""
     return _Doctor(flow, prompt_duration, lang).run()
 
 
-def assert_flow_ok(
-    flow: Flow, prompt_duration: Callable[[str], float | None], lang: str = "pl"
-) -> list[Finding]:
+def assert_flow_ok(flow: Flow, prompt_duration: Callable[[str], float | None], lang: str = "pl") -> list[Finding]:
     """Raise FlowRejected if the doctor finds any error; otherwise return the warnings."""
     findings = check_flow(flow, prompt_duration, lang)
     if any(f.level == "error" for f in findings):
@@ -88,9 +84,7 @@ class _Doctor:
         self.order = node_order(flow)
         # Edges to nodes that do not exist are reported once (unknown-node) and left out of
         # the graph, so every other rule can still walk it.
-        self.succ = {
-            nid: [(label, t) for label, t in edges(flow, nid) if t in nodes] for nid in nodes
-        }
+        self.succ = {nid: [(label, t) for label, t in edges(flow, nid) if t in nodes] for nid in nodes}
         self.reach = {nid: self._walk([t for _, t in self.succ[nid]]) for nid in nodes}
         if flow.start in nodes:
             self.reachable = {flow.start} | self.reach[flow.start]
@@ -106,10 +100,22 @@ class _Doctor:
 
     def run(self) -> list[Finding]:
         for rule in (
-            self.not_supported, self.no_operator, self.unknown_node, self.unknown_prompt,
-            self.greeting_too_long, self.menu_too_many_options, self.bad_key, self.nested_menu,
-            self.loop, self.dead_end, self.hangup_not_allowed, self.silence_too_long, self.queue_rules,
-            self.gdpr_mandatory, self.too_many_transfers, self.warnings,
+            self.not_supported,
+            self.no_operator,
+            self.unknown_node,
+            self.unknown_prompt,
+            self.greeting_too_long,
+            self.menu_too_many_options,
+            self.bad_key,
+            self.nested_menu,
+            self.loop,
+            self.dead_end,
+            self.hangup_not_allowed,
+            self.silence_too_long,
+            self.queue_rules,
+            self.gdpr_mandatory,
+            self.too_many_transfers,
+            self.warnings,
         ):
             rule()
         return sorted(self.findings, key=lambda f: f.level != "error")
@@ -195,7 +201,9 @@ class _Doctor:
         for nid in self.nodes_of(*RESERVED_TYPES):
             kind = self.flow.nodes[nid].type
             self.error(
-                "not-supported", nid, None,
+                "not-supported",
+                nid,
+                None,
                 f"typ węzła „{kind}” nie jest jeszcze obsługiwany",
                 f"node type “{kind}” is not supported yet",
             )
@@ -204,22 +212,28 @@ class _Doctor:
         op = self.flow.operator
         if op is None:
             self.error(
-                "no-operator", None, "R6",
-                "Przebieg nie wskazuje operatora: dodaj operator = \"…\" i węzeł typu operator — "
+                "no-operator",
+                None,
+                "R6",
+                'Przebieg nie wskazuje operatora: dodaj operator = "…" i węzeł typu operator — '
                 "człowieka, do którego trafia każde połączenie, którego nic innego nie obsłużyło",
-                "The flow names no operator: add operator = \"…\" and a node of type operator — "
+                'The flow names no operator: add operator = "…" and a node of type operator — '
                 "the human who gets every call nothing else could handle",
             )
         elif op not in self.flow.nodes:
             self.error(
-                "no-operator", None, "R6",
+                "no-operator",
+                None,
+                "R6",
                 f"Operator „{op}” nie istnieje: dodaj węzeł [nodes.{op}] typu operator",
                 f"The operator “{op}” does not exist: add a node [nodes.{op}] of type operator",
             )
         elif self.flow.nodes[op].type != "operator":
             kind = self.flow.nodes[op].type
             self.error(
-                "no-operator", op, "R6",
+                "no-operator",
+                op,
+                "R6",
                 f"wskazany jako operator, więc musi mieć typ „operator”, a ma typ „{kind}”",
                 f"named as the operator, so its type must be “operator”, not “{kind}”",
             )
@@ -228,14 +242,18 @@ class _Doctor:
         nodes = self.flow.nodes
         if self.flow.start not in nodes:
             self.error(
-                "unknown-node", None, None,
+                "unknown-node",
+                None,
+                None,
                 f"„start” wskazuje węzeł „{self.flow.start}”, którego nie ma",
                 f"“start” names the node “{self.flow.start}”, which does not exist",
             )
         for number, target in self.flow.extensions.items():
             if target not in nodes:
                 self.error(
-                    "unknown-node", None, None,
+                    "unknown-node",
+                    None,
+                    None,
                     f"[extensions] numer „{number}” wskazuje węzeł „{target}”, którego nie ma",
                     f"[extensions] number “{number}” names the node “{target}”, which does not exist",
                 )
@@ -243,7 +261,9 @@ class _Doctor:
             for label, target in edges(self.flow, nid):
                 if target not in nodes and not label.startswith("extension "):
                     self.error(
-                        "unknown-node", nid, None,
+                        "unknown-node",
+                        nid,
+                        None,
                         f"{self.label(label)} prowadzi do węzła „{target}”, którego nie ma",
                         f"{self.label(label)} leads to the node “{target}”, which does not exist",
                     )
@@ -280,17 +300,19 @@ class _Doctor:
         if first > MAX_GREETING_S:
             prompt = self.flow.nodes[start].params.get("prompt")
             self.error(
-                "greeting-too-long", start, "R2",
+                "greeting-too-long",
+                start,
+                "R2",
                 f"powitanie („{prompt}”) trwa {self.secs(first)} s, dozwolone jest najwyżej {limit} s",
                 f"the greeting (“{prompt}”) lasts {self.secs(first)} s, at most {limit} s is allowed",
             )
         elif total > MAX_GREETING_S:
             self.error(
-                "greeting-too-long", start, "R2",
-                f"powitanie ({self.path(chain)}) trwa łącznie {self.secs(total)} s, "
-                f"dozwolone jest najwyżej {limit} s",
-                f"the greeting ({self.path(chain)}) lasts {self.secs(total)} s in all, "
-                f"at most {limit} s is allowed",
+                "greeting-too-long",
+                start,
+                "R2",
+                f"powitanie ({self.path(chain)}) trwa łącznie {self.secs(total)} s, dozwolone jest najwyżej {limit} s",
+                f"the greeting ({self.path(chain)}) lasts {self.secs(total)} s in all, at most {limit} s is allowed",
             )
 
     def menu_too_many_options(self):
@@ -299,7 +321,9 @@ class _Doctor:
             if n > MAX_MENU_OPTIONS:
                 word = _plural_pl(n, "opcję", "opcje", "opcji")
                 self.error(
-                    "menu-too-many-options", nid, "R3",
+                    "menu-too-many-options",
+                    nid,
+                    "R3",
                     f"menu ma {n} {word}, dozwolone są najwyżej {MAX_MENU_OPTIONS}",
                     f"the menu has {n} options, at most {MAX_MENU_OPTIONS} are allowed",
                 )
@@ -308,7 +332,9 @@ class _Doctor:
         for number in self.flow.extensions:
             if not EXTENSION.match(number):
                 self.error(
-                    "bad-key", None, "R3",
+                    "bad-key",
+                    None,
+                    "R3",
                     f"[extensions] numer wewnętrzny „{number}” musi mieć od 2 do 6 cyfr",
                     f"[extensions] the extension “{number}” must have 2 to 6 digits",
                 )
@@ -318,9 +344,10 @@ class _Doctor:
             for key in options:
                 if key not in PHONE_KEYS:
                     self.error(
-                        "bad-key", nid, "R3",
-                        f"klawisza „{key}” nie ma na klawiaturze telefonu; opcja to jeden "
-                        "z klawiszy 0–9, * albo #",
+                        "bad-key",
+                        nid,
+                        "R3",
+                        f"klawisza „{key}” nie ma na klawiaturze telefonu; opcja to jeden z klawiszy 0–9, * albo #",
                         f"“{key}” is not a phone key; an option is one of the keys 0–9, * or #",
                     )
             if not params.get("extensions"):
@@ -330,7 +357,9 @@ class _Doctor:
                 # could never be dialled.
                 if number[:1] in options:
                     self.error(
-                        "bad-key", nid, "R3",
+                        "bad-key",
+                        nid,
+                        "R3",
                         f"numer wewnętrzny „{number}” zaczyna się od „{number[0]}”, a to już "
                         "jest opcja tego menu, więc nie da się go wybrać",
                         f"the extension “{number}” starts with “{number[0]}”, which is already "
@@ -348,7 +377,9 @@ class _Doctor:
             if nid in outer:
                 names = ", ".join(self.q(m) for m in outer[nid])
                 self.error(
-                    "nested-menu", nid, "R3",
+                    "nested-menu",
+                    nid,
+                    "R3",
                     f"to menu jest osiągalne z menu {names}; dozwolony jest tylko jeden poziom menu",
                     f"this menu can be reached from the menu {names}; only one menu level is allowed",
                 )
@@ -377,20 +408,26 @@ class _Doctor:
             node = self.flow.nodes[nid]
             if node.type in ("operator", "hangup") or node.type in RESERVED_TYPES:
                 continue  # a human, a hang-up (judged by its own rule), or refused already
-            missing = [k for k in ("next", "on_timeout", "on_invalid", "on_fail", "on_leave", "on_no_agents")
-                       if k in node.params and node.params[k] is None]
+            missing = [
+                k
+                for k in ("next", "on_timeout", "on_invalid", "on_fail", "on_leave", "on_no_agents")
+                if k in node.params and node.params[k] is None
+            ]
             for key in missing:
                 self.error(
-                    "dead-end", nid, "R6",
-                    f"„{key}” nie wskazuje żadnego węzła (nie ma też operatora), więc tu "
-                    "połączenie utknie",
+                    "dead-end",
+                    nid,
+                    "R6",
+                    f"„{key}” nie wskazuje żadnego węzła (nie ma też operatora), więc tu połączenie utknie",
                     f"“{key}” names no node (and there is no operator), so calls get stuck here",
                 )
             if missing:
                 continue
             if not self.succ[nid] and not edges(self.flow, nid):
                 self.error(
-                    "dead-end", nid, "R6",
+                    "dead-end",
+                    nid,
+                    "R6",
                     "tu przebieg się kończy, a dzwoniący nie trafia do człowieka",
                     "the flow ends here without the caller reaching a human",
                 )
@@ -404,11 +441,11 @@ class _Doctor:
                 if hangups:
                     names = ", ".join(self.q(h) for h in hangups)
                     self.error(
-                        "dead-end", nid, "R6",
-                        f"gdy nikt nie odbierze, „{key}” prowadzi do rozłączenia ({names}) "
-                        "zamiast do człowieka",
-                        f"when nobody answers, “{key}” leads to a hang-up ({names}) "
-                        "instead of a human",
+                        "dead-end",
+                        nid,
+                        "R6",
+                        f"gdy nikt nie odbierze, „{key}” prowadzi do rozłączenia ({names}) zamiast do człowieka",
+                        f"when nobody answers, “{key}” leads to a hang-up ({names}) instead of a human",
                     )
 
     def hangups_before_human(self, first):
@@ -437,30 +474,38 @@ class _Doctor:
             for before, label in self.preds[nid]:
                 node = nodes[before]
                 if node.type != "play" or node.params.get("role") != "goodbye":
-                    problems.append((
-                        f"„{before}” prowadzi tu, a nie jest pożegnaniem",
-                        f"“{before}” leads here and is not a goodbye",
-                    ))
+                    problems.append(
+                        (
+                            f"„{before}” prowadzi tu, a nie jest pożegnaniem",
+                            f"“{before}” leads here and is not a goodbye",
+                        )
+                    )
                     continue
                 if before == self.flow.start:
-                    problems.append((
-                        f"pożegnanie „{before}” jest pierwszym węzłem rozmowy",
-                        f"the goodbye “{before}” is the first node of the call",
-                    ))
+                    problems.append(
+                        (
+                            f"pożegnanie „{before}” jest pierwszym węzłem rozmowy",
+                            f"the goodbye “{before}” is the first node of the call",
+                        )
+                    )
                 for source, how in self.preds[before]:
                     if nodes[source].type != "menu" or how != "on_timeout":
-                        problems.append((
-                            f"do pożegnania „{before}” prowadzi {self.label(how)} z węzła „{source}”",
-                            f"the goodbye “{before}” is reached by {self.label(how)} of the node “{source}”",
-                        ))
+                        problems.append(
+                            (
+                                f"do pożegnania „{before}” prowadzi {self.label(how)} z węzła „{source}”",
+                                f"the goodbye “{before}” is reached by {self.label(how)} of the node “{source}”",
+                            )
+                        )
             if problems:
                 reasons = "; ".join(pl if self.pl else en for pl, en in problems)
                 self.error(
-                    "hangup-not-allowed", nid, "R7",
-                    "rozłączyć wolno tylko zaraz po pożegnaniu (play z role = \"goodbye\"), do "
+                    "hangup-not-allowed",
+                    nid,
+                    "R7",
+                    'rozłączyć wolno tylko zaraz po pożegnaniu (play z role = "goodbye"), do '
                     "którego dzwoniący trafia wyłącznie przez „on_timeout” menu, gdy niczego nie "
                     f"wybrał; tutaj: {reasons}",
-                    "the box may hang up only right after a goodbye (play with role = \"goodbye\") "
+                    'the box may hang up only right after a goodbye (play with role = "goodbye") '
                     "reached only through a menu's “on_timeout”, when the caller chose nothing; "
                     f"here: {reasons}",
                 )
@@ -473,7 +518,9 @@ class _Doctor:
             timeout = params.get("timeout")
             if kind == "menu" and timeout is not None and timeout > MAX_SILENCE_S:
                 self.error(
-                    "silence-too-long", nid, "R8",
+                    "silence-too-long",
+                    nid,
+                    "R8",
                     f"po zapowiedzi menu dzwoniący czeka w ciszy {self.secs(timeout)} s "
                     f"(„timeout”), dozwolone jest najwyżej {limit} s",
                     f"after the menu prompt the caller waits in silence for {self.secs(timeout)} s "
@@ -482,7 +529,9 @@ class _Doctor:
             remind = params.get("remind_every")
             if kind in HUMAN_TYPES and remind is not None and remind > MAX_SILENCE_S:
                 self.error(
-                    "silence-too-long", nid, "R8",
+                    "silence-too-long",
+                    nid,
+                    "R8",
                     f"podczas dzwonienia przypomnienie pada co {self.secs(remind)} s "
                     f"(„remind_every”), dozwolone jest najwyżej co {limit} s",
                     f"while it rings the caller hears a reminder every {self.secs(remind)} s "
@@ -497,7 +546,9 @@ class _Doctor:
             every = node.params.get("announce_every")
             if every is not None and every > MAX_QUEUE_ANNOUNCE_S:
                 self.error(
-                    "silence-too-long", nid, "R8",
+                    "silence-too-long",
+                    nid,
+                    "R8",
                     f"w kolejce zapowiedź miejsca i czasu oczekiwania pada co {self.secs(every)} s "
                     f"(„announce_every”), dozwolone jest najwyżej co {self.secs(MAX_QUEUE_ANNOUNCE_S)} s",
                     f"in the queue the position and wait are announced every {self.secs(every)} s "
@@ -506,7 +557,9 @@ class _Doctor:
             key = node.params.get("leave_key")
             if key is not None and (len(key) != 1 or key not in PHONE_KEYS):
                 self.error(
-                    "bad-key", nid, "R3",
+                    "bad-key",
+                    nid,
+                    "R3",
                     f"„leave_key” {self.q(key)} nie jest jednym klawiszem telefonu (0-9, *, #)",
                     f"“leave_key” {self.q(key)} is not one phone key (0-9, *, #)",
                 )
@@ -525,7 +578,9 @@ class _Doctor:
             if nid in heard and self.flow.nodes[nid].params.get("role") == "gdpr":
                 route = [start] if nid == start else self.path_to(start, nid, unchosen)
                 self.error(
-                    "gdpr-mandatory", nid, "R2",
+                    "gdpr-mandatory",
+                    nid,
+                    "R2",
                     f"dzwoniący słyszy informację RODO, choć jej nie wybrał ({self.path(route)}); "
                     "ma być opcją w menu, a nie obowiązkowym wstępem",
                     f"callers hear the GDPR notice without choosing it ({self.path(route)}); "
@@ -565,11 +620,12 @@ class _Doctor:
                 route.reverse()
                 n = handovers[nid]
                 self.error(
-                    "too-many-transfers", nid, "R18",
+                    "too-many-transfers",
+                    nid,
+                    "R18",
                     f"na ścieżce {self.path(route)} połączenie jest przekazywane {n} razy, "
                     f"dozwolone są najwyżej {MAX_HANDOVERS}",
-                    f"along {self.path(route)} the call is handed over {n} times, "
-                    f"at most {MAX_HANDOVERS} are allowed",
+                    f"along {self.path(route)} the call is handed over {n} times, at most {MAX_HANDOVERS} are allowed",
                 )
 
     def warnings(self):
@@ -579,7 +635,9 @@ class _Doctor:
             # The operator also takes calls after internal errors (R6), so it is never idle.
             if start in self.flow.nodes and nid not in self.reachable and nid != self.flow.operator:
                 self.warning(
-                    "unreachable", nid, None,
+                    "unreachable",
+                    nid,
+                    None,
                     f"żadna ścieżka od „{start}” nie prowadzi do tego węzła",
                     f"no path from “{start}” leads to this node",
                 )
@@ -589,7 +647,9 @@ class _Doctor:
             length = self.duration(prompt)
             if node.type == "menu" and length is not None and length > MENU_PROMPT_WARN_S:
                 self.warning(
-                    "menu-prompt-too-long", nid, "R3",
+                    "menu-prompt-too-long",
+                    nid,
+                    "R3",
                     f"zapowiedź menu „{prompt}” trwa {self.secs(length)} s, zalecane jest "
                     f"najwyżej {self.secs(MENU_PROMPT_WARN_S)} s",
                     f"the menu prompt “{prompt}” lasts {self.secs(length)} s, at most "
@@ -600,7 +660,9 @@ class _Doctor:
                 found = phrase.search(" ".join(text.split()))
                 if found:
                     self.warning(
-                        "filler-phrase", nid, "R2",
+                        "filler-phrase",
+                        nid,
+                        "R2",
                         f"zapowiedź „{prompt}” zawiera pusty frazes „{found.group(0)}”",
                         f"the prompt “{prompt}” contains the filler phrase “{found.group(0)}”",
                     )

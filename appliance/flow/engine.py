@@ -92,8 +92,9 @@ class CallSession:
         self._check_alive()
         if interruptible and self.leg.digits:
             return True
-        return await self.play_path(self.core.prompt_path(prompt, self.flow), prompt,
-                                    interruptible=interruptible, node=node)
+        return await self.play_path(
+            self.core.prompt_path(prompt, self.flow), prompt, interruptible=interruptible, node=node
+        )
 
     async def play_path(self, path, name: str, *, interruptible: bool = True, node: str | None = None) -> bool:
         duration = self.core.prompt_duration(path)
@@ -129,8 +130,7 @@ class CallSession:
             except CallerGone:
                 raise
             except Exception as exc:  # noqa: BLE001 — R6: every failure ends at the operator
-                log.exception("call %s: error at node %s; sending caller to the operator", self.call_id,
-                              self.node_id)
+                log.exception("call %s: error at node %s; sending caller to the operator", self.call_id, self.node_id)
                 self.step("error", self.node_id, {"error": f"{type(exc).__name__}: {exc}"})
                 await self._cleanup_outbound()
                 await self.operator(reason="error")
@@ -261,8 +261,9 @@ class CallSession:
                     continue
                 if music is not None:
                     self.leg.listen(music)
-                await self._wait_any(min(deadline, next_announce) - now, digits=bool(leave_key),
-                                     extra=(asyncio.shield(entry.answered),))
+                await self._wait_any(
+                    min(deadline, next_announce) - now, digits=bool(leave_key), extra=(asyncio.shield(entry.answered),)
+                )
                 if leave_key and leave_key in self.leg.digits:
                     reason = "left_by_key"
                     break
@@ -276,7 +277,9 @@ class CallSession:
             self.step("queue_left", node.id, {"reason": reason, "waited_s": round(time.monotonic() - started, 1)})
             return {"timeout": p["on_timeout"], "left_by_key": p["on_leave"]}.get(reason, p["on_no_agents"])
         agent, out = entry.answered.result()
-        self.step("queue_answered", node.id, {"agent": agent.agent.id, "waited_s": round(time.monotonic() - started, 1)})
+        self.step(
+            "queue_answered", node.id, {"agent": agent.agent.id, "waited_s": round(time.monotonic() - started, 1)}
+        )
         talk_start = time.monotonic()
         try:
             await self.converse(out, node, f"agent:{agent.agent.id}", "connected")
@@ -291,8 +294,9 @@ class CallSession:
         text = position_announcement(ahead, None if wait == float("inf") else wait, lang=self.flow.language)
         if not text:
             return
-        path = await asyncio.get_running_loop().run_in_executor(None, self.core.prompts.synthesise, text,
-                                                                "queue_position")
+        path = await asyncio.get_running_loop().run_in_executor(
+            None, self.core.prompts.synthesise, text, "queue_position"
+        )
         if music is not None:
             self.leg.unlisten(music)
         self.step("announce", node.id, {"ahead": ahead, "wait_s": None if wait == float("inf") else round(wait)})
@@ -330,8 +334,9 @@ class CallSession:
             await self.play("still_connecting", interruptible=False, node=node.id)
             await self._wait_any(OPERATOR_RETRY_PAUSE_S)
 
-    async def connect(self, node, target: str, ring_timeout: float, remind_every: float,
-                      is_operator: bool = False) -> bool:
+    async def connect(
+        self, node, target: str, ring_timeout: float, remind_every: float, is_operator: bool = False
+    ) -> bool:
         """Ring ``target`` with ringback and reminders; bridge and stay until the end if answered."""
         self._check_alive()
         if not is_operator:
@@ -368,8 +373,9 @@ class CallSession:
                     out.hangup()
                     return False
                 wait = min(left, max(0.0, next_reminder - now))
-                done = await self._wait_any(wait, extra=(asyncio.shield(out.confirmed),
-                                                         asyncio.shield(out.disconnected)))
+                done = await self._wait_any(
+                    wait, extra=(asyncio.shield(out.confirmed), asyncio.shield(out.disconnected))
+                )
                 if out.disconnected.done():
                     d = out.disconnected.result()
                     self.step("transfer_failed", node.id, {"target": target, "code": d.code, "reason": d.reason})
@@ -411,12 +417,15 @@ class CallSession:
         self.outcome = outcome
         self.step("connected", node.id, {"target": target, "user": out.remote_user})
         store_calls.update_call(self.core.db, self.call_id, connected_to=target)
-        await asyncio.wait([asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),
-                            asyncio.ensure_future(asyncio.shield(out.disconnected))],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [
+                asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),
+                asyncio.ensure_future(asyncio.shield(out.disconnected)),
+            ],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         # One side hung up: the conversation is over, so ending the other side is expected.
-        self.ended_by = ("caller" if _hung_up_remotely(self.leg)
-                         else "agent" if _hung_up_remotely(out) else "box")
+        self.ended_by = "caller" if _hung_up_remotely(self.leg) else "agent" if _hung_up_remotely(out) else "box"
         out.hangup()
         self.leg.hangup()
         self.outbound = None

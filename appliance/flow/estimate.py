@@ -35,18 +35,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRIOR_MEAN_S = 180.0      # before any call is measured: a typical reception call with wrap-up
-PRIOR_LOG_SIGMA = 0.6     # spread of call lengths before any is measured (lognormal shape)
-PRIOR_WEIGHT = 3.0        # the prior counts as this many calls, so it fades after a handful
-MIN_ALPHA = 1.0 / 30.0    # then the last ~30 calls dominate: enough to be stable, quick to follow a trend
+PRIOR_MEAN_S = 180.0  # before any call is measured: a typical reception call with wrap-up
+PRIOR_LOG_SIGMA = 0.6  # spread of call lengths before any is measured (lognormal shape)
+PRIOR_WEIGHT = 3.0  # the prior counts as this many calls, so it fades after a handful
+MIN_ALPHA = 1.0 / 30.0  # then the last ~30 calls dominate: enough to be stable, quick to follow a trend
 MIN_HANDLE_S = 1.0
-ABANDON_PRIOR_EXPOSURE_S = 600.0   # no abandonments seen yet: the hazard starts at 0 and needs evidence
+ABANDON_PRIOR_EXPOSURE_S = 600.0  # no abandonments seen yet: the hazard starts at 0 and needs evidence
 SAMPLES = 400
-_SEED = 20240611          # fixed: an estimate must not jitter between two announcements of the same state
+_SEED = 20240611  # fixed: an estimate must not jitter between two announcements of the same state
 
 
 def _log_prior() -> tuple[float, float]:
-    var = PRIOR_LOG_SIGMA ** 2
+    var = PRIOR_LOG_SIGMA**2
     return math.log(PRIOR_MEAN_S) - var / 2.0, var
 
 
@@ -65,7 +65,7 @@ class HandlingStats:
 
     count: int = 0
     mean: float = PRIOR_MEAN_S
-    var: float = (PRIOR_MEAN_S * math.sqrt(math.exp(PRIOR_LOG_SIGMA ** 2) - 1.0)) ** 2
+    var: float = (PRIOR_MEAN_S * math.sqrt(math.exp(PRIOR_LOG_SIGMA**2) - 1.0)) ** 2
     log_mean: float = _log_prior()[0]
     log_var: float = _log_prior()[1]
     waits: int = 0
@@ -103,12 +103,19 @@ class HandlingStats:
     @property
     def log_sigma(self) -> float:
         # A floor keeps the fit a distribution (identical test calls would give sigma 0).
-        return math.sqrt(max(self.log_var, 0.05 ** 2))
+        return math.sqrt(max(self.log_var, 0.05**2))
 
     def to_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "var": self.var,
-                "log_mean": self.log_mean, "log_var": self.log_var, "waits": self.waits,
-                "abandons_ew": self.abandons_ew, "exposure_ew_s": self.exposure_ew_s}
+        return {
+            "count": self.count,
+            "mean": self.mean,
+            "var": self.var,
+            "log_mean": self.log_mean,
+            "log_var": self.log_var,
+            "waits": self.waits,
+            "abandons_ew": self.abandons_ew,
+            "exposure_ew_s": self.exposure_ew_s,
+        }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "HandlingStats":
@@ -123,7 +130,7 @@ class HandlingStats:
             s.log_mean, s.log_var = float(d["log_mean"]), float(d["log_var"])
         elif s.mean > 0:
             # Moment matching of a lognormal to the stored mean and variance.
-            s.log_var = math.log1p(max(s.var, 0.0) / s.mean ** 2)
+            s.log_var = math.log1p(max(s.var, 0.0) / s.mean**2)
             s.log_mean = math.log(s.mean) - s.log_var / 2.0
         s.waits = int(d.get("waits", 0))
         s.abandons_ew = float(d.get("abandons_ew", 0.0))
@@ -140,25 +147,47 @@ def _ew_update(mean: float, var: float, x: float, alpha: float) -> tuple[float, 
 def _ndtri(p: np.ndarray) -> np.ndarray:
     """Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9);
     numpy has none and scipy is not a dependency."""
-    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-         1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
-    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-         6.680131188771972e+01, -1.328068155288572e+01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-         -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
     p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0 - 1e-16)
     out = np.empty_like(p)
     lo, hi = p < 0.02425, p > 1.0 - 0.02425
     mid = ~(lo | hi)
     q = p[mid] - 0.5
     r = q * q
-    out[mid] = ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
-                (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0))
+    out[mid] = (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    )
     for mask, sign, pp in ((lo, 1.0, p[lo]), (hi, -1.0, 1.0 - p[hi])):
         q = np.sqrt(-2.0 * np.log(pp))
-        out[mask] = sign * ((((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
-                            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0))
+        out[mask] = sign * (
+            (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+        )
     return out
 
 
@@ -171,15 +200,16 @@ def residual_samples(elapsed_s: float, stats: HandlingStats, u: np.ndarray) -> n
         tail = 1.0
     else:
         z0 = (math.log(elapsed_s) - mu) / sigma
-        tail = 0.5 * math.erfc(z0 / math.sqrt(2.0))          # P(handle > elapsed)
+        tail = 0.5 * math.erfc(z0 / math.sqrt(2.0))  # P(handle > elapsed)
     # u in (0,1) maps onto the survival range (0, tail]; z = the quantile from the top.
     z = -_ndtri(np.maximum(u * tail, 1e-300))
     total = np.exp(mu + sigma * z)
     return np.maximum(total - elapsed_s, MIN_HANDLE_S)
 
 
-def answer_time_samples(position: int, busy_elapsed: list[float], idle_agents: int,
-                        stats: HandlingStats, samples: int = SAMPLES) -> np.ndarray:
+def answer_time_samples(
+    position: int, busy_elapsed: list[float], idle_agents: int, stats: HandlingStats, samples: int = SAMPLES
+) -> np.ndarray:
     """Sampled times (s from now) at which the caller at ``position`` (1 = next) gets an agent."""
     rng = np.random.default_rng(_SEED)
     busy = [max(0.0, float(e)) for e in busy_elapsed]
@@ -202,8 +232,7 @@ def answer_time_samples(position: int, busy_elapsed: list[float], idle_agents: i
     return free.min(axis=1)
 
 
-def estimate_wait(position: int, busy_elapsed: list[float], idle_agents: int,
-                  stats: HandlingStats) -> float:
+def estimate_wait(position: int, busy_elapsed: list[float], idle_agents: int, stats: HandlingStats) -> float:
     """Seconds until the caller at ``position`` (1 = next) is answered, or ``math.inf`` when no
     agent can answer at all (everyone paused or logged out), so the engine takes the operator
     path instead of promising a time.
@@ -238,7 +267,7 @@ class AsteriskEstimator:
         self.holdtime = (3 * self.holdtime + int(wait_s)) >> 2
 
     def announced_minutes(self, waited_s: float = 0.0) -> int:
-        return abs(int((self.holdtime + 30 - int(waited_s)) / 60))   # int() truncates like C
+        return abs(int((self.holdtime + 30 - int(waited_s)) / 60))  # int() truncates like C
 
     def announced_s(self, waited_s: float = 0.0) -> float:
         return 60.0 * self.announced_minutes(waited_s)

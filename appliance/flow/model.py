@@ -114,7 +114,8 @@ def load_flow_file(path, lang: str = "pl") -> Flow:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise _error(
             _t(lang, "plik nie jest zapisany w UTF-8", "the file is not UTF-8 text"),
-            line, str(path),
+            line,
+            str(path),
         ) from exc
     return load_flow_text(text, source=str(path), lang=lang)
 
@@ -231,15 +232,14 @@ class _Loader:
     def text_table(self, data, key):
         table = data.get(key, {})
         if not isinstance(table, dict):
-            self.fail(
-                f"„{key}” musi być tabelą [{key}]", f"“{key}” must be a table [{key}]", key
-            )
+            self.fail(f"„{key}” musi być tabelą [{key}]", f"“{key}” must be a table [{key}]", key)
         for name, value in table.items():
             if not isinstance(value, str) or not value:
                 self.fail(
                     f"[{key}] „{name}” musi być niepustym tekstem, a podano: {_value(value)}",
                     f"[{key}] “{name}” must be a non-empty string, got: {_value(value)}",
-                    key, name,
+                    key,
+                    name,
                 )
         return dict(table)
 
@@ -249,7 +249,9 @@ class _Loader:
             self.fail(
                 f"Węzeł „{nid}”: musi być tabelą [nodes.{nid}]",
                 f"Node “{nid}”: must be a table [nodes.{nid}]",
-                "nodes", nid, node=nid,
+                "nodes",
+                nid,
+                node=nid,
             )
         kind = raw.get("type")
         known = NODE_TYPES + RESERVED_TYPES
@@ -257,14 +259,19 @@ class _Loader:
             self.fail(
                 f"Węzeł „{nid}”: brak klucza „type” ({', '.join(NODE_TYPES)})",
                 f"Node “{nid}”: missing key “type” ({', '.join(NODE_TYPES)})",
-                "nodes", nid, node=nid,
+                "nodes",
+                nid,
+                node=nid,
             )
         if kind not in known:
             hint = self.hint(str(kind), known)
             self.fail(
                 f"Węzeł „{nid}”: nieznany typ {_value(kind)}{hint[0]}; dozwolone: {', '.join(NODE_TYPES)}",
                 f"Node “{nid}”: unknown type {_value(kind)}{hint[1]}; allowed: {', '.join(NODE_TYPES)}",
-                "nodes", nid, "type", node=nid,
+                "nodes",
+                nid,
+                "type",
+                node=nid,
             )
         params = {k: v for k, v in raw.items() if k != "type"}
         if kind in RESERVED_TYPES:
@@ -280,7 +287,10 @@ class _Loader:
                 self.fail(
                     f"Węzeł „{nid}” ({kind}): nieznany klucz „{key}”{hint[0]}; dozwolone: {allowed}",
                     f"Node “{nid}” ({kind}): unknown key “{key}”{hint[1]}; allowed: {allowed}",
-                    "nodes", nid, key, node=nid,
+                    "nodes",
+                    nid,
+                    key,
+                    node=nid,
                 )
         result = {}
         for key in spec:
@@ -289,7 +299,9 @@ class _Loader:
                     self.fail(
                         f"Węzeł „{nid}” ({kind}): brak wymaganego klucza „{key.name}”",
                         f"Node “{nid}” ({kind}): missing required key “{key.name}”",
-                        "nodes", nid, node=nid,
+                        "nodes",
+                        nid,
+                        node=nid,
                     )
                 result[key.name] = operator if key.default is _OPERATOR else key.default
                 continue
@@ -301,7 +313,10 @@ class _Loader:
                 self.fail(
                     f"Węzeł „{nid}”: „{key.name}” musi być {pl}, a podano: {_value(value)}",
                     f"Node “{nid}”: “{key.name}” must be {en}, got: {_value(value)}",
-                    "nodes", nid, key.name, node=nid,
+                    "nodes",
+                    nid,
+                    key.name,
+                    node=nid,
                 )
             else:
                 result[key.name] = value
@@ -310,16 +325,25 @@ class _Loader:
     def options(self, nid, value):
         if not isinstance(value, dict) or not value:
             self.fail(
-                f'Węzeł „{nid}”: „options” musi być tabelą klawisz → węzeł z co najmniej jedną opcją, np. [nodes.{nid}.options] "1" = "rejestracja"',
-                f'Node “{nid}”: “options” must be a table key → node with at least one option, e.g. [nodes.{nid}.options] "1" = "registration"',
-                "nodes", nid, "options", node=nid,
+                f"Węzeł „{nid}”: „options” musi być tabelą klawisz → węzeł z co najmniej jedną opcją, "
+                f'np. [nodes.{nid}.options] "1" = "rejestracja"',
+                f"Node “{nid}”: “options” must be a table key → node with at least one option, "
+                f'e.g. [nodes.{nid}.options] "1" = "registration"',
+                "nodes",
+                nid,
+                "options",
+                node=nid,
             )
         for key, target in value.items():
             if not isinstance(target, str) or not target:
                 self.fail(
                     f"Węzeł „{nid}”: opcja „{key}” musi wskazywać węzeł (tekst), a podano: {_value(target)}",
                     f"Node “{nid}”: option “{key}” must name a node (a string), got: {_value(target)}",
-                    "nodes", nid, "options", key, node=nid,
+                    "nodes",
+                    nid,
+                    "options",
+                    key,
+                    node=nid,
                 )
         return dict(value)
 
@@ -333,8 +357,10 @@ class _Loader:
 _KIND_WORDS = {
     "text": ("niepustym tekstem", "a non-empty string"),
     "node": ("identyfikatorem węzła (tekst)", "a node id (a string)"),
-    "sip": ("adresem sip:… albo numerem telefonu biurkowego ext:NNN w cudzysłowie",
-            "a quoted sip: URI or a desk phone ext:NNN"),
+    "sip": (
+        "adresem sip:… albo numerem telefonu biurkowego ext:NNN w cudzysłowie",
+        "a quoted sip: URI or a desk phone ext:NNN",
+    ),
     "seconds": ("liczbą sekund większą od zera", "a number of seconds greater than zero"),
     "count": ("liczbą całkowitą, co najmniej 0", "a whole number, 0 or more"),
     "bool": ("wartością true albo false", "true or false"),
@@ -351,7 +377,7 @@ def _fits(kind: str, value) -> bool:
             return False
         if value.startswith("ext:"):
             return value[4:].isdigit() and 2 <= len(value) - 4 <= 6
-        return value.startswith("sip:") and len(value) > 4 and not any(c in value for c in " \t\r\n<>\"")
+        return value.startswith("sip:") and len(value) > 4 and not any(c in value for c in ' \t\r\n<>"')
     if kind == "seconds":
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         return number and math.isfinite(value) and value > 0
@@ -395,7 +421,7 @@ class _LineIndex:
                 self.where.setdefault(table, number)
             elif assign:
                 self.where.setdefault(table + _split_key(assign.group(1)), number)
-                rest = line[assign.end():]
+                rest = line[assign.end() :]
                 for quotes in ('"""', "'''"):
                     if rest.count(quotes) % 2:
                         in_multiline = quotes
@@ -412,9 +438,7 @@ class _LineIndex:
 
 def _split_key(dotted: str) -> tuple:
     parts = re.findall(_PART, dotted)
-    return tuple(
-        tomllib.loads(f"k = {part}")["k"] if part[0] in "\"'" else part for part in parts
-    )
+    return tuple(tomllib.loads(f"k = {part}")["k"] if part[0] in "\"'" else part for part in parts)
 
 
 # --- the graph -----------------------------------------------------------------------------

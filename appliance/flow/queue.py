@@ -46,8 +46,14 @@ class AgentState:
     call_started: float | None = None
 
     def available(self, now: float) -> bool:
-        return (not self.paused and not self.busy and not self.ringing and now >= self.wrapup_until
-                and now >= self.unreachable_until and bool(self.agent.phones))
+        return (
+            not self.paused
+            and not self.busy
+            and not self.ringing
+            and now >= self.wrapup_until
+            and now >= self.unreachable_until
+            and bool(self.agent.phones)
+        )
 
 
 @dataclass
@@ -121,7 +127,11 @@ class QueueManager:
             st = AgentState(agent=agent, paused=paused.get(aid, False))
             if prev:
                 st.busy, st.ringing, st.wrapup_until = prev.busy, prev.ringing, prev.wrapup_until
-                st.last_call_end, st.calls_today, st.call_started = prev.last_call_end, prev.calls_today, prev.call_started
+                st.last_call_end, st.calls_today, st.call_started = (
+                    prev.last_call_end,
+                    prev.calls_today,
+                    prev.call_started,
+                )
             self.agents[aid] = st
         for qid, cfg in staff.queues.items():
             row = next(iter(db["queue_stats"].rows_where("queue = ?", [qid])), None)
@@ -159,21 +169,42 @@ class QueueManager:
     def status(self) -> dict:
         now = time.monotonic()
         return {
-            "agents": {aid: {"paused": a.paused, "busy": a.busy, "ringing": a.ringing,
-                             "wrapup_s": max(0.0, round(a.wrapup_until - now, 1)),
-                             "calls_today": a.calls_today, "available": a.available(now)}
-                       for aid, a in self.agents.items()},
-            "queues": {qid: {"waiting": len(q.waiting), "strategy": q.cfg.strategy,
-                             "mean_handle_s": round(q.stats.mean, 1), "observed": q.stats.count}
-                       for qid, q in self.queues.items()},
+            "agents": {
+                aid: {
+                    "paused": a.paused,
+                    "busy": a.busy,
+                    "ringing": a.ringing,
+                    "wrapup_s": max(0.0, round(a.wrapup_until - now, 1)),
+                    "calls_today": a.calls_today,
+                    "available": a.available(now),
+                }
+                for aid, a in self.agents.items()
+            },
+            "queues": {
+                qid: {
+                    "waiting": len(q.waiting),
+                    "strategy": q.cfg.strategy,
+                    "mean_handle_s": round(q.stats.mean, 1),
+                    "observed": q.stats.count,
+                }
+                for qid, q in self.queues.items()
+            },
         }
 
     # --- callers ---------------------------------------------------------------------------
     def join(self, q: QueueRuntime, session) -> QueueEntry:
-        row = self.core.db["queue_calls"].insert({"call_id": session.call_id, "queue": q.cfg.id,
-                                                  "joined_at": utcnow()}).last_pk
-        entry = QueueEntry(session=session, queue=q, joined=time.monotonic(), row_id=row,
-                           answered=asyncio.get_running_loop().create_future())
+        row = (
+            self.core.db["queue_calls"]
+            .insert({"call_id": session.call_id, "queue": q.cfg.id, "joined_at": utcnow()})
+            .last_pk
+        )
+        entry = QueueEntry(
+            session=session,
+            queue=q,
+            joined=time.monotonic(),
+            row_id=row,
+            answered=asyncio.get_running_loop().create_future(),
+        )
         q.waiting.append(entry)
         q.wake.set()
         return entry
@@ -185,8 +216,9 @@ class QueueManager:
         if entry in q.waiting:
             q.waiting.remove(entry)
         waited = time.monotonic() - entry.joined
-        self.core.db["queue_calls"].update(entry.row_id, {"left_at": utcnow(), "reason": reason,
-                                                          "wait_s": round(waited, 2)})
+        self.core.db["queue_calls"].update(
+            entry.row_id, {"left_at": utcnow(), "reason": reason, "wait_s": round(waited, 2)}
+        )
         if reason != "no_agents":
             # Callers who hang up while waiting shorten the queue for those behind them; a key
             # press or the time limit is not impatience.
@@ -195,8 +227,10 @@ class QueueManager:
 
     def answered(self, entry: QueueEntry, agent: AgentState) -> None:
         waited = time.monotonic() - entry.joined
-        self.core.db["queue_calls"].update(entry.row_id, {"answered_at": utcnow(), "agent": agent.agent.id,
-                                                          "reason": "answered", "wait_s": round(waited, 2)})
+        self.core.db["queue_calls"].update(
+            entry.row_id,
+            {"answered_at": utcnow(), "agent": agent.agent.id, "reason": "answered", "wait_s": round(waited, 2)},
+        )
         entry.queue.stats.observe_wait(waited, abandoned=False)
 
     def call_ended(self, entry: QueueEntry, agent: AgentState, talk_s: float) -> None:
@@ -225,8 +259,9 @@ class QueueManager:
             order = list(q.cfg.members)
             start = order.index(q.last_rung) + 1 if q.last_rung in order else 0
             rotated = order[start:] + order[:start]
-            return [next(a for a in free if a.agent.id == aid) for aid in rotated
-                    if any(a.agent.id == aid for a in free)][:1]
+            return [
+                next(a for a in free if a.agent.id == aid) for aid in rotated if any(a.agent.id == aid for a in free)
+            ][:1]
         if strategy == "longest_idle":
             return [min(free, key=lambda a: (a.last_call_end, q.cfg.members.index(a.agent.id)))]
         if strategy == "fewest_calls":
@@ -276,8 +311,9 @@ class QueueManager:
                         continue
                     legs[leg] = a
             if legs:
-                entry.session.step("agent_ringing", None, {"queue": q.cfg.id,
-                                                           "agents": sorted({a.agent.id for a in legs.values()})})
+                entry.session.step(
+                    "agent_ringing", None, {"queue": q.cfg.id, "agents": sorted({a.agent.id for a in legs.values()})}
+                )
             winner = await self._first_answer(entry, legs, q.cfg.ring_timeout)
         finally:
             for a in agents:
@@ -326,4 +362,3 @@ class QueueManager:
             done, pending = await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
             for w in pending:
                 w.cancel()
-

@@ -52,8 +52,15 @@ class Staff:
     queues: dict[str, QueueConfig] = field(default_factory=dict)
 
 
-_QUEUE_KEYS = {"name": str, "strategy": str, "members": list, "ring_timeout": (int, float),
-               "wrapup_s": (int, float), "announce_min_gap_s": (int, float), "when_no_agents": str}
+_QUEUE_KEYS = {
+    "name": str,
+    "strategy": str,
+    "members": list,
+    "ring_timeout": (int, float),
+    "wrapup_s": (int, float),
+    "announce_min_gap_s": (int, float),
+    "when_no_agents": str,
+}
 
 
 def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
@@ -77,7 +84,7 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
             fail(f"agents.{aid}: unknown key(s) {', '.join(sorted(extra))}")
         phones = raw.get("phones", [])
         if not isinstance(phones, list) or not all(isinstance(p, str) and p.isdigit() for p in phones):
-            fail(f"agents.{aid}.phones: a list of extensions such as [\"201\"]")
+            fail(f'agents.{aid}.phones: a list of extensions such as ["201"]')
         staff.agents[aid] = Agent(aid, str(raw.get("name", aid)), tuple(phones))
     for qid, raw in data.get("queues", {}).items():
         if not isinstance(raw, dict):
@@ -100,10 +107,15 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
             if key in raw and raw[key] < 0:
                 fail(f"queues.{qid}.{key}: must not be negative")
         staff.queues[qid] = QueueConfig(
-            id=qid, name=str(raw.get("name", qid)), strategy=strategy, members=members,
-            ring_timeout=raw.get("ring_timeout", 15), wrapup_s=raw.get("wrapup_s", 10),
+            id=qid,
+            name=str(raw.get("name", qid)),
+            strategy=strategy,
+            members=members,
+            ring_timeout=raw.get("ring_timeout", 15),
+            wrapup_s=raw.get("wrapup_s", 10),
             announce_min_gap_s=raw.get("announce_min_gap_s", 20),
-            when_no_agents=raw.get("when_no_agents", "leave"))
+            when_no_agents=raw.get("when_no_agents", "leave"),
+        )
     return staff
 
 

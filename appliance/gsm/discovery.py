@@ -118,9 +118,12 @@ def usb_info(tty: str, sysfs: str = "/sys") -> dict | None:
     if device is None:
         return None
     number = _read(os.path.join(interface, "bInterfaceNumber")) if interface else None
-    return {"vendor": (_read(os.path.join(device, "idVendor")) or "").lower(),
-            "product": (_read(os.path.join(device, "idProduct")) or "").lower(),
-            "interface": int(number, 16) if number else None, "device": device}
+    return {
+        "vendor": (_read(os.path.join(device, "idVendor")) or "").lower(),
+        "product": (_read(os.path.join(device, "idProduct")) or "").lower(),
+        "interface": int(number, 16) if number else None,
+        "device": device,
+    }
 
 
 def usb_device_of(tty: str, sysfs: str = "/sys") -> str | None:
@@ -197,8 +200,9 @@ def _tty_number(path: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (path, 0)
 
 
-def find_modem(configured: str | None, *, dev_dir: str = "/dev", sysfs: str = "/sys",
-               probe_timeout: float = 0.5) -> ModemPorts | None:
+def find_modem(
+    configured: str | None, *, dev_dir: str = "/dev", sysfs: str = "/sys", probe_timeout: float = 0.5
+) -> ModemPorts | None:
     """The modem's AT and voice ports, or None when there is no modem (never raises for that)."""
     if configured:
         at, _, voice = (p.strip() for p in configured.partition(","))

@@ -64,7 +64,7 @@ _N = np.arange(WINDOW)
 _BASIS = np.exp(-2j * np.pi * np.outer(_FREQS, _N) / SAMPLE_RATE)
 _MIN_AMPLITUDE = DBM0_PEAK * 10 ** (MIN_LEVEL_DBM0 / 20)
 # A window with less energy than two tones at the minimum level cannot hold a digit.
-_MIN_ENERGY = WINDOW * _MIN_AMPLITUDE ** 2  # = 2 tones * A^2/2 * N
+_MIN_ENERGY = WINDOW * _MIN_AMPLITUDE**2  # = 2 tones * A^2/2 * N
 _DOMINANCE = 10 ** (DOMINANCE_DB / 10)
 _DOMINANCE_EDGE = 10 ** (DOMINANCE_EDGE_DB / 10)
 _NORMAL_TWIST = 10 ** (NORMAL_TWIST_DB / 10)
@@ -96,20 +96,20 @@ class DtmfDetector:
     def feed(self, pcm: bytes) -> list[str]:
         if self._odd_byte:
             pcm = self._odd_byte + pcm
-        self._odd_byte = pcm[len(pcm) & ~1:]
+        self._odd_byte = pcm[len(pcm) & ~1 :]
         samples = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2").astype(np.float64)
         if len(self._pending):
             samples = np.concatenate((self._pending, samples))
         found = []
         n_hops = len(samples) // HOP
         for i in range(n_hops):
-            half = samples[i * HOP:(i + 1) * HOP]
+            half = samples[i * HOP : (i + 1) * HOP]
             if self._last_half is not None:
                 digit = self._step(self._last_half, half)
                 if digit is not None:
                     found.append(digit)
             self._last_half = half
-        self._pending = samples[n_hops * HOP:]
+        self._pending = samples[n_hops * HOP :]
         for digit in found:
             if self.on_digit is not None:
                 self.on_digit(digit)
@@ -155,7 +155,7 @@ def classify(first: np.ndarray, second: np.ndarray) -> tuple[str, bool] | None:
         return None  # the level jumps inside the window: speech, a click, a tone starting
     window = np.concatenate((first, second))
     spectrum = _BASIS @ window
-    power = (spectrum.real ** 2 + spectrum.imag ** 2).reshape(8, 3).max(axis=1)
+    power = (spectrum.real**2 + spectrum.imag**2).reshape(8, 3).max(axis=1)
     rows, cols = power[:4], power[4:]
     r = int(np.argmax(rows))
     c = int(np.argmax(cols))
@@ -187,8 +187,15 @@ def classify(first: np.ndarray, second: np.ndarray) -> tuple[str, bool] | None:
         strict = False
     fr = _FREQS[3 * r + dr]
     fc = _FREQS[12 + 3 * c + dc]
-    basis = np.stack([np.cos(2 * np.pi * fr * _N / SAMPLE_RATE), np.sin(2 * np.pi * fr * _N / SAMPLE_RATE),
-                      np.cos(2 * np.pi * fc * _N / SAMPLE_RATE), np.sin(2 * np.pi * fc * _N / SAMPLE_RATE)], 1)
+    basis = np.stack(
+        [
+            np.cos(2 * np.pi * fr * _N / SAMPLE_RATE),
+            np.sin(2 * np.pi * fr * _N / SAMPLE_RATE),
+            np.cos(2 * np.pi * fc * _N / SAMPLE_RATE),
+            np.sin(2 * np.pi * fc * _N / SAMPLE_RATE),
+        ],
+        1,
+    )
     coef, *_ = np.linalg.lstsq(basis, window, rcond=None)
     rest = window - basis @ coef
     if _tone_power(rest, 3 * ROWS[r]) * _HARMONIC > pr or _tone_power(rest, 2 * COLS[c]) * _HARMONIC > pc:
@@ -199,17 +206,25 @@ def classify(first: np.ndarray, second: np.ndarray) -> tuple[str, bool] | None:
 
 
 def _detunes(spectrum: np.ndarray, tone: int) -> np.ndarray:
-    z = spectrum[3 * tone:3 * tone + 3]
-    return z.real ** 2 + z.imag ** 2
+    z = spectrum[3 * tone : 3 * tone + 3]
+    return z.real**2 + z.imag**2
 
 
 def _tone_power(window: np.ndarray, freq: float) -> float:
     z = np.dot(window, np.exp(-2j * np.pi * freq * _N / SAMPLE_RATE))
-    return z.real ** 2 + z.imag ** 2
+    return z.real**2 + z.imag**2
 
 
-def dtmf_tones(digits: str, *, on_ms: float = 100, off_ms: float = 100, level_dbm0: float = -10.0,
-               twist_db: float = 0.0, freq_error: float = 0.0, lead_ms: float = 0.0) -> bytes:
+def dtmf_tones(
+    digits: str,
+    *,
+    on_ms: float = 100,
+    off_ms: float = 100,
+    level_dbm0: float = -10.0,
+    twist_db: float = 0.0,
+    freq_error: float = 0.0,
+    lead_ms: float = 0.0,
+) -> bytes:
     """DTMF as a phone sends it: each key ``on_ms`` of two tones, then ``off_ms`` of silence.
 
     ``level_dbm0`` is the low (row) tone's level; the high tone is ``twist_db`` weaker (negative:
@@ -223,8 +238,10 @@ def dtmf_tones(digits: str, *, on_ms: float = 100, off_ms: float = 100, level_db
         c = KEYS[r].index(digit)
         n = np.arange(int(round(SAMPLE_RATE * on_ms / 1000)))
         f_low, f_high = ROWS[r] * (1 + freq_error), COLS[c] * (1 + freq_error)
-        out.append(a_low * np.sin(2 * math.pi * f_low * n / SAMPLE_RATE)
-                   + a_high * np.sin(2 * math.pi * f_high * n / SAMPLE_RATE))
+        out.append(
+            a_low * np.sin(2 * math.pi * f_low * n / SAMPLE_RATE)
+            + a_high * np.sin(2 * math.pi * f_high * n / SAMPLE_RATE)
+        )
         out.append(np.zeros(int(round(SAMPLE_RATE * off_ms / 1000))))
     signal = np.concatenate(out)
     return np.clip(np.round(signal), -32768, 32767).astype("<i2").tobytes()

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
-FRAME_BYTES = 320          # 20 ms of 8 kHz 16-bit mono
+FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono
 FRAME_SECONDS = 0.020
 CTRL_Z = 0x1A
 ESC = 0x1B
@@ -66,8 +66,18 @@ GSM7_BASIC = (
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
-GSM7_EXTENSION = {0x0A: "\x0c", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\", 0x3C: "[",
-                  0x3D: "~", 0x3E: "]", 0x40: "|", 0x65: "€"}
+GSM7_EXTENSION = {
+    0x0A: "\x0c",
+    0x14: "^",
+    0x28: "{",
+    0x29: "}",
+    0x2F: "\\",
+    0x3C: "[",
+    0x3D: "~",
+    0x3E: "]",
+    0x40: "|",
+    0x65: "€",
+}
 _GSM7_INDEX = {ch: i for i, ch in enumerate(GSM7_BASIC) if i != 0x1B}
 _GSM7_EXT_INDEX = {ch: code for code, ch in GSM7_EXTENSION.items()}
 _SEMI_OCTET = "0123456789*#abc"
@@ -179,7 +189,7 @@ def _parse_udh(header: bytes) -> dict:
     i = 0
     while i + 1 < len(header):
         iei, length = header[i], header[i + 1]
-        data = header[i + 2:i + 2 + length]
+        data = header[i + 2 : i + 2 + length]
         if iei == 0x00 and length == 3:
             udh.update(ref=data[0], parts=data[1], seq=data[2])
         elif iei == 0x08 and length == 4:
@@ -203,14 +213,14 @@ def decode_submit_pdu(pdu_hex: str) -> dict:
     da_len, toa = data[pos + 2], data[pos + 3]
     pos += 4
     raw_len = (da_len + 1) // 2
-    number = _decode_address(da_len, toa, data[pos:pos + raw_len])
+    number = _decode_address(da_len, toa, data[pos : pos + raw_len])
     pos += raw_len
     pid, dcs = data[pos], data[pos + 1]
     pos += 2
     vpf = (first >> 3) & 0x03
     pos += {0: 0, 2: 1}.get(vpf, 7)
     udl = data[pos]
-    ud = data[pos + 1:]
+    ud = data[pos + 1 :]
     encoding = _alphabet(dcs)
     header_len, udh = 0, None
     if first & 0x40:
@@ -261,8 +271,9 @@ def _split_units(units: list, per_part: int, parts: int) -> list[list]:
     return chunks
 
 
-def encode_deliver_pdus(sender: str, text: str, *, smsc: str | None, when: _dt.datetime,
-                        parts: int = 1, ref: int = 0) -> list[str]:
+def encode_deliver_pdus(
+    sender: str, text: str, *, smsc: str | None, when: _dt.datetime, parts: int = 1, ref: int = 0
+) -> list[str]:
     """SMS-DELIVER PDUs (hex, SMSC field included) the way a network hands them to the modem."""
     try:
         septets = gsm7_septets(text)
@@ -272,12 +283,12 @@ def encode_deliver_pdus(sender: str, text: str, *, smsc: str | None, when: _dt.d
     if ucs2:
         # Characters outside the BMP (emoji) travel as UTF-16 surrogate pairs, two units each.
         raw = text.encode("utf-16-be", "surrogatepass")
-        units = [raw[i:i + 2] for i in range(0, len(raw), 2)]
+        units = [raw[i : i + 2] for i in range(0, len(raw), 2)]
         marks = ["hi" if 0xD8 <= unit[0] <= 0xDB else 0 for unit in units]
         chunks = _split_units(marks, 67 if parts > 1 else 70, parts)
         pieces, k = [], 0
         for chunk in chunks:
-            pieces.append(b"".join(units[k:k + len(chunk)]))
+            pieces.append(b"".join(units[k : k + len(chunk)]))
             k += len(chunk)
     else:
         chunks = _split_units(septets, 153 if parts > 1 else 160, parts)
@@ -296,16 +307,28 @@ def encode_deliver_pdus(sender: str, text: str, *, smsc: str | None, when: _dt.d
             fill = header_septets * 7 - len(header) * 8
             body = header + pack7(chunk, fill)
             udl, dcs = header_septets + len(chunk), 0x00
-        tpdu = (bytes([first]) + _encode_address(sender) + bytes([0x00, dcs])
-                + _encode_timestamp(when) + bytes([udl]) + body)
+        tpdu = (
+            bytes([first])
+            + _encode_address(sender)
+            + bytes([0x00, dcs])
+            + _encode_timestamp(when)
+            + bytes([udl])
+            + body
+        )
         pdus.append((_smsc_field(smsc) + tpdu).hex().upper())
     return pdus
 
 
-def encode_status_report_pdu(mr: int, recipient: str, *, smsc: str | None, sent: _dt.datetime,
-                             done: _dt.datetime, status: int) -> str:
-    tpdu = (bytes([0x06, mr & 0xFF]) + _encode_address(recipient) + _encode_timestamp(sent)
-            + _encode_timestamp(done) + bytes([status]))
+def encode_status_report_pdu(
+    mr: int, recipient: str, *, smsc: str | None, sent: _dt.datetime, done: _dt.datetime, status: int
+) -> str:
+    tpdu = (
+        bytes([0x06, mr & 0xFF])
+        + _encode_address(recipient)
+        + _encode_timestamp(sent)
+        + _encode_timestamp(done)
+        + bytes([status])
+    )
     return (_smsc_field(smsc) + tpdu).hex().upper()
 
 
@@ -313,33 +336,35 @@ def encode_status_report_pdu(mr: int, recipient: str, *, smsc: str | None, sent:
 # Model profiles
 
 # 27.007/27.005 commands all three models implement.
-_COMMON = frozenset("""
+_COMMON = frozenset(
+    """
 +CGMI +CGMM +CGMR +CGSN +CIMI +GMI +GMM +GMR +GSN +GCAP +CFUN +CMEE +CPIN +CSQ +CREG +CGREG
 +COPS +CMGF +CSCS +CNMI +CLIP +CLIR +COLP +CRC +CSMP +CPMS +CSCA +CMGS +CMGR +CMGL +CMGD +CMGW
 +CMSS +CNMA +CSMS +CLCC +CHUP +CNUM +CLVL +CMUT +CUSD +CCFC +CCWA +CHLD +CPBS +CPBR +CPBW
 +CLCK +CPWD +CLAC +CVHU +CCLK +CPAS +CEER +CSSN +CTZR +CTZU +CGDCONT +CGATT +CGACT
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
 class Profile:
     key: str
-    manufacturer: str             # AT+CGMI
-    model: str                    # AT+CGMM
-    revision: str                 # AT+CGMR (SIMCom prefixes it with "+CGMR: ")
+    manufacturer: str  # AT+CGMI
+    model: str  # AT+CGMM
+    revision: str  # AT+CGMR (SIMCom prefixes it with "+CGMR: ")
     imei: str
-    usb_name: str                 # what udev would put in /dev/serial/by-id/
-    at_port: int                  # ttyUSB index of the AT port on a fresh plug
-    voice_port: int               # ttyUSB index of the PCM port
+    usb_name: str  # what udev would put in /dev/serial/by-id/
+    at_port: int  # ttyUSB index of the AT port on a fresh plug
+    voice_port: int  # ttyUSB index of the PCM port
     commands: frozenset
-    clac: bool                    # answers AT+CLAC with a list
+    clac: bool  # answers AT+CLAC with a list
     clac_line_end: str
-    not_supported: str            # final result for a command this model lacks
-    access_tech: int              # <AcT>: 2 UTRAN (3G stick), 7 E-UTRAN (LTE module)
-    charset: str                  # +CSCS after power-on
-    charsets: str                 # AT+CSCS=? list
+    not_supported: str  # final result for a command this model lacks
+    access_tech: int  # <AcT>: 2 UTRAN (3G stick), 7 E-UTRAN (LTE module)
+    charset: str  # +CSCS after power-on
+    charsets: str  # AT+CSCS=? list
     cpms_test: str
-    clip_tail: str                # what follows "<number>",<type> in +CLIP
+    clip_tail: str  # what follows "<number>",<type> in +CLIP
     voice_command: str
     boot_lines: tuple
 
@@ -351,15 +376,37 @@ PROFILES = {
     # command per line ending in a stray CR, both as in the E1752 transcript (same firmware
     # family) kept in python-gsmmodem's test/fakemodems.py. No +VTS: DTMF goes through ^DTMF.
     "huawei": Profile(
-        key="huawei", manufacturer="huawei", model="E173", revision="11.126.85.00.209",
-        imei="861234012345677", usb_name="usb-HUAWEI_Technology_HUAWEI_Mobile-if02-port0",
-        at_port=2, voice_port=1,
-        commands=_COMMON | {"^CVOICE", "^DDSETEX", "^DTMF", "^USSDMODE", "^CURC", "^SYSINFO",
-                            "^SYSCFG", "^HWVER", "^CARDMODE", "^ICCID", "^SN"},
-        clac=True, clac_line_end="\r", not_supported="COMMAND NOT SUPPORT", access_tech=2,
-        charset="IRA", charsets='+CSCS: ("IRA","UCS2","GSM")',
+        key="huawei",
+        manufacturer="huawei",
+        model="E173",
+        revision="11.126.85.00.209",
+        imei="861234012345677",
+        usb_name="usb-HUAWEI_Technology_HUAWEI_Mobile-if02-port0",
+        at_port=2,
+        voice_port=1,
+        commands=_COMMON
+        | {
+            "^CVOICE",
+            "^DDSETEX",
+            "^DTMF",
+            "^USSDMODE",
+            "^CURC",
+            "^SYSINFO",
+            "^SYSCFG",
+            "^HWVER",
+            "^CARDMODE",
+            "^ICCID",
+            "^SN",
+        },
+        clac=True,
+        clac_line_end="\r",
+        not_supported="COMMAND NOT SUPPORT",
+        access_tech=2,
+        charset="IRA",
+        charsets='+CSCS: ("IRA","UCS2","GSM")',
         cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=",,,,0", voice_command="^DDSETEX",
+        clip_tail=",,,,0",
+        voice_command="^DDSETEX",
         boot_lines=(),  # the E173 says nothing at power-up on the PCUI port
     ),
     # SIMCom SIM7600E-H: LTE module. AT on ttyUSB2, PCM audio on ttyUSB4 (interface 6) after
@@ -369,33 +416,62 @@ PROFILES = {
     # SIMCom modems "don't support AT+CLAC"), so the library probes commands one by one.
     # +DDET is a SIM800 command; we assume the SIM7600 lacks it (unverified).
     "simcom": Profile(
-        key="simcom", manufacturer="SIMCOM INCORPORATED", model="SIMCOM_SIM7600E-H",
-        revision="+CGMR: LE20B04SIM7600M22", imei="867211034567896",
+        key="simcom",
+        manufacturer="SIMCOM INCORPORATED",
+        model="SIMCOM_SIM7600E-H",
+        revision="+CGMR: LE20B04SIM7600M22",
+        imei="867211034567896",
         usb_name="usb-SimTech__Incorporated_SimTech__Incorporated_0123456789ABCDEF-if02-port0",
-        at_port=2, voice_port=4,
-        commands=_COMMON | {"+VTS", "+CEREG", "+CPCMREG", "+CPCMFRM", "+CICCID", "+CPSI",
-                            "+CNMP", "+CSDVC", "+CNSMOD"},
-        clac=False, clac_line_end="", not_supported="ERROR", access_tech=7,
-        charset="IRA", charsets='+CSCS: ("IRA","GSM","UCS2")',
+        at_port=2,
+        voice_port=4,
+        commands=_COMMON | {"+VTS", "+CEREG", "+CPCMREG", "+CPCMFRM", "+CICCID", "+CPSI", "+CNMP", "+CSDVC", "+CNSMOD"},
+        clac=False,
+        clac_line_end="",
+        not_supported="ERROR",
+        access_tech=7,
+        charset="IRA",
+        charsets='+CSCS: ("IRA","GSM","UCS2")',
         cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=',"",0,"",0', voice_command="+CPCMREG",
+        clip_tail=',"",0,"",0',
+        voice_command="+CPCMREG",
         boot_lines=("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
     ),
     # Quectel EC25-E: LTE module. AT on ttyUSB2; AT+QPCMV=1,0 streams call PCM on the USB NMEA
     # port (ttyUSB1), 1,2 on its USB sound card (not emulated). No call-state URCs at all: the
     # library falls back to polling AT+CLCC for calls it dials. +CLIP as in the EC25 manual.
     "quectel": Profile(
-        key="quectel", manufacturer="Quectel", model="EC25", revision="EC25EFAR06A06M4G",
-        imei="862412045678905", usb_name="usb-Android_Android-if02-port0",
-        at_port=2, voice_port=1,
-        commands=_COMMON | {"+VTS", "+VTD", "+CEREG", "+QPCMV", "+QCCID", "+QSPN", "+QCFG",
-                            "+QURCCFG", "+QINDCFG", "+QTONEDET", "+QAUDMOD"},
-        clac=True, clac_line_end="", not_supported="ERROR", access_tech=7,
-        charset="GSM", charsets='+CSCS: ("GSM","IRA","UCS2")',
+        key="quectel",
+        manufacturer="Quectel",
+        model="EC25",
+        revision="EC25EFAR06A06M4G",
+        imei="862412045678905",
+        usb_name="usb-Android_Android-if02-port0",
+        at_port=2,
+        voice_port=1,
+        commands=_COMMON
+        | {
+            "+VTS",
+            "+VTD",
+            "+CEREG",
+            "+QPCMV",
+            "+QCCID",
+            "+QSPN",
+            "+QCFG",
+            "+QURCCFG",
+            "+QINDCFG",
+            "+QTONEDET",
+            "+QAUDMOD",
+        },
+        clac=True,
+        clac_line_end="",
+        not_supported="ERROR",
+        access_tech=7,
+        charset="GSM",
+        charsets='+CSCS: ("GSM","IRA","UCS2")',
         cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=',"",0,"",0', voice_command="+QPCMV",
-        boot_lines=("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE",
-                    "+QIND: PB DONE"),
+        clip_tail=',"",0,"",0',
+        voice_command="+QPCMV",
+        boot_lines=("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
     ),
 }
 
@@ -408,24 +484,46 @@ _NETWORKS = {
 }
 
 # Commands that need the SIM: "+CME ERROR: 11" while it wants its PIN, 14 while it is busy.
-_SIM_COMMANDS = frozenset("""
+_SIM_COMMANDS = frozenset(
+    """
 +CIMI +CPMS +CMGS +CMGR +CMGL +CMGD +CMGW +CMSS +CSCA +CNUM +CPBS +CPBR +CPBW +CUSD +CICCID
 +QCCID ^ICCID
-""".split())
+""".split()
+)
 
-_CME_TEXT = {3: "operation not allowed", 4: "operation not supported", 10: "SIM not inserted",
-             11: "SIM PIN required", 12: "SIM PUK required", 14: "SIM busy",
-             16: "incorrect password", 21: "invalid index", 30: "no network service",
-             50: "incorrect parameters"}
+_CME_TEXT = {
+    3: "operation not allowed",
+    4: "operation not supported",
+    10: "SIM not inserted",
+    11: "SIM PIN required",
+    12: "SIM PUK required",
+    14: "SIM busy",
+    16: "incorrect password",
+    21: "invalid index",
+    30: "no network service",
+    50: "incorrect parameters",
+}
 
 _MEMORIES = ("SM", "ME", "SR")
 _CAPACITY = {"SM": 30, "ME": 255, "SR": 30}
 
 DTMF_FREQUENCIES = {
-    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
-    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
-    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
-    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
+    "1": (697, 1209),
+    "2": (697, 1336),
+    "3": (697, 1477),
+    "A": (697, 1633),
+    "4": (770, 1209),
+    "5": (770, 1336),
+    "6": (770, 1477),
+    "B": (770, 1633),
+    "7": (852, 1209),
+    "8": (852, 1336),
+    "9": (852, 1477),
+    "C": (852, 1633),
+    "*": (941, 1209),
+    "0": (941, 1336),
+    "#": (941, 1477),
+    "D": (941, 1633),
 }
 
 
@@ -443,9 +541,13 @@ def dtmf_pcm(digits: str, *, on_ms: int = 100, off_ms: int = 100, level: float =
     for digit in digits.upper():
         low, high = DTMF_FREQUENCIES[digit]
         n_on = SAMPLE_RATE * on_ms // 1000
-        out += _pcm(int(amplitude * (math.sin(2 * math.pi * low * i / SAMPLE_RATE)
-                                     + math.sin(2 * math.pi * high * i / SAMPLE_RATE)))
-                    for i in range(n_on))
+        out += _pcm(
+            int(
+                amplitude
+                * (math.sin(2 * math.pi * low * i / SAMPLE_RATE) + math.sin(2 * math.pi * high * i / SAMPLE_RATE))
+            )
+            for i in range(n_on)
+        )
         out += bytes(2 * (SAMPLE_RATE * off_ms // 1000))
     return bytes(out)
 
@@ -467,8 +569,8 @@ class _Final(Exception):
 @dataclass
 class _Call:
     id: int
-    direction: int        # 0 mobile originated, 1 mobile terminated (27.007 +CLCC <dir>)
-    state: int            # 0 active, 2 dialing, 3 alerting, 4 incoming
+    direction: int  # 0 mobile originated, 1 mobile terminated (27.007 +CLCC <dir>)
+    state: int  # 0 active, 2 dialing, 3 alerting, 4 incoming
     number: str
     ton: int
     answered_at: float | None = None
@@ -476,17 +578,26 @@ class _Call:
 
 @dataclass
 class _Stored:
-    stat: int             # 0 REC UNREAD, 1 REC READ, 2 STO UNSENT, 3 STO SENT
+    stat: int  # 0 REC UNREAD, 1 REC READ, 2 STO UNSENT, 3 STO SENT
     pdu: str
 
 
 class ModemEmulator:
     """One USB GSM modem on pseudo-terminals. Use as a context manager or call ``close()``."""
 
-    def __init__(self, profile: str = "huawei", *, pin: str | None = None, operator: str = "Plus",
-                 signal: int = 20, puk: str = "12345678", reset_delay: float = 1.0,
-                 callee_answer_delay: float | None = 3.0, send_delay: float = 0.02,
-                 caller_tone_hz: float | None = None):
+    def __init__(
+        self,
+        profile: str = "huawei",
+        *,
+        pin: str | None = None,
+        operator: str = "Plus",
+        signal: int = 20,
+        puk: str = "12345678",
+        reset_delay: float = 1.0,
+        callee_answer_delay: float | None = 3.0,
+        send_delay: float = 0.02,
+        caller_tone_hz: float | None = None,
+    ):
         if profile not in PROFILES:
             raise ValueError(f"unknown modem profile {profile!r}; one of {', '.join(PROFILES)}")
         self.profile = PROFILES[profile]
@@ -611,8 +722,7 @@ class ModemEmulator:
         self._record("event", f"plugged: AT {self.device}, voice {self.voice_device}")
         lines = list(self.profile.boot_lines)
         if self.pin_state != "READY" and lines:
-            lines = [f"+CPIN: {self.pin_state}" if ln == "+CPIN: READY" else ln
-                     for ln in lines if "DONE" not in ln]
+            lines = [f"+CPIN: {self.pin_state}" if ln == "+CPIN: READY" else ln for ln in lines if "DONE" not in ln]
         for line in lines:
             self._write(f"\r\n{line}\r\n")
 
@@ -732,6 +842,7 @@ class ModemEmulator:
                 self._timers.discard(timer)
             if not self._stop.is_set():
                 func(*args)
+
         timer = threading.Timer(delay, run)
         timer.daemon = True
         with self._lock:
@@ -885,7 +996,7 @@ class ModemEmulator:
                 out.append(("ext", m.group(1).upper(), op, ModemEmulator._args(m.group(3) or "")))
                 i = j + 1
             elif ch in "Dd":
-                out.append(("basic", "D", body[i + 1:]))
+                out.append(("basic", "D", body[i + 1 :]))
                 break
             elif ch in "; ":
                 i += 1
@@ -969,8 +1080,13 @@ class ModemEmulator:
         if p.key == "quectel":
             return [p.manufacturer, p.model, f"Revision: {p.revision}"]
         revision = p.revision.split(": ", 1)[-1]
-        return [f"Manufacturer: {p.manufacturer}", f"Model: {p.model}", f"Revision: {revision}",
-                f"IMEI: {p.imei}", "+GCAP: +CGSM,+DS,+ES"]
+        return [
+            f"Manufacturer: {p.manufacturer}",
+            f"Model: {p.model}",
+            f"Revision: {revision}",
+            f"IMEI: {p.imei}",
+            "+GCAP: +CGSM,+DS,+ES",
+        ]
 
     # ---------------------------------------------------------------- identity and status
 
@@ -1006,8 +1122,32 @@ class ModemEmulator:
             raise _AtError("plain")
         if op != "exec":
             return []
-        basic = ["&C", "&D", "&F", "&V", "&W", "A", "D", "E", "H", "I", "L", "M", "O", "Q", "S0",
-                 "S3", "S4", "S5", "S7", "S8", "S10", "V", "X", "Z"]
+        basic = [
+            "&C",
+            "&D",
+            "&F",
+            "&V",
+            "&W",
+            "A",
+            "D",
+            "E",
+            "H",
+            "I",
+            "L",
+            "M",
+            "O",
+            "Q",
+            "S0",
+            "S3",
+            "S4",
+            "S5",
+            "S7",
+            "S8",
+            "S10",
+            "V",
+            "X",
+            "Z",
+        ]
         end = self.profile.clac_line_end
         return [name + end for name in basic + sorted(self.profile.commands)]
 
@@ -1101,8 +1241,9 @@ class ModemEmulator:
         return f"{name}: {','.join(fields)}"
 
     def _creg_urcs(self) -> list[str]:
-        return [self._creg_line(name, n, urc=True) for name, n in self.creg.items()
-                if n and name in self.profile.commands]
+        return [
+            self._creg_line(name, n, urc=True) for name, n in self.creg.items() if n and name in self.profile.commands
+        ]
 
     def _at_creg(self, op, args, name="+CREG"):
         if op == "read":
@@ -1287,10 +1428,13 @@ class ModemEmulator:
         slots = self._memory(self.cpms[0])
         index = self._int(args[0])
         flag = self._int(args[1]) if len(args) > 1 and args[1] else 0
-        doomed = {0: {index} & set(slots), 1: {i for i, e in slots.items() if e.stat == 1},
-                  2: {i for i, e in slots.items() if e.stat in (1, 3)},
-                  3: {i for i, e in slots.items() if e.stat in (1, 2, 3)},
-                  4: set(slots)}.get(flag)
+        doomed = {
+            0: {index} & set(slots),
+            1: {i for i, e in slots.items() if e.stat == 1},
+            2: {i for i, e in slots.items() if e.stat in (1, 3)},
+            3: {i for i, e in slots.items() if e.stat in (1, 2, 3)},
+            4: set(slots),
+        }.get(flag)
         if doomed is None:
             raise _AtError("CMS", 302)
         for i in doomed:
@@ -1318,17 +1462,21 @@ class ModemEmulator:
         if self.echo:
             self._write(text)
         if self.cmgf == 1:
-            entry = {"pdu_hex": None, "number": self._cmgs_number, "text": self._from_te(text),
-                     "udh": None, "encoding": "text",
-                     "request_status_report": bool(self.csmp[0] & 0x20)}
+            entry = {
+                "pdu_hex": None,
+                "number": self._cmgs_number,
+                "text": self._from_te(text),
+                "udh": None,
+                "encoding": "text",
+                "request_status_report": bool(self.csmp[0] & 0x20),
+            }
         else:
             pdu = text.strip()
             self._record("rx-pdu", pdu)
             try:
                 entry = decode_submit_pdu(pdu)
                 if entry["tpdu_length"] != self._cmgs_length:
-                    raise ValueError(f"AT+CMGS={self._cmgs_length} but the TPDU has "
-                                     f"{entry['tpdu_length']} octets")
+                    raise ValueError(f"AT+CMGS={self._cmgs_length} but the TPDU has {entry['tpdu_length']} octets")
             except (ValueError, IndexError) as exc:
                 self._record("event", f"bad PDU: {exc}")
                 self._write(f"\r\n{self._error(_AtError('CMS', 304))}\r\n")
@@ -1352,8 +1500,10 @@ class ModemEmulator:
     def _at_clcc(self, op, args):
         if op != "exec":
             return []
-        return [f'+CLCC: {c.id},{c.direction},{c.state},0,0,"{self._te(c.number)}",{c.ton}'
-                for c in sorted(self._calls.values(), key=lambda c: c.id)]
+        return [
+            f'+CLCC: {c.id},{c.direction},{c.state},0,0,"{self._te(c.number)}",{c.ton}'
+            for c in sorted(self._calls.values(), key=lambda c: c.id)
+        ]
 
     def _at_chup(self, op, args):
         if op == "exec":
@@ -1534,11 +1684,9 @@ class ModemEmulator:
     def calls(self) -> list[dict]:
         """The modem's calls as +CLCC would list them."""
         with self._lock:
-            return [dict(id=c.id, direction=c.direction, state=c.state, number=c.number)
-                    for c in self._calls.values()]
+            return [dict(id=c.id, direction=c.direction, state=c.state, number=c.number) for c in self._calls.values()]
 
-    def deliver_sms(self, number: str, text: str, *, parts: int = 1,
-                    notify_together: bool = False) -> list[int]:
+    def deliver_sms(self, number: str, text: str, *, parts: int = 1, notify_together: bool = False) -> list[int]:
         """The network delivers an SMS from ``number``; returns the storage indices.
 
         Stored as PDU-mode SMS-DELIVER in the +CPMS receive memory, announced with +CMTI (one per
@@ -1548,9 +1696,14 @@ class ModemEmulator:
         """
         with self._lock:
             self._concat_ref = (self._concat_ref + 1) % 256
-            pdus = encode_deliver_pdus(number, text, smsc=self.smsc, parts=parts,
-                                       ref=self._concat_ref,
-                                       when=_dt.datetime.now().astimezone().replace(microsecond=0))
+            pdus = encode_deliver_pdus(
+                number,
+                text,
+                smsc=self.smsc,
+                parts=parts,
+                ref=self._concat_ref,
+                when=_dt.datetime.now().astimezone().replace(microsecond=0),
+            )
             memory, mt = self.cpms[2], self.cnmi[1]
             indices = [] if mt == 2 else [self._store(memory, pdu) for pdu in pdus]
             self._record("event", f"SMS from {number} in {len(pdus)} part(s)")
@@ -1580,10 +1733,14 @@ class ModemEmulator:
             recipient = sent["number"] if sent else "+48600000000"
             sent_at = (sent or {}).get("sent_at") or _dt.datetime.now().astimezone()
             # 0x00 delivered; 0x46 "SM validity period expired" (permanent error).
-            pdu = encode_status_report_pdu(mr, recipient, smsc=self.smsc,
-                                           sent=sent_at.replace(microsecond=0),
-                                           done=_dt.datetime.now().astimezone().replace(microsecond=0),
-                                           status=0x00 if delivered else 0x46)
+            pdu = encode_status_report_pdu(
+                mr,
+                recipient,
+                smsc=self.smsc,
+                sent=sent_at.replace(microsecond=0),
+                done=_dt.datetime.now().astimezone().replace(microsecond=0),
+                status=0x00 if delivered else 0x46,
+            )
             ds = self.cnmi[3]
             if ds == 1:
                 self._urc(f"+CDS: {self._tpdu_length(pdu)}", pdu)
@@ -1716,22 +1873,26 @@ class ModemEmulator:
 # --------------------------------------------------------------------------------------------
 # python -m appliance.gsm.emulator --profile huawei
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m appliance.gsm.emulator",
         description="Run an emulated USB GSM modem on a pseudo-terminal. Prints the AT device "
-                    "path, then the voice (PCM) device path, and runs until Ctrl-C.")
+        "path, then the voice (PCM) device path, and runs until Ctrl-C.",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="huawei")
     parser.add_argument("--pin", help="SIM PIN to require (default: none)")
     parser.add_argument("--operator", default="Plus", help="network name (default: Plus)")
     parser.add_argument("--signal", type=int, default=20, help="+CSQ rssi 0-31 (default: 20)")
     parser.add_argument("--debug", action="store_true", help="log every command and reply")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
-        emulator = ModemEmulator(args.profile, pin=args.pin, operator=args.operator,
-                                 signal=args.signal)
+        emulator = ModemEmulator(args.profile, pin=args.pin, operator=args.operator, signal=args.signal)
     except (OSError, ValueError) as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 1

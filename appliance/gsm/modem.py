@@ -32,7 +32,7 @@ import time
 from typing import Callable
 
 import serial
-from gsmmodem.exceptions import (CmeError, CmsError, CommandError, PinRequiredError, TimeoutException)
+from gsmmodem.exceptions import CmeError, CmsError, CommandError, PinRequiredError, TimeoutException
 from gsmmodem.modem import TERMINATOR, GsmModem
 from gsmmodem.pdu import decodeSmsPdu
 from gsmmodem.serial_comms import SerialComms
@@ -66,10 +66,39 @@ VOICE_ON = {"huawei": "AT^DDSETEX=2", "quectel": "AT+QPCMV=1,0", "simcom": "AT+C
 
 # Lines a modem sends on its own. Prefixes that are also replies to a command we send are only
 # treated as unsolicited while a different command is running.
-URC_PREFIXES = ("RING", "+CRING:", "+CLIP:", "+CMTI:", "+CDSI:", "+CMT:", "+CDS:", "^CEND:", "^CONN:",
-                "^ORIG:", "^CONF:", "^RSSI:", "^MODE:", "^BOOT:", "^SRVST:", "^SIMST:", "^DSFLOWRPT:",
-                "VOICE CALL:", "+CREG:", "+CGREG:", "+CEREG:", "+CUSD:", "+QIND:", "+CPIN:", "RDY",
-                "SMS DONE", "PB DONE", "+CFUN:", "+QUSIM:", "MISSED_CALL:", "+CIEV:")
+URC_PREFIXES = (
+    "RING",
+    "+CRING:",
+    "+CLIP:",
+    "+CMTI:",
+    "+CDSI:",
+    "+CMT:",
+    "+CDS:",
+    "^CEND:",
+    "^CONN:",
+    "^ORIG:",
+    "^CONF:",
+    "^RSSI:",
+    "^MODE:",
+    "^BOOT:",
+    "^SRVST:",
+    "^SIMST:",
+    "^DSFLOWRPT:",
+    "VOICE CALL:",
+    "+CREG:",
+    "+CGREG:",
+    "+CEREG:",
+    "+CUSD:",
+    "+QIND:",
+    "+CPIN:",
+    "RDY",
+    "SMS DONE",
+    "PB DONE",
+    "+CFUN:",
+    "+QUSIM:",
+    "MISSED_CALL:",
+    "+CIEV:",
+)
 # A PDU line follows these.
 URC_WITH_PDU = ("+CMT:", "+CDS:")
 CALL_RESULTS = ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE")
@@ -118,13 +147,16 @@ def utf16_units(text: str) -> str:
     if all(ord(c) <= 0xFFFF for c in text):
         return text
     raw = text.encode("utf-16-be", "surrogatepass")
-    return "".join(chr(int.from_bytes(raw[i:i + 2], "big")) for i in range(0, len(raw), 2))
+    return "".join(chr(int.from_bytes(raw[i : i + 2], "big")) for i in range(0, len(raw), 2))
 
 
 def guess_profile(manufacturer: str | None, model: str | None = None) -> str | None:
     text = f"{manufacturer or ''} {model or ''}".lower()
-    for key, words in (("huawei", ("huawei",)), ("simcom", ("simcom", "simtech", "sim7")),
-                       ("quectel", ("quectel", "ec25", "eg25", "ec21"))):
+    for key, words in (
+        ("huawei", ("huawei",)),
+        ("simcom", ("simcom", "simtech", "sim7")),
+        ("quectel", ("quectel", "ec25", "eg25", "ec21")),
+    ):
         if any(w in text for w in words):
             return key
     return None
@@ -151,20 +183,32 @@ class Modem(GsmModem, _OpenOnce):
     """One open AT port. Every method runs on the thread that owns it, except ``_handleLineRead``
     (the library's reader thread), which only hands lines over."""
 
-    def __init__(self, port: str, *, on_urc: Callable[[tuple[str, ...]], None],
-                 on_fatal: Callable[[Exception], None] | None = None, ping_timeout: float = 2.0,
-                 drain_s: float = 0.3, baudrate: int = 115200):
+    def __init__(
+        self,
+        port: str,
+        *,
+        on_urc: Callable[[tuple[str, ...]], None],
+        on_fatal: Callable[[Exception], None] | None = None,
+        ping_timeout: float = 2.0,
+        drain_s: float = 0.3,
+        baudrate: int = 115200,
+    ):
         # ds=2 (4th CNMI field): status reports are stored on the modem and announced with +CDSI,
         # so a report that arrives while the core is down is read at the next connect; mt=1:
         # SMS stored, +CMTI.
-        super().__init__(port, baudrate, AT_CNMI="2,1,0,2,0", requestDelivery=True,
-                         fatalErrorCallbackFunc=on_fatal or (lambda exc: None))
+        super().__init__(
+            port,
+            baudrate,
+            AT_CNMI="2,1,0,2,0",
+            requestDelivery=True,
+            fatalErrorCallbackFunc=on_fatal or (lambda exc: None),
+        )
         self.timeout = 0.1  # pyserial read timeout: how fast close() gets the reader thread back
         self.on_urc = on_urc
         self.ping_timeout = ping_timeout
         self.drain_s = drain_s
-        self.dirty = False           # a reply may still be on its way: resync before the next command
-        self._sms_input = False      # a timed-out AT+CMGS may have left the modem waiting for a PDU
+        self.dirty = False  # a reply may still be on its way: resync before the next command
+        self._sms_input = False  # a timed-out AT+CMGS may have left the modem waiting for a PDU
         self._pending: str | None = None
         self._urc_continues: list[str] | None = None
         self._stray = 0
@@ -217,8 +261,15 @@ class Modem(GsmModem, _OpenOnce):
         self.on_urc(tuple(lines))
 
     # -- commands --------------------------------------------------------------------------------
-    def write(self, data, waitForResponse=True, timeout=10, parseError=True, writeTerm=TERMINATOR,
-              expectedResponseTermSeq=None):
+    def write(
+        self,
+        data,
+        waitForResponse=True,
+        timeout=10,
+        parseError=True,
+        writeTerm=TERMINATOR,
+        expectedResponseTermSeq=None,
+    ):
         if not waitForResponse:
             return SerialComms.write(self, data + writeTerm, waitForResponse=False)
         if self.dirty:
@@ -248,8 +299,9 @@ class Modem(GsmModem, _OpenOnce):
         elif expected == "> ":
             self._sms_input = True
         try:
-            lines = SerialComms.write(self, data + writeTerm, waitForResponse=True, timeout=timeout,
-                                      expectedResponseTermSeq=expected)
+            lines = SerialComms.write(
+                self, data + writeTerm, waitForResponse=True, timeout=timeout, expectedResponseTermSeq=expected
+            )
         except TimeoutException:
             self.dirty = True
             raise
@@ -340,8 +392,9 @@ class Modem(GsmModem, _OpenOnce):
         try:
             lines = self.write("AT+CPIN?", timeout=self.ping_timeout)
         except CmeError as exc:
-            return {10: "NO SIM", 13: "SIM FAILURE", 14: "SIM BUSY", 11: "SIM PIN",
-                    12: "SIM PUK"}.get(exc.code, f"CME {exc.code}")
+            return {10: "NO SIM", 13: "SIM FAILURE", 14: "SIM BUSY", 11: "SIM PIN", 12: "SIM PUK"}.get(
+                exc.code, f"CME {exc.code}"
+            )
         line = next((ln for ln in lines if ln.startswith("+CPIN:")), "")
         return line.split(":", 1)[1].strip().strip('"') if line else "UNKNOWN"
 

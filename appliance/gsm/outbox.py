@@ -74,20 +74,27 @@ from .smstext import UCS2, SmsPlan, prepare
 
 log = logging.getLogger("centralka.sms")
 
-STATES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "uncertain", "expired",
-          "cancelled")
+STATES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "uncertain", "expired", "cancelled")
 DAY_S = 86400.0
 REPORT_WINDOW_S = 7 * DAY_S  # a delivery report older than this cannot be for a part we sent
 JOIN_WINDOW_S = DAY_S  # incoming parts further apart than this are not joined
-UNCERTAIN_TEXT = ("the box stopped while this SMS was being handed to the modem: it may or may not "
-                  "have been sent; not resent automatically (never twice) — resend or cancel it")
+UNCERTAIN_TEXT = (
+    "the box stopped while this SMS was being handed to the modem: it may or may not "
+    "have been sent; not resent automatically (never twice) — resend or cancel it"
+)
 
 _TYPE_NAMES = {
-    PhoneNumberType.FIXED_LINE: "fixed-line", PhoneNumberType.MOBILE: "mobile",
-    PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed-line or mobile", PhoneNumberType.TOLL_FREE: "toll-free",
-    PhoneNumberType.PREMIUM_RATE: "premium-rate", PhoneNumberType.SHARED_COST: "shared-cost",
-    PhoneNumberType.VOIP: "VoIP", PhoneNumberType.PERSONAL_NUMBER: "personal",
-    PhoneNumberType.PAGER: "pager", PhoneNumberType.UAN: "UAN", PhoneNumberType.VOICEMAIL: "voicemail",
+    PhoneNumberType.FIXED_LINE: "fixed-line",
+    PhoneNumberType.MOBILE: "mobile",
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed-line or mobile",
+    PhoneNumberType.TOLL_FREE: "toll-free",
+    PhoneNumberType.PREMIUM_RATE: "premium-rate",
+    PhoneNumberType.SHARED_COST: "shared-cost",
+    PhoneNumberType.VOIP: "VoIP",
+    PhoneNumberType.PERSONAL_NUMBER: "personal",
+    PhoneNumberType.PAGER: "pager",
+    PhoneNumberType.UAN: "UAN",
+    PhoneNumberType.VOICEMAIL: "voicemail",
     PhoneNumberType.UNKNOWN: "unknown-type",
 }
 _MOBILE = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
@@ -217,8 +224,11 @@ def check_number(number: str, settings=None) -> str:
     parsed = phonenumbers.parse(e164)
     region = phonenumbers.region_code_for_number(parsed) or "unknown"
     if region not in policy.allow_countries:
-        raise SmsRefused("country", f"{e164} is a {region} number; SMS go only to "
-                                    f"{', '.join(policy.allow_countries) or 'no'} numbers (sms.allow_countries)")
+        raise SmsRefused(
+            "country",
+            f"{e164} is a {region} number; SMS go only to "
+            f"{', '.join(policy.allow_countries) or 'no'} numbers (sms.allow_countries)",
+        )
     ntype = phonenumbers.number_type(parsed)
     name = _TYPE_NAMES.get(ntype, "unknown-type")
     if ntype not in _ANY_OK:
@@ -233,8 +243,16 @@ def plan_sms(text: str, settings=None) -> SmsPlan:
     return prepare(text, transliterate=SmsPolicy.from_settings(settings).transliterate)
 
 
-def queue_sms(db, number: str, text: str, *, kind: str = "manual", settings=None,
-              dedupe_key: str | None = None, now: float | None = None) -> int:
+def queue_sms(
+    db,
+    number: str,
+    text: str,
+    *,
+    kind: str = "manual",
+    settings=None,
+    dedupe_key: str | None = None,
+    now: float | None = None,
+) -> int:
     """Validate and durably queue an SMS; return its id. Nothing is sent here.
 
     Refusals (:class:`SmsRefused`, the rule named): withheld/internal/invalid numbers, countries
@@ -262,21 +280,40 @@ def queue_sms(db, number: str, text: str, *, kind: str = "manual", settings=None
             row = _one(db, "SELECT id FROM sms_outbox WHERE dedupe_key = ?", [dedupe_key])
             if row:
                 return row[0]
-        n = _one(db, "SELECT count(*) FROM sms_outbox WHERE number = ? AND created_at >= ? AND state != 'cancelled'",
-                 [e164, since])[0]
+        n = _one(
+            db,
+            "SELECT count(*) FROM sms_outbox WHERE number = ? AND created_at >= ? AND state != 'cancelled'",
+            [e164, since],
+        )[0]
         if n >= policy.per_number_per_day:
-            raise SmsRefused("per-number cap", f"{e164} already has {n} SMS in the last 24 hours "
-                                               f"(sms.per_number_per_day = {policy.per_number_per_day})")
+            raise SmsRefused(
+                "per-number cap",
+                f"{e164} already has {n} SMS in the last 24 hours "
+                f"(sms.per_number_per_day = {policy.per_number_per_day})",
+            )
         n = _one(db, "SELECT count(*) FROM sms_outbox WHERE created_at >= ? AND state != 'cancelled'", [since])[0]
         if n >= policy.per_day:
             raise SmsRefused("daily cap", f"{n} SMS were queued in the last 24 hours (sms.per_day = {policy.per_day})")
-        sms_id = db["sms_outbox"].insert({
-            "created_at": iso(now), "kind": kind, "number": e164, "text": plan.text,
-            "original_text": str(text), "encoding": plan.encoding, "parts": plan.part_count,
-            "state": "queued", "attempts": 0, "next_at": iso(now),
-            "expires_at": iso(now + policy.max_age_s) if policy.max_age_s > 0 else None,
-            "dedupe_key": dedupe_key,
-        }).last_pk
+        sms_id = (
+            db["sms_outbox"]
+            .insert(
+                {
+                    "created_at": iso(now),
+                    "kind": kind,
+                    "number": e164,
+                    "text": plan.text,
+                    "original_text": str(text),
+                    "encoding": plan.encoding,
+                    "parts": plan.part_count,
+                    "state": "queued",
+                    "attempts": 0,
+                    "next_at": iso(now),
+                    "expires_at": iso(now + policy.max_age_s) if policy.max_age_s > 0 else None,
+                    "dedupe_key": dedupe_key,
+                }
+            )
+            .last_pk
+        )
     log.debug("sms #%d queued to %s: %s", sms_id, e164, plan.describe())
     return sms_id
 
@@ -302,8 +339,9 @@ def list_outbox(db, limit: int = 20, states: tuple[str, ...] | None = None) -> l
     return _dicts(db, f"SELECT * FROM sms_outbox {where} ORDER BY id DESC LIMIT ?", params + [int(limit)])
 
 
-def _admin_change(db, sms_id: int, allowed: tuple[str, ...], new_state: str, outcome: str, reason: str,
-                  now: float | None, **extra) -> None:
+def _admin_change(
+    db, sms_id: int, allowed: tuple[str, ...], new_state: str, outcome: str, reason: str, now: float | None, **extra
+) -> None:
     now_iso = iso(time.time() if now is None else now)
     with transaction(db):
         row = _one(db, "SELECT state FROM sms_outbox WHERE id = ?", [sms_id])
@@ -312,10 +350,12 @@ def _admin_change(db, sms_id: int, allowed: tuple[str, ...], new_state: str, out
         if row[0] not in allowed:
             raise CentralkaError(f"SMS #{sms_id} is {row[0]}; only {', '.join(allowed)} can be {outcome}")
         sets = {"state": new_state, **extra}
-        db.execute(f"UPDATE sms_outbox SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
-                   list(sets.values()) + [sms_id])
-        db["sms_attempts"].insert({"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso,
-                                   "outcome": outcome, "detail": reason})
+        db.execute(
+            f"UPDATE sms_outbox SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", list(sets.values()) + [sms_id]
+        )
+        db["sms_attempts"].insert(
+            {"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso, "outcome": outcome, "detail": reason}
+        )
 
 
 def resend(db, sms_id: int, *, reason: str = "resend requested by the admin", now: float | None = None) -> None:
@@ -324,15 +364,35 @@ def resend(db, sms_id: int, *, reason: str = "resend requested by the admin", no
     The caps are not applied (it is an explicit decision) and the message does not expire again;
     the parts of earlier attempts are kept as ``superseded`` (their late reports are stored only).
     """
-    _admin_change(db, sms_id, ("uncertain", "failed", "expired", "undelivered"), "queued", "resend", reason,
-                  now, attempts=0, next_at=iso(time.time() if now is None else now), expires_at=None,
-                  error=None, finished_at=None)
+    _admin_change(
+        db,
+        sms_id,
+        ("uncertain", "failed", "expired", "undelivered"),
+        "queued",
+        "resend",
+        reason,
+        now,
+        attempts=0,
+        next_at=iso(time.time() if now is None else now),
+        expires_at=None,
+        error=None,
+        finished_at=None,
+    )
     db.execute("UPDATE sms_parts SET status = 'superseded' WHERE sms_id = ?", [sms_id])
 
 
 def cancel(db, sms_id: int, *, reason: str = "cancelled by the admin", now: float | None = None) -> None:
-    _admin_change(db, sms_id, ("queued", "uncertain", "failed", "expired"), "cancelled", "cancelled", reason,
-                  now, finished_at=iso(time.time() if now is None else now), error=reason)
+    _admin_change(
+        db,
+        sms_id,
+        ("queued", "uncertain", "failed", "expired"),
+        "cancelled",
+        "cancelled",
+        reason,
+        now,
+        finished_at=iso(time.time() if now is None else now),
+        error=reason,
+    )
 
 
 # --- delivery reports -----------------------------------------------------------------------------
@@ -351,8 +411,12 @@ def _settle(db, sms_id: int, now_iso: str) -> None:
     row = _one(db, "SELECT state, parts FROM sms_outbox WHERE id = ?", [sms_id])
     if row is None or row[0] not in ("sent", "delivered", "undelivered"):
         return
-    statuses = [r[0] for r in db.execute("SELECT status FROM sms_parts WHERE sms_id = ? AND status != 'superseded'",
-                                         [sms_id]).fetchall()]
+    statuses = [
+        r[0]
+        for r in db.execute(
+            "SELECT status FROM sms_parts WHERE sms_id = ? AND status != 'superseded'", [sms_id]
+        ).fetchall()
+    ]
     if "undelivered" in statuses:
         state = "undelivered"
     elif statuses.count("delivered") >= max(row[1], 1):
@@ -360,8 +424,10 @@ def _settle(db, sms_id: int, now_iso: str) -> None:
     else:
         state = "sent"
     if state != row[0]:
-        db.execute("UPDATE sms_outbox SET state = ?, finished_at = ? WHERE id = ?",
-                   [state, now_iso if state != "sent" else None, sms_id])
+        db.execute(
+            "UPDATE sms_outbox SET state = ?, finished_at = ? WHERE id = ?",
+            [state, now_iso if state != "sent" else None, sms_id],
+        )
 
 
 def _apply_report(db, part_id: int, sms_id: int, report_id: int, status: str, at: str | None, now_iso: str):
@@ -373,20 +439,30 @@ def _apply_report(db, part_id: int, sms_id: int, report_id: int, status: str, at
 
 def _adopt_as_evidence(db, sms_id: int, report: dict, now_iso: str) -> None:
     """A report for an uncertain message's number: it was sent after all."""
-    started = _one(db, "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN "
-                       "('interrupted', 'maybe_sent')", [sms_id])[0]
-    part_id = db["sms_parts"].insert({"sms_id": sms_id, "seq": None, "mr": report["mr"], "status": "sent",
-                                      "sent_at": started}).last_pk
-    note = (f"resolved: the network reported on message reference {report['mr']} for this number "
-            f"after the attempt, so it was sent (not resent)")
+    started = _one(
+        db,
+        "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN ('interrupted', 'maybe_sent')",
+        [sms_id],
+    )[0]
+    part_id = (
+        db["sms_parts"]
+        .insert({"sms_id": sms_id, "seq": None, "mr": report["mr"], "status": "sent", "sent_at": started})
+        .last_pk
+    )
+    note = (
+        f"resolved: the network reported on message reference {report['mr']} for this number "
+        f"after the attempt, so it was sent (not resent)"
+    )
     db.execute("UPDATE sms_outbox SET state = 'sent', sent_at = ?, error = ? WHERE id = ?", [started, note, sms_id])
-    db["sms_attempts"].insert({"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso,
-                               "outcome": "resolved", "detail": note})
+    db["sms_attempts"].insert(
+        {"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso, "outcome": "resolved", "detail": note}
+    )
     _apply_report(db, part_id, sms_id, report["id"], report["status"], report["at"], now_iso)
 
 
-def record_status_report(db, mr: int, delivered: bool | None, at=None, *, number: str | None = None,
-                         now: float | None = None) -> int | None:
+def record_status_report(
+    db, mr: int, delivered: bool | None, at=None, *, number: str | None = None, now: float | None = None
+) -> int | None:
     """Record a delivery report for message reference ``mr``; return the SMS id it belongs to.
 
     ``delivered``: True/False for a final report, None for "SMSC still trying" (see
@@ -403,10 +479,15 @@ def record_status_report(db, mr: int, delivered: bool | None, at=None, *, number
     e164 = normalise_caller(number)[0] if number else None
     mr = int(mr)
     with transaction(db):
-        report_id = db["sms_reports"].insert({"received_at": now_iso, "mr": mr, "number": e164, "status": status,
-                                              "at": _as_iso(at)}).last_pk
-        sql = ("SELECT p.id, p.sms_id FROM sms_parts p JOIN sms_outbox o ON o.id = p.sms_id "
-               "WHERE p.mr = ? AND p.status != 'superseded' AND (p.sent_at IS NULL OR p.sent_at >= ?)")
+        report_id = (
+            db["sms_reports"]
+            .insert({"received_at": now_iso, "mr": mr, "number": e164, "status": status, "at": _as_iso(at)})
+            .last_pk
+        )
+        sql = (
+            "SELECT p.id, p.sms_id FROM sms_parts p JOIN sms_outbox o ON o.id = p.sms_id "
+            "WHERE p.mr = ? AND p.status != 'superseded' AND (p.sent_at IS NULL OR p.sent_at >= ?)"
+        )
         params: list = [mr, iso(now - REPORT_WINDOW_S)]
         if e164:
             sql += " AND o.number = ?"
@@ -416,8 +497,11 @@ def record_status_report(db, mr: int, delivered: bool | None, at=None, *, number
             _apply_report(db, part[0], part[1], report_id, status, _as_iso(at), now_iso)
             return part[1]
         if e164:
-            row = _one(db, "SELECT id FROM sms_outbox WHERE state = 'uncertain' AND number = ? "
-                           "ORDER BY id DESC LIMIT 1", [e164])
+            row = _one(
+                db,
+                "SELECT id FROM sms_outbox WHERE state = 'uncertain' AND number = ? ORDER BY id DESC LIMIT 1",
+                [e164],
+            )
             if row:
                 report = {"id": report_id, "mr": mr, "status": status, "at": _as_iso(at)}
                 _adopt_as_evidence(db, row[0], report, now_iso)
@@ -436,8 +520,16 @@ class Outbox:
     runs :meth:`recover` — construct exactly one, in the process that owns the modem.
     """
 
-    def __init__(self, db, sender: SmsSender, settings=None, clock: Callable[[], float] = time.time, *,
-                 rng: random.Random | None = None, on_alarm: Callable[[int, str], None] | None = None):
+    def __init__(
+        self,
+        db,
+        sender: SmsSender,
+        settings=None,
+        clock: Callable[[], float] = time.time,
+        *,
+        rng: random.Random | None = None,
+        on_alarm: Callable[[int, str], None] | None = None,
+    ):
         self.db = db
         self.sender = sender
         self.policy = SmsPolicy.from_settings(settings)
@@ -460,10 +552,15 @@ class Outbox:
         stuck = [r[0] for r in self.db.execute("SELECT id FROM sms_outbox WHERE state = 'sending' ORDER BY id")]
         for sms_id in stuck:
             with transaction(self.db):
-                self.db.execute("UPDATE sms_outbox SET state = 'uncertain', error = ? WHERE id = ? AND "
-                                "state = 'sending'", [UNCERTAIN_TEXT, sms_id])
-                self.db.execute("UPDATE sms_attempts SET ended_at = ?, outcome = 'interrupted', detail = ? "
-                                "WHERE sms_id = ? AND outcome IS NULL", [now_iso, UNCERTAIN_TEXT, sms_id])
+                self.db.execute(
+                    "UPDATE sms_outbox SET state = 'uncertain', error = ? WHERE id = ? AND state = 'sending'",
+                    [UNCERTAIN_TEXT, sms_id],
+                )
+                self.db.execute(
+                    "UPDATE sms_attempts SET ended_at = ?, outcome = 'interrupted', detail = ? "
+                    "WHERE sms_id = ? AND outcome IS NULL",
+                    [now_iso, UNCERTAIN_TEXT, sms_id],
+                )
         left = []
         for row in _dicts(self.db, "SELECT id, number FROM sms_outbox WHERE state = 'uncertain' ORDER BY id"):
             if not self._resolve_from_stored_reports(row["id"], row["number"]):
@@ -474,19 +571,28 @@ class Outbox:
         return left
 
     def _resolve_from_stored_reports(self, sms_id: int, number: str) -> bool:
-        started = _one(self.db, "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN "
-                                "('interrupted', 'maybe_sent')", [sms_id])[0]
+        started = _one(
+            self.db,
+            "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN ('interrupted', 'maybe_sent')",
+            [sms_id],
+        )[0]
         if started is None:
             return False
         with transaction(self.db):
-            reports = _dicts(self.db, "SELECT * FROM sms_reports WHERE sms_id IS NULL AND number = ? AND "
-                                      "received_at >= ? ORDER BY id", [number, started])
+            reports = _dicts(
+                self.db,
+                "SELECT * FROM sms_reports WHERE sms_id IS NULL AND number = ? AND received_at >= ? ORDER BY id",
+                [number, started],
+            )
             if not reports:
                 return False
             _adopt_as_evidence(self.db, sms_id, reports[0], iso(self.clock()))
             for extra in reports[1:]:  # the other parts of the same message
-                part_id = self.db["sms_parts"].insert({"sms_id": sms_id, "seq": None, "mr": extra["mr"],
-                                                       "status": "sent", "sent_at": started}).last_pk
+                part_id = (
+                    self.db["sms_parts"]
+                    .insert({"sms_id": sms_id, "seq": None, "mr": extra["mr"], "status": "sent", "sent_at": started})
+                    .last_pk
+                )
                 _apply_report(self.db, part_id, sms_id, extra["id"], extra["status"], extra["at"], iso(self.clock()))
         log.warning("sms #%d: uncertain SMS resolved by stored delivery reports: it was sent", sms_id)
         return True
@@ -523,16 +629,23 @@ class Outbox:
         sent = handled = 0
         while limit is None or handled < limit:
             now = self.clock()
-            rows = _dicts(self.db, "SELECT * FROM sms_outbox WHERE state = 'queued' AND next_at <= ? "
-                                   "ORDER BY next_at, id LIMIT 1", [iso(now)])
+            rows = _dicts(
+                self.db,
+                "SELECT * FROM sms_outbox WHERE state = 'queued' AND next_at <= ? ORDER BY next_at, id LIMIT 1",
+                [iso(now)],
+            )
             if not rows:
                 break
             row = rows[0]
             handled += 1
             if row["expires_at"] and row["expires_at"] <= iso(now):
-                self._finish(row["id"], "expired", None,
-                             f"not sent within {self.policy.max_age_s:g} s of being queued (sms.max_age_s)",
-                             only_from="queued")
+                self._finish(
+                    row["id"],
+                    "expired",
+                    None,
+                    f"not sent within {self.policy.max_age_s:g} s of being queued (sms.max_age_s)",
+                    only_from="queued",
+                )
                 continue
             attempt_id = self._claim(row, now)
             if attempt_id is None:
@@ -560,42 +673,63 @@ class Outbox:
         """Commit ``sending`` + an open attempt row (fsynced) before the modem sees the message."""
         now_iso = iso(now)
         with transaction(self.db):
-            cur = self.db.execute("UPDATE sms_outbox SET state = 'sending', attempts = attempts + 1 "
-                                  "WHERE id = ? AND state = 'queued'", [row["id"]])
+            cur = self.db.execute(
+                "UPDATE sms_outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
+                [row["id"]],
+            )
             if cur.rowcount != 1:
                 return None
             return self.db["sms_attempts"].insert({"sms_id": row["id"], "started_at": now_iso}).last_pk
 
     def _end_attempt(self, attempt_id: int, outcome: str, detail: str | None) -> None:
-        self.db.execute("UPDATE sms_attempts SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
-                        [iso(self.clock()), outcome, detail, attempt_id])
+        self.db.execute(
+            "UPDATE sms_attempts SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
+            [iso(self.clock()), outcome, detail, attempt_id],
+        )
 
     def _record_sent(self, row: dict, attempt_id: int, mrs) -> None:
         now_iso = iso(self.clock())
         mrs = [int(m) for m in (mrs or [])]
         detail = "message reference(s) " + ", ".join(map(str, mrs)) if mrs else "no message reference returned"
         if len(mrs) != row["parts"]:
-            log.warning("sms #%d: %d part(s) planned, the modem returned %d reference(s)",
-                        row["id"], row["parts"], len(mrs))
+            log.warning(
+                "sms #%d: %d part(s) planned, the modem returned %d reference(s)", row["id"], row["parts"], len(mrs)
+            )
             detail += f" ({row['parts']} part(s) planned)"
         started = _one(self.db, "SELECT started_at FROM sms_attempts WHERE id = ?", [attempt_id])[0]
         with transaction(self.db):
-            self.db.execute("UPDATE sms_outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?",
-                            [now_iso, row["id"]])
-            part_ids = [self.db["sms_parts"].insert({"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent",
-                                                     "sent_at": now_iso}).last_pk for i, mr in enumerate(mrs)]
+            self.db.execute(
+                "UPDATE sms_outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?", [now_iso, row["id"]]
+            )
+            part_ids = [
+                self.db["sms_parts"]
+                .insert({"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent", "sent_at": now_iso})
+                .last_pk
+                for i, mr in enumerate(mrs)
+            ]
             self._end_attempt(attempt_id, "sent", detail)
             # Reports that overtook this record (they arrive on the modem's callback thread).
             for part_id, mr in zip(part_ids, mrs):
-                early = _one(self.db, "SELECT id, status, at FROM sms_reports WHERE sms_id IS NULL AND mr = ? AND "
-                                      "(number IS NULL OR number = ?) AND received_at >= ? ORDER BY id DESC LIMIT 1",
-                             [mr, row["number"], started])
+                early = _one(
+                    self.db,
+                    "SELECT id, status, at FROM sms_reports WHERE sms_id IS NULL AND mr = ? AND "
+                    "(number IS NULL OR number = ?) AND received_at >= ? ORDER BY id DESC LIMIT 1",
+                    [mr, row["number"], started],
+                )
                 if early:
                     _apply_report(self.db, part_id, row["id"], early[0], early[1], early[2], now_iso)
         log.info("sms #%d sent to %s (%s)", row["id"], row["number"], detail)
 
-    def _finish(self, sms_id: int, state: str, attempt_id: int | None, reason: str, *,
-                outcome: str | None = None, only_from: str | None = None) -> None:
+    def _finish(
+        self,
+        sms_id: int,
+        state: str,
+        attempt_id: int | None,
+        reason: str,
+        *,
+        outcome: str | None = None,
+        only_from: str | None = None,
+    ) -> None:
         with transaction(self.db):
             sql = "UPDATE sms_outbox SET state = ?, error = ?, finished_at = ? WHERE id = ?"
             params = [state, reason, iso(self.clock()), sms_id]
@@ -610,13 +744,20 @@ class Outbox:
     def _retry_or_fail(self, row: dict, attempt_id: int, reason: str) -> None:
         attempt = row["attempts"] + 1
         if attempt >= self.policy.max_attempts:
-            self._finish(row["id"], "failed", attempt_id,
-                         f"gave up after {attempt} attempt(s) (sms.max_attempts): {reason}", outcome="transient")
+            self._finish(
+                row["id"],
+                "failed",
+                attempt_id,
+                f"gave up after {attempt} attempt(s) (sms.max_attempts): {reason}",
+                outcome="transient",
+            )
             return
         delay = self.backoff(attempt)
         with transaction(self.db):
-            self.db.execute("UPDATE sms_outbox SET state = 'queued', next_at = ?, error = ? WHERE id = ?",
-                            [iso(self.clock() + delay), f"attempt {attempt} failed, retrying: {reason}", row["id"]])
+            self.db.execute(
+                "UPDATE sms_outbox SET state = 'queued', next_at = ?, error = ? WHERE id = ?",
+                [iso(self.clock() + delay), f"attempt {attempt} failed, retrying: {reason}", row["id"]],
+            )
             self._end_attempt(attempt_id, "transient", reason)
         log.info("sms #%d: attempt %d failed (%s); next try in %.0f s", row["id"], attempt, reason, delay)
 
@@ -628,8 +769,9 @@ class Outbox:
         with transaction(self.db):
             self.db.execute("UPDATE sms_outbox SET state = 'uncertain', error = ? WHERE id = ?", [text, row["id"]])
             for i, mr in enumerate(sent_mrs):
-                self.db["sms_parts"].insert({"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent",
-                                             "sent_at": now_iso})
+                self.db["sms_parts"].insert(
+                    {"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent", "sent_at": now_iso}
+                )
             self._end_attempt(attempt_id, "maybe_sent", reason)
         if sent_mrs or not self._resolve_from_stored_reports(row["id"], row["number"]):
             self._alarm(row["id"], text)
@@ -665,8 +807,9 @@ def concat_info(parts_info) -> tuple[int, int, int] | None:
     return ref, total, seq
 
 
-def store_incoming(db, number: str, text: str, parts_info=None, *, sent_at=None, received_at=None,
-                   country: str = "PL") -> IncomingResult:
+def store_incoming(
+    db, number: str, text: str, parts_info=None, *, sent_at=None, received_at=None, country: str = "PL"
+) -> IncomingResult:
     """Store an incoming SMS; multipart ones are joined by (sender, concat ref, total) across
     separate arrivals, in any order. Idempotent: a part or message seen before (same sender,
     text, position and SMSC timestamp ``sent_at``) is recognised as a duplicate and ignored.
@@ -687,29 +830,63 @@ def store_incoming(db, number: str, text: str, parts_info=None, *, sent_at=None,
     with transaction(db):
         if info is None:
             if sent_iso is not None:
-                dup = _one(db, "SELECT id FROM sms_incoming WHERE number = ? AND sent_at = ? AND text = ? AND "
-                               "parts = 1", [number, sent_iso, text])
+                dup = _one(
+                    db,
+                    "SELECT id FROM sms_incoming WHERE number = ? AND sent_at = ? AND text = ? AND parts = 1",
+                    [number, sent_iso, text],
+                )
                 if dup:
                     return IncomingResult("duplicate", dup[0])
-            msg_id = db["sms_incoming"].insert({"number": number, "number_kind": kind, "text": text,
-                                                "sent_at": sent_iso, "received_at": recv_iso, "parts": 1,
-                                                "complete": 1}).last_pk
+            msg_id = (
+                db["sms_incoming"]
+                .insert(
+                    {
+                        "number": number,
+                        "number_kind": kind,
+                        "text": text,
+                        "sent_at": sent_iso,
+                        "received_at": recv_iso,
+                        "parts": 1,
+                        "complete": 1,
+                    }
+                )
+                .last_pk
+            )
             return IncomingResult("complete", msg_id)
         ref, total, seq = info
         window = iso(_epoch(recv_iso) - JOIN_WINDOW_S)
-        dup = _one(db, "SELECT id, message_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-                       "AND seq = ? AND text = ? AND sent_at IS ? AND received_at >= ?",
-                   [number, ref, total, seq, text, sent_iso, window])
+        dup = _one(
+            db,
+            "SELECT id, message_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
+            "AND seq = ? AND text = ? AND sent_at IS ? AND received_at >= ?",
+            [number, ref, total, seq, text, sent_iso, window],
+        )
         if dup:
             return IncomingResult("duplicate", dup[1])
-        group = _one(db, "SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-                         "AND message_id IS NULL AND received_at >= ? AND group_id NOT IN ("
-                         "  SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-                         "  AND seq = ? AND message_id IS NULL) ORDER BY group_id LIMIT 1",
-                     [number, ref, total, window, number, ref, total, seq])
-        part_id = db["sms_incoming_parts"].insert({"number": number, "ref": ref, "total": total, "seq": seq,
-                                                   "text": text, "sent_at": sent_iso, "received_at": recv_iso,
-                                                   "group_id": group[0] if group else None}).last_pk
+        group = _one(
+            db,
+            "SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
+            "AND message_id IS NULL AND received_at >= ? AND group_id NOT IN ("
+            "  SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
+            "  AND seq = ? AND message_id IS NULL) ORDER BY group_id LIMIT 1",
+            [number, ref, total, window, number, ref, total, seq],
+        )
+        part_id = (
+            db["sms_incoming_parts"]
+            .insert(
+                {
+                    "number": number,
+                    "ref": ref,
+                    "total": total,
+                    "seq": seq,
+                    "text": text,
+                    "sent_at": sent_iso,
+                    "received_at": recv_iso,
+                    "group_id": group[0] if group else None,
+                }
+            )
+            .last_pk
+        )
         group_id = group[0] if group else part_id
         if not group:
             db.execute("UPDATE sms_incoming_parts SET group_id = ? WHERE id = ?", [part_id, part_id])
@@ -725,24 +902,41 @@ def _join_parts(db, parts: list[dict], total: int, kind: str, *, complete: bool)
     text = "".join(by_seq[i]["text"] if i in by_seq else "[…]" for i in range(1, total + 1))
     first = min(parts, key=lambda p: p["seq"])
     sent = [p["sent_at"] for p in parts if p["sent_at"]]
-    msg_id = db["sms_incoming"].insert({"number": first["number"], "number_kind": kind, "text": text,
-                                        "sent_at": min(sent) if sent else None,
-                                        "received_at": max(p["received_at"] for p in parts),
-                                        "parts": total, "complete": int(complete)}).last_pk
-    db.execute(f"UPDATE sms_incoming_parts SET message_id = ? WHERE id IN ({','.join('?' * len(parts))})",
-               [msg_id] + [p["id"] for p in parts])
+    msg_id = (
+        db["sms_incoming"]
+        .insert(
+            {
+                "number": first["number"],
+                "number_kind": kind,
+                "text": text,
+                "sent_at": min(sent) if sent else None,
+                "received_at": max(p["received_at"] for p in parts),
+                "parts": total,
+                "complete": int(complete),
+            }
+        )
+        .last_pk
+    )
+    db.execute(
+        f"UPDATE sms_incoming_parts SET message_id = ? WHERE id IN ({','.join('?' * len(parts))})",
+        [msg_id] + [p["id"] for p in parts],
+    )
     return msg_id
 
 
-def flush_incomplete(db, older_than_s: float = JOIN_WINDOW_S, *, now: float | None = None,
-                     country: str = "PL") -> list[int]:
+def flush_incomplete(
+    db, older_than_s: float = JOIN_WINDOW_S, *, now: float | None = None, country: str = "PL"
+) -> list[int]:
     """Multipart messages still missing parts after ``older_than_s`` become messages with the
     gaps marked "[…]" (``complete = 0``), so no received text is ever dropped. Returns their ids."""
     cutoff = iso((time.time() if now is None else now) - older_than_s)
     ids = []
     with transaction(db):
-        groups = db.execute("SELECT group_id, max(total) FROM sms_incoming_parts WHERE message_id IS NULL "
-                            "GROUP BY group_id HAVING max(received_at) < ?", [cutoff]).fetchall()
+        groups = db.execute(
+            "SELECT group_id, max(total) FROM sms_incoming_parts WHERE message_id IS NULL "
+            "GROUP BY group_id HAVING max(received_at) < ?",
+            [cutoff],
+        ).fetchall()
         for group_id, total in groups:
             parts = _dicts(db, "SELECT * FROM sms_incoming_parts WHERE group_id = ? ORDER BY seq", [group_id])
             kind = normalise_caller(parts[0]["number"], country)[1]

@@ -41,26 +41,31 @@ class ModemSender:
         mrs: list[int] = []
         for pdu in pdus:
             try:
-                self.modem.write(f"AT+CMGS={pdu.tpduLength}", timeout=PROMPT_TIMEOUT_S,
-                                 expectedResponseTermSeq="> ")
+                self.modem.write(f"AT+CMGS={pdu.tpduLength}", timeout=PROMPT_TIMEOUT_S, expectedResponseTermSeq="> ")
             except TimeoutException as exc:
                 # No "> " prompt: this part never left.
-                raise SmsSendError(f"modem gave no prompt for part {len(mrs) + 1}", transient=True,
-                                   sent_mrs=mrs) from exc
+                raise SmsSendError(
+                    f"modem gave no prompt for part {len(mrs) + 1}", transient=True, sent_mrs=mrs
+                ) from exc
             except CommandError as exc:
                 raise _refused(exc, mrs) from exc
             try:
                 lines = self.modem.write(str(pdu), timeout=SEND_TIMEOUT_S, writeTerm=CTRLZ)
             except TimeoutException as exc:
                 # The PDU was handed over: the network may have taken it.
-                raise SmsSendError(f"no answer after part {len(mrs) + 1} was handed over", transient=True,
-                                   maybe_sent=True, sent_mrs=mrs) from exc
+                raise SmsSendError(
+                    f"no answer after part {len(mrs) + 1} was handed over",
+                    transient=True,
+                    maybe_sent=True,
+                    sent_mrs=mrs,
+                ) from exc
             except CommandError as exc:
                 raise _refused(exc, mrs) from exc
             line = next((ln for ln in lines if ln.startswith("+CMGS:")), None)
             if line is None:
-                raise SmsSendError(f"no +CMGS for part {len(mrs) + 1}: {lines}", transient=True,
-                                   maybe_sent=True, sent_mrs=mrs)
+                raise SmsSendError(
+                    f"no +CMGS for part {len(mrs) + 1}: {lines}", transient=True, maybe_sent=True, sent_mrs=mrs
+                )
             mrs.append(int(line.split(":", 1)[1].split(",")[0].strip()))
         return mrs
 

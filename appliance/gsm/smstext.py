@@ -51,23 +51,45 @@ ENCODING_NAMES = {GSM7: "GSM-7", UCS2: "UCS-2"}
 # The GSM 03.38 default alphabet, minus ESC (0x1B, the escape to the extension table) and minus
 # "§" (0x5F): python-gsmmodem-new has "`" at 0x5F instead, so it cannot encode "§" (it goes
 # UCS-2, which phones show correctly) and it writes "`" as 0x5F (which phones show as "§").
-_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-          "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ¿abcdefghijklmnopqrstuvwxyzäöñüà")
+_BASIC = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
 GSM7_BASIC = frozenset(_BASIC)
 GSM7_EXTENDED = frozenset("^{}\\[~]|€")  # each costs 2 septets (ESC + code)
 
 POLISH = str.maketrans("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ", "acelnoszzACELNOSZZ")
 _TYPOGRAPHY = {
-    "„": '"', "“": '"', "”": '"', "″": '"', "«": '"', "»": '"',
-    "‚": "'", "‘": "'", "’": "'", "′": "'", "‹": "'", "›": "'",
-    "–": "-", "—": "-", "‐": "-", "‑": "-", "−": "-",
-    "…": "...", "•": "*", "·": ".",
-    "\u00a0": " ", "\u2002": " ", "\u2003": " ", "\u2007": " ", "\u2009": " ", "\u202f": " ",
+    "„": '"',
+    "“": '"',
+    "”": '"',
+    "″": '"',
+    "«": '"',
+    "»": '"',
+    "‚": "'",
+    "‘": "'",
+    "’": "'",
+    "′": "'",
+    "‹": "'",
+    "›": "'",
+    "–": "-",
+    "—": "-",
+    "‐": "-",
+    "‑": "-",
+    "−": "-",
+    "…": "...",
+    "•": "*",
+    "·": ".",
+    "\u00a0": " ",
+    "\u2002": " ",
+    "\u2003": " ",
+    "\u2007": " ",
+    "\u2009": " ",
+    "\u202f": " ",
 }
 
 # Invisible characters that only make sense with emoji or bidi text: dropped.
-_INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\ufe0e", "\ufe0f",
-              "\u20e3"}
+_INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\ufe0e", "\ufe0f", "\u20e3"}
 _LIBRARY_FIXES = {"ÿ": "y", "`": "'"}
 _GAP = "\x00"  # where a visible character was removed (never in the output: controls are removed)
 MAX_VALUE_CHARS = 200
@@ -107,8 +129,7 @@ class SmsPlan:
         n = self.part_count
         enc = ENCODING_NAMES[self.encoding]
         unit = "characters" if self.encoding == UCS2 else "GSM-7 characters"
-        room = (f"{SINGLE_LIMIT[self.encoding]} in one SMS" if n == 1
-                else f"{PART_LIMIT[self.encoding]} per part")
+        room = f"{SINGLE_LIMIT[self.encoding]} in one SMS" if n == 1 else f"{PART_LIMIT[self.encoding]} per part"
         text = f"{n} part{'s' if n != 1 else ''}, {enc} ({self.units} {unit}; {room}"
         if self.ucs2_chars:
             shown = ", ".join(self.ucs2_chars[:8]) + (" …" if len(self.ucs2_chars) > 8 else "")
@@ -185,7 +206,7 @@ def split_parts(text: str, encoding: str) -> tuple[str, ...]:
         if len(text) <= SINGLE_LIMIT[UCS2]:
             return (text,)
         step = PART_LIMIT[UCS2]
-        return tuple(text[i:i + step] for i in range(0, len(text), step))
+        return tuple(text[i : i + step] for i in range(0, len(text), step))
     if gsm7_septets(text) <= SINGLE_LIMIT[GSM7]:
         return (text,)
     parts, current, size = [], [], 0
@@ -216,8 +237,16 @@ def prepare(text: str, *, transliterate: bool = False) -> SmsPlan:
     else:
         encoding, units = UCS2, len(clean)
         forcing = tuple(dict.fromkeys(c for c in clean if c not in GSM7_BASIC and c not in GSM7_EXTENDED))
-    return SmsPlan(text=clean, encoding=encoding, parts=split_parts(clean, encoding), units=units,
-                   removed=removed, ucs2_chars=forcing, transliterated=changed, original=original)
+    return SmsPlan(
+        text=clean,
+        encoding=encoding,
+        parts=split_parts(clean, encoding),
+        units=units,
+        removed=removed,
+        ucs2_chars=forcing,
+        transliterated=changed,
+        original=original,
+    )
 
 
 # --- templates ------------------------------------------------------------------------------------
@@ -245,16 +274,16 @@ def template_fields(template: str) -> list[str]:
 
 def _clean_value(name: str, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise TemplateError(f"template value for {{{name}}} must be text or a number, "
-                            f"not {type(value).__name__}")
+        raise TemplateError(f"template value for {{{name}}} must be text or a number, not {type(value).__name__}")
     text = unicodedata.normalize("NFC", str(value)).strip()
     bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cn", "Zl", "Zp")]
     if bad:
-        raise TemplateError(f"template value for {{{name}}} contains a control character "
-                            f"({bad[0]!r}); values are one line of plain text")
+        raise TemplateError(
+            f"template value for {{{name}}} contains a control character "
+            f"({bad[0]!r}); values are one line of plain text"
+        )
     if len(text) > MAX_VALUE_CHARS:
-        raise TemplateError(f"template value for {{{name}}} is {len(text)} characters long "
-                            f"(at most {MAX_VALUE_CHARS})")
+        raise TemplateError(f"template value for {{{name}}} is {len(text)} characters long (at most {MAX_VALUE_CHARS})")
     return text
 
 
@@ -264,8 +293,10 @@ def render_template(template: str, **values) -> str:
     fields = template_fields(template)  # validates the whole template first
     missing = [n for n in fields if n not in values or values[n] is None]
     if missing:
-        raise TemplateError(f"template placeholder {{{missing[0]}}} has no value"
-                            + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+        raise TemplateError(
+            f"template placeholder {{{missing[0]}}} has no value"
+            + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else "")
+        )
     clean = {n: _clean_value(n, values[n]) for n in fields}
     for literal, name, _spec, _conv in _FORMATTER.parse(template):
         out.append(literal)

@@ -47,8 +47,18 @@ from ..alarms import localise, raise_alarm
 from ..errors import StoreError
 from ..store.db import open_db
 from . import discovery
-from .modem import (CALL_RESULTS, VOICE_ON, Modem, ModemError, ModemHung, ModemSmsSender, ModemUnavailable,
-                    PinProblem, decode_pdu, parse_clip)
+from .modem import (
+    CALL_RESULTS,
+    VOICE_ON,
+    Modem,
+    ModemError,
+    ModemHung,
+    ModemSmsSender,
+    ModemUnavailable,
+    PinProblem,
+    decode_pdu,
+    parse_clip,
+)
 from .outbox import Outbox, delivery_from_tp_status, flush_incomplete, record_status_report, store_incoming
 
 log = logging.getLogger("centralka.gsm.supervisor")
@@ -58,10 +68,21 @@ STATES = ("absent", "connecting", "up", "degraded", "down", "pin_error")
 # [modem] settings and their defaults (documented in appliance/data/default.toml). Read
 # defensively: the supervisor works with a Settings that has no [modem] section at all.
 DEFAULTS = {
-    "device": "", "pin": "", "number": "",
-    "poll_s": 30.0, "ping_timeout_s": 3.0, "drain_s": 0.3, "clip_wait_s": 0.5, "call_poll_s": 1.0,
-    "probe_s": 5.0, "probe_slow_s": 60.0, "reset_grace_s": 5.0, "reset_wait_s": 45.0,
-    "sim_busy_reset_s": 120.0, "no_network_reset_s": 900.0, "weak_signal": 5,
+    "device": "",
+    "pin": "",
+    "number": "",
+    "poll_s": 30.0,
+    "ping_timeout_s": 3.0,
+    "drain_s": 0.3,
+    "clip_wait_s": 0.5,
+    "call_poll_s": 1.0,
+    "probe_s": 5.0,
+    "probe_slow_s": 60.0,
+    "reset_grace_s": 5.0,
+    "reset_wait_s": 45.0,
+    "sim_busy_reset_s": 120.0,
+    "no_network_reset_s": 900.0,
+    "weak_signal": 5,
     "flush_incomplete_s": 600.0,
 }
 
@@ -98,8 +119,9 @@ class ModemSettings:
                 try:
                     values[key] = type(default)(section[key])
                 except (TypeError, ValueError):
-                    log.warning("modem.%s: %r is not a %s; using %r", key, section[key],
-                                type(default).__name__, default)
+                    log.warning(
+                        "modem.%s: %r is not a %s; using %r", key, section[key], type(default).__name__, default
+                    )
         return cls(**values)
 
 
@@ -112,8 +134,8 @@ def _country(settings) -> str:
 
 @dataclass
 class _Call:
-    direction: str                 # "in" | "out"
-    state: str                     # "ringing" | "dialing" | "active"
+    direction: str  # "in" | "out"
+    state: str  # "ringing" | "dialing" | "active"
     caller: str | None = None
     ton: int | None = None
     announced: bool = False
@@ -121,10 +143,19 @@ class _Call:
 
 
 class ModemSupervisor:
-    def __init__(self, *, device: str | None, voice_device: str | None, db_path, settings,
-                 pin: str | None = None, on_event: Callable[[str, dict], None] | None = None,
-                 usb_reset: Callable[[], None] | None = None, clock=time.monotonic,
-                 discover: Callable[[], "discovery.ModemPorts | None"] | None = None):
+    def __init__(
+        self,
+        *,
+        device: str | None,
+        voice_device: str | None,
+        db_path,
+        settings,
+        pin: str | None = None,
+        on_event: Callable[[str, dict], None] | None = None,
+        usb_reset: Callable[[], None] | None = None,
+        clock=time.monotonic,
+        discover: Callable[[], "discovery.ModemPorts | None"] | None = None,
+    ):
         self.settings = settings
         self.cfg = ModemSettings.from_settings(settings)
         self.db_path = db_path
@@ -140,9 +171,20 @@ class ModemSupervisor:
         self._stop = threading.Event()
         self._inbox: queue.Queue = queue.Queue()
         now = time.time()
-        self._health = {"state": "absent", "reason": "not started", "signal": None, "registered": False,
-                        "operator": None, "sim": None, "model": None, "profile": None, "device": device,
-                        "voice_device": voice_device, "since": now, "last_ok": None}
+        self._health = {
+            "state": "absent",
+            "reason": "not started",
+            "signal": None,
+            "registered": False,
+            "operator": None,
+            "sim": None,
+            "model": None,
+            "profile": None,
+            "device": device,
+            "voice_device": voice_device,
+            "since": now,
+            "last_ok": None,
+        }
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -153,7 +195,7 @@ class ModemSupervisor:
         self._outbox: Outbox | None = None
         self._sender = ModemSmsSender(None)
         self._ever_connected = False
-        self._step = "connect"            # where the next connection attempt stands on the ladder
+        self._step = "connect"  # where the next connection attempt stands on the ladder
         self._step_deadline = 0.0
         self._next_attempt = 0.0
         self._gone_alarmed = False
@@ -180,8 +222,10 @@ class ModemSupervisor:
         self._stop.clear()
         self._inbox = queue.Queue()
         self._reset_run_state()
-        self._set(state="connecting" if self._device else "absent",
-                  reason="starting" if self._device else "no modem configured or found yet")
+        self._set(
+            state="connecting" if self._device else "absent",
+            reason="starting" if self._device else "no modem configured or found yet",
+        )
         self._thread = threading.Thread(target=self._run, name="modem-supervisor", daemon=True)
         self._thread.start()
 
@@ -256,9 +300,12 @@ class ModemSupervisor:
     def _run(self) -> None:
         try:
             self._db = open_db(self.db_path)
-            self._outbox = Outbox(self._db, self._sender, self.settings,
-                                  on_alarm=lambda sms_id, text: self._alarm("sms_uncertain", text,
-                                                                              source=f"sms #{sms_id}"))
+            self._outbox = Outbox(
+                self._db,
+                self._sender,
+                self.settings,
+                on_alarm=lambda sms_id, text: self._alarm("sms_uncertain", text, source=f"sms #{sms_id}"),
+            )
         except Exception as exc:
             # Calls and health still work; SMS wait in the database for a later start.
             log.exception("modem supervisor: SMS outbox unavailable")
@@ -394,8 +441,14 @@ class ModemSupervisor:
             if not (found or self._ever_connected):
                 # Never seen: nothing to reset, just keep looking.
                 self._next_attempt = now + self.cfg.probe_s
-                self._set(state="absent", reason="no modem found" + (f" at {self._device}" if self._device else ""),
-                          device=self._device, voice_device=self._voice_device, registered=False, signal=None)
+                self._set(
+                    state="absent",
+                    reason="no modem found" + (f" at {self._device}" if self._device else ""),
+                    device=self._device,
+                    voice_device=self._voice_device,
+                    registered=False,
+                    signal=None,
+                )
                 return
             # A modem still booting may not answer yet: give it reset_wait_s before resetting it.
             self._step_deadline = self._step_deadline or now + self.cfg.reset_wait_s
@@ -431,14 +484,22 @@ class ModemSupervisor:
                 return
         self._step = "gone"
         self._next_attempt = now + self.cfg.probe_slow_s
-        reason = "the modem is not answering even after a reset; looking for it again every " \
-                 f"{self.cfg.probe_slow_s:g} s"
-        self._set(state="absent" if not (self._device and os.path.exists(self._device)) else "down",
-                  reason=reason, registered=False, signal=None)
+        reason = (
+            f"the modem is not answering even after a reset; looking for it again every {self.cfg.probe_slow_s:g} s"
+        )
+        self._set(
+            state="absent" if not (self._device and os.path.exists(self._device)) else "down",
+            reason=reason,
+            registered=False,
+            signal=None,
+        )
         if not self._gone_alarmed:
             self._gone_alarmed = True
-            self._alarm("modem_gone", "The GSM modem stopped working and did not come back after a reset: "
-                                      "no GSM calls or SMS until it does.", severity="critical")
+            self._alarm(
+                "modem_gone",
+                "The GSM modem stopped working and did not come back after a reset: no GSM calls or SMS until it does.",
+                severity="critical",
+            )
 
     def _enter_step(self, step: str, reason: str) -> None:
         now = self.clock()
@@ -451,8 +512,9 @@ class ModemSupervisor:
         """AT+CFUN=1,1 on a port nobody else has open. The reply does not matter: a hung modem
         may still act on it, and a modem that answers drops off the bus right after its OK."""
         try:
-            with serial.Serial(self._device, 115200, timeout=self.cfg.ping_timeout_s,
-                               write_timeout=self.cfg.ping_timeout_s) as port:
+            with serial.Serial(
+                self._device, 115200, timeout=self.cfg.ping_timeout_s, write_timeout=self.cfg.ping_timeout_s
+            ) as port:
                 port.reset_input_buffer()
                 port.write(b"AT+CFUN=1,1\r")
                 port.read_until(b"OK\r\n")
@@ -471,9 +533,13 @@ class ModemSupervisor:
         self._gen += 1
         gen = self._gen
         self._set(state="connecting", reason=f"opening {ports.at}", device=ports.at, voice_device=ports.voice)
-        modem = Modem(ports.at, on_urc=lambda lines, g=gen: self._inbox.put(("urc", g, lines)),
-                      on_fatal=lambda exc, g=gen: self._inbox.put(("fatal", g, exc)),
-                      ping_timeout=self.cfg.ping_timeout_s, drain_s=self.cfg.drain_s)
+        modem = Modem(
+            ports.at,
+            on_urc=lambda lines, g=gen: self._inbox.put(("urc", g, lines)),
+            on_fatal=lambda exc, g=gen: self._inbox.put(("fatal", g, exc)),
+            ping_timeout=self.cfg.ping_timeout_s,
+            drain_s=self.cfg.drain_s,
+        )
         try:
             modem.start(self._unlock_sim)
         except PinProblem as exc:
@@ -558,8 +624,7 @@ class ModemSupervisor:
                 raise self._pin_alarm("The SIM card needs its PIN and none is configured (modem.pin).")
             marker = self._pin_marker()
             if marker is not None and marker.exists() and marker.read_text().strip() == self._pin_hash(self.pin):
-                raise self._pin_alarm("The SIM card refused this PIN before; it is not tried again "
-                                      "(change modem.pin).")
+                raise self._pin_alarm("The SIM card refused this PIN before; it is not tried again (change modem.pin).")
             try:
                 modem.write(f'AT+CPIN="{self.pin}"', timeout=max(10.0, self.cfg.ping_timeout_s))
             except CmeError as exc:
@@ -568,8 +633,10 @@ class ModemSupervisor:
                         marker.write_text(self._pin_hash(self.pin) + "\n")
                     except OSError:
                         log.exception("cannot remember the refused PIN")
-                raise self._pin_alarm(f"The SIM card refused the PIN (CME error {exc.code}); it is not tried "
-                                      "again, because three wrong PINs lock the SIM.") from exc
+                raise self._pin_alarm(
+                    f"The SIM card refused the PIN (CME error {exc.code}); it is not tried "
+                    "again, because three wrong PINs lock the SIM."
+                ) from exc
             if marker is not None and marker.exists():
                 marker.unlink(missing_ok=True)
             deadline = time.monotonic() + 15
@@ -623,8 +690,11 @@ class ModemSupervisor:
         else:
             self._unregistered_since = self._unregistered_since or now
             lost_for = now - self._unregistered_since
-            if (self.cfg.no_network_reset_s > 0 and lost_for >= self.cfg.no_network_reset_s
-                    and not self._network_reset_done):
+            if (
+                self.cfg.no_network_reset_s > 0
+                and lost_for >= self.cfg.no_network_reset_s
+                and not self._network_reset_done
+            ):
                 self._network_reset_done = True
                 self._reset_modem(f"no network for {lost_for:.0f} s")
                 return
@@ -638,8 +708,15 @@ class ModemSupervisor:
             state, reason = "degraded", f"weak signal ({signal}/31)"
         else:
             state, reason = "up", f"registered on {operator or 'the network'}"
-        self._set(state=state, reason=reason, signal=signal, registered=registered, operator=operator, sim=sim,
-                  last_ok=time.time())
+        self._set(
+            state=state,
+            reason=reason,
+            signal=signal,
+            registered=registered,
+            operator=operator,
+            sim=sim,
+            last_ok=time.time(),
+        )
 
     def _ready_for_sms(self) -> bool:
         h = self.health()
@@ -718,8 +795,14 @@ class ModemSupervisor:
         if kind == "SMS-STATUS-REPORT":
             self._report(data)
         elif kind == "SMS-DELIVER":
-            result = store_incoming(self._db, data.get("number") or "", data.get("text") or "", data.get("udh"),
-                                    sent_at=data.get("time"), country=self._country)
+            result = store_incoming(
+                self._db,
+                data.get("number") or "",
+                data.get("text") or "",
+                data.get("udh"),
+                sent_at=data.get("time"),
+                country=self._country,
+            )
             if result.status == "complete":
                 self._announce_sms(result.message_id)
         else:
@@ -733,8 +816,13 @@ class ModemSupervisor:
             self._emit("sms_in", {"message_id": message_id, "number": row[0], "text": row[1]})
 
     def _report(self, data: dict) -> None:
-        sms_id = record_status_report(self._db, data["reference"], delivery_from_tp_status(int(data["status"])),
-                                      at=data.get("discharge"), number=data.get("number"))
+        sms_id = record_status_report(
+            self._db,
+            data["reference"],
+            delivery_from_tp_status(int(data["status"])),
+            at=data.get("discharge"),
+            number=data.get("number"),
+        )
         log.info("delivery report MR %s (status %s) -> sms #%s", data["reference"], data["status"], sms_id)
 
     def _flush_incomplete(self) -> None:
@@ -861,9 +949,15 @@ class ModemSupervisor:
                 continue
             fields = [f.strip() for f in line.split(":", 1)[1].split(",")]
             try:
-                out.append({"id": int(fields[0]), "dir": int(fields[1]), "stat": int(fields[2]),
-                            "number": fields[5].strip('"') if len(fields) > 5 else "",
-                            "ton": int(fields[6]) if len(fields) > 6 and fields[6].isdigit() else None})
+                out.append(
+                    {
+                        "id": int(fields[0]),
+                        "dir": int(fields[1]),
+                        "stat": int(fields[2]),
+                        "number": fields[5].strip('"') if len(fields) > 5 else "",
+                        "ton": int(fields[6]) if len(fields) > 6 and fields[6].isdigit() else None,
+                    }
+                )
             except (ValueError, IndexError):
                 continue
         return out
@@ -878,7 +972,11 @@ class ModemSupervisor:
             return
         if not entries:
             self._call_gone("gone")
-        elif call.direction == "out" and call.state != "active" and any(e["dir"] == 0 and e["stat"] == 0 for e in entries):
+        elif (
+            call.direction == "out"
+            and call.state != "active"
+            and any(e["dir"] == 0 and e["stat"] == 0 for e in entries)
+        ):
             self._call_up()
 
     def _run_job(self, fn, args, future: Future) -> None:

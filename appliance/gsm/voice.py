@@ -56,9 +56,17 @@ PLAYBACK_CMD = ("aplay", "-q", "-D", "{pcm}", "-t", "raw", "-f", "S16_LE", "-r",
 class VoiceChannel:
     """One call's audio on the modem's PCM port (``device``, e.g. /dev/ttyUSB1)."""
 
-    def __init__(self, device: str, *, on_digit: Callable[[str], None] | None = None,
-                 on_lost: Callable[[str], None] | None = None, prebuffer: int = 3, max_depth: int = 12,
-                 out_depth: int = 10, commands: tuple | None = None):
+    def __init__(
+        self,
+        device: str,
+        *,
+        on_digit: Callable[[str], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        prebuffer: int = 3,
+        max_depth: int = 12,
+        out_depth: int = 10,
+        commands: tuple | None = None,
+    ):
         self.device = device
         self.commands = commands or (CAPTURE_CMD, PLAYBACK_CMD)  # for an alsa: device
         self.on_digit = on_digit
@@ -85,16 +93,27 @@ class VoiceChannel:
         self._users = 0
         self._lost = False
         self.lost_reason: str | None = None
-        self._stats = dict(frames_in=0, frames_out=0, underruns=0, overruns=0, trimmed_in=0, stale=0,
-                           out_underruns=0, out_overruns=0, trimmed_out=0, partial_writes=0, digits=0,
-                           detector_errors=0)
+        self._stats = dict(
+            frames_in=0,
+            frames_out=0,
+            underruns=0,
+            overruns=0,
+            trimmed_in=0,
+            stale=0,
+            out_underruns=0,
+            out_overruns=0,
+            trimmed_out=0,
+            partial_writes=0,
+            digits=0,
+            detector_errors=0,
+        )
         self._started_out = False
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Open the port (raw, non-blocking) and start the threads; OSError if it cannot."""
         if self.device.startswith(ALSA_PREFIX):
-            self._open_sound_card(self.device[len(ALSA_PREFIX):])
+            self._open_sound_card(self.device[len(ALSA_PREFIX) :])
         else:
             self._open_tty()
         self._wake_r, self._wake_w = os.pipe()
@@ -110,10 +129,12 @@ class VoiceChannel:
         capture, playback = ([arg.format(pcm=pcm) for arg in cmd] for cmd in self.commands)
         procs = []
         try:
-            procs.append(subprocess.Popen(capture, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL))
-            procs.append(subprocess.Popen(playback, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(capture, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            )
+            procs.append(
+                subprocess.Popen(playback, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
         except OSError:
             for p in procs:
                 p.kill()
@@ -296,8 +317,8 @@ class VoiceChannel:
             n = len(pending) // FRAME_BYTES
             if not n:
                 continue
-            frames = [bytes(pending[i * FRAME_BYTES:(i + 1) * FRAME_BYTES]) for i in range(n)]
-            del pending[:n * FRAME_BYTES]
+            frames = [bytes(pending[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]) for i in range(n)]
+            del pending[: n * FRAME_BYTES]
             with self._lock:
                 for frame in frames:
                     if len(self._in) >= self.max_depth:

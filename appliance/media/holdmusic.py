@@ -82,8 +82,10 @@ PIECES = {
         measures=(1, 59),
         programmes=(48, 0, 0),  # the clarinet line on strings, the piano reduction on piano
         rights_must_contain="Public Domain",
-        licence=("composition in the public domain (composer died 1826); the encoding by Oliver Seely "
-                 "is marked 'Released to Public Domain in 1998' in the file"),
+        licence=(
+            "composition in the public domain (composer died 1826); the encoding by Oliver Seely "
+            "is marked 'Released to Public Domain in 1998' in the file"
+        ),
     ),
     "lusitano": Piece(
         key="lusitano",
@@ -93,17 +95,22 @@ PIECES = {
         measures=None,
         programmes=(49, 49, 49),
         rights_must_contain="CC0",
-        licence=("composition in the public domain; the encoding by Michael Scott Asato Cuthbert is "
-                 "released as CC0/Public Domain (note in the file)"),
+        licence=(
+            "composition in the public domain; the encoding by Michael Scott Asato Cuthbert is "
+            "released as CC0/Public Domain (note in the file)"
+        ),
         tempo_bpm=76,
     ),
 }
 DEFAULT_PIECE = "weber"
-SOUNDFONT_LICENCE = ("FluidR3_GM.sf2 by Frank Wen and contributors, MIT licence "
-                     "(Debian package fluid-soundfont-gm, /usr/share/doc/fluid-soundfont-gm/copyright)")
+SOUNDFONT_LICENCE = (
+    "FluidR3_GM.sf2 by Frank Wen and contributors, MIT licence "
+    "(Debian package fluid-soundfont-gm, /usr/share/doc/fluid-soundfont-gm/copyright)"
+)
 
 
 # --- where the files live -----------------------------------------------------------------------
+
 
 def default_hold_music_path(data_dir: str | Path) -> Path:
     """Where the default hold music is built for a box (once, then reused)."""
@@ -165,6 +172,7 @@ def _built_rate(path: Path, piece: str) -> int | None:
 
 
 # --- shaping for the telephone ------------------------------------------------------------------
+
 
 def _band_limit(x: np.ndarray, rate: int) -> np.ndarray:
     """Gentle band-pass: raised-cosine skirts below 300 Hz and above 3400 Hz (zero-phase)."""
@@ -269,6 +277,7 @@ def rms_dbfs(samples: np.ndarray, rate: int, floor_dbfs: float = -50.0) -> float
 
 # --- rendering ----------------------------------------------------------------------------------
 
+
 def _import_music21():
     try:
         import music21  # noqa: F401
@@ -297,8 +306,10 @@ def _score_midi(piece: Piece, midi_path: Path) -> dict:
     md = score.metadata
     rights = (str(md.copyright) if md is not None and md.copyright is not None else "").strip()
     if piece.rights_must_contain.lower() not in rights.lower():
-        raise HoldMusicError(f"{piece.corpus_path}: its licence note is {rights or 'missing'!r}, expected "
-                             f"{piece.rights_must_contain!r}; not shipping it")
+        raise HoldMusicError(
+            f"{piece.corpus_path}: its licence note is {rights or 'missing'!r}, expected "
+            f"{piece.rights_must_contain!r}; not shipping it"
+        )
     score = score.toSoundingPitch()  # the clarinet is written in B-flat; MIDI must sound in concert pitch
     if piece.measures:
         score = score.measures(*piece.measures)
@@ -339,8 +350,27 @@ def _fluidsynth_version(exe: str) -> str:
 
 
 def _render(exe: str, soundfont: Path, midi_path: Path, wav_path: Path) -> None:
-    cmd = [exe, "-ni", "-q", "-C", "0", "-R", "1", "-g", str(RENDER_GAIN), "-r", str(RENDER_RATE),
-           "-T", "wav", "-O", "s16", "-F", str(wav_path), str(soundfont), str(midi_path)]
+    cmd = [
+        exe,
+        "-ni",
+        "-q",
+        "-C",
+        "0",
+        "-R",
+        "1",
+        "-g",
+        str(RENDER_GAIN),
+        "-r",
+        str(RENDER_RATE),
+        "-T",
+        "wav",
+        "-O",
+        "s16",
+        "-F",
+        str(wav_path),
+        str(soundfont),
+        str(midi_path),
+    ]
     limit = MAX_RENDER_S * RENDER_RATE * 2 * 2  # stereo 16-bit
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -367,8 +397,14 @@ def _render(exe: str, soundfont: Path, midi_path: Path, wav_path: Path) -> None:
         raise HoldMusicError("fluidsynth wrote no audio")
 
 
-def build_hold_music(out_path: str | Path, rate: int = 8000, piece: str = DEFAULT_PIECE, *,
-                     fluidsynth: str = FLUIDSYNTH, soundfont: str | Path = SOUNDFONT) -> dict:
+def build_hold_music(
+    out_path: str | Path,
+    rate: int = 8000,
+    piece: str = DEFAULT_PIECE,
+    *,
+    fluidsynth: str = FLUIDSYNTH,
+    soundfont: str | Path = SOUNDFONT,
+) -> dict:
     """Render ``piece`` to ``out_path`` (mono 16-bit WAV at ``rate``, written atomically) and
     write its metadata beside it (``.json``). Returns the metadata. Raises HoldMusicError."""
     if piece not in PIECES:
@@ -394,8 +430,10 @@ def build_hold_music(out_path: str | Path, rate: int = 8000, piece: str = DEFAUL
         "piece": p.key,
         "title": p.title,
         "composer": p.composer,
-        "source": (f"music21 {info['music21_version']} corpus (PyPI music21), {info['corpus_file']}"
-                   + (f", bars {p.measures[0]}-{p.measures[1]}" if p.measures else "")),
+        "source": (
+            f"music21 {info['music21_version']} corpus (PyPI music21), {info['corpus_file']}"
+            + (f", bars {p.measures[0]}-{p.measures[1]}" if p.measures else "")
+        ),
         "encoding_rights": info["encoding_rights"],
         "licence": p.licence,
         "soundfont": SOUNDFONT_LICENCE,
@@ -413,14 +451,14 @@ def build_hold_music(out_path: str | Path, rate: int = 8000, piece: str = DEFAUL
 
 # --- the fallback: a generated, gentle tone pattern ---------------------------------------------
 
+
 def fallback_tones(rate: int, seconds: float = FALLBACK_S) -> np.ndarray:
     """Soft bell-like arpeggios over I-vi-IV-V in C, all inside the telephone band.
 
     Not music anyone chose, but never silence: a caller in the queue must hear that the line is
     alive. Synthesised here, so it needs neither tools nor packages.
     """
-    chords = [(523.25, 659.25, 783.99), (440.00, 523.25, 659.25), (349.23, 440.00, 523.25),
-              (392.00, 493.88, 587.33)]
+    chords = [(523.25, 659.25, 783.99), (440.00, 523.25, 659.25), (349.23, 440.00, 523.25), (392.00, 493.88, 587.33)]
     n = int(seconds * rate)
     x = np.zeros(n)
     step = 0.5  # one note every half second
@@ -446,14 +484,24 @@ def fallback_tones(rate: int, seconds: float = FALLBACK_S) -> np.ndarray:
 def write_fallback(out_path: str | Path, rate: int) -> Path:
     out_path = Path(out_path)
     _write_wav(out_path, fallback_tones(rate), rate)
-    _write_json_atomic(_meta_path(out_path), {
-        "version": BUILD_VERSION, "piece": "fallback", "title": "generated tone pattern (fallback)",
-        "composer": None, "source": "synthesised by appliance.media.holdmusic", "licence": "our own",
-        "rate": rate, "duration_s": FALLBACK_S})
+    _write_json_atomic(
+        _meta_path(out_path),
+        {
+            "version": BUILD_VERSION,
+            "piece": "fallback",
+            "title": "generated tone pattern (fallback)",
+            "composer": None,
+            "source": "synthesised by appliance.media.holdmusic",
+            "licence": "our own",
+            "rate": rate,
+            "duration_s": FALLBACK_S,
+        },
+    )
     return out_path
 
 
 # --- what the core calls ------------------------------------------------------------------------
+
 
 def _from_packaged(src: Path, dst: Path, rate: int) -> None:
     """Give the box its own copy of the packaged default, resampled when the bridge runs at
@@ -471,9 +519,15 @@ def _from_packaged(src: Path, dst: Path, rate: int) -> None:
     _write_json_atomic(_meta_path(dst), meta)
 
 
-def ensure_hold_music(data_dir: str | Path, rate: int, *, piece: str = DEFAULT_PIECE,
-                      fluidsynth: str = FLUIDSYNTH, soundfont: str | Path = SOUNDFONT,
-                      packaged: str | Path | None = None) -> Path:
+def ensure_hold_music(
+    data_dir: str | Path,
+    rate: int,
+    *,
+    piece: str = DEFAULT_PIECE,
+    fluidsynth: str = FLUIDSYNTH,
+    soundfont: str | Path = SOUNDFONT,
+    packaged: str | Path | None = None,
+) -> Path:
     """The file the queue plays, made if needed; never raises for a missing tool.
 
     Order: the admin's upload (``<data_dir>/prompts/uploaded/hold_music.wav``); the box's default
@@ -511,7 +565,11 @@ def ensure_hold_music(data_dir: str | Path, rate: int, *, piece: str = DEFAULT_P
         "hold music: the default piece cannot be built (%s); callers in the queue hear a generated "
         "tone pattern instead. For the real music install the Debian packages fluidsynth and "
         "fluid-soundfont-gm and %s (make setup does), then restart, or upload your own with "
-        "`centralka prompt upload %s FILE`", reason, MUSIC21_PIN, UPLOADED_NAME)
+        "`centralka prompt upload %s FILE`",
+        reason,
+        MUSIC21_PIN,
+        UPLOADED_NAME,
+    )
     if _wav_rate(fallback) != rate:
         write_fallback(fallback, rate)
     return fallback
@@ -519,10 +577,12 @@ def ensure_hold_music(data_dir: str | Path, rate: int, *, piece: str = DEFAULT_P
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m appliance.media.holdmusic",
-        description="Render the default hold music (a public-domain piece) for the telephone.")
+        description="Render the default hold music (a public-domain piece) for the telephone.",
+    )
     parser.add_argument("out", nargs="?", help="the WAV file to write (metadata goes beside it as .json)")
     parser.add_argument("--piece", default=DEFAULT_PIECE, choices=sorted(PIECES))
     parser.add_argument("--rate", type=int, default=8000, help="sample rate, the bridge clock (default 8000)")
@@ -532,8 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for p in PIECES.values():
-            print(f"{p.key}{' (default)' if p.key == DEFAULT_PIECE else ''}: {p.composer} - {p.title}\n"
-                  f"    {p.licence}")
+            print(f"{p.key}{' (default)' if p.key == DEFAULT_PIECE else ''}: {p.composer} - {p.title}\n    {p.licence}")
         return 0
     if not args.out:
         parser.print_usage(sys.stderr)
@@ -543,16 +602,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"holdmusic: error: --rate {args.rate}: use 8000-48000", file=sys.stderr)
         return 2
     try:
-        meta = build_hold_music(args.out, args.rate, args.piece, fluidsynth=args.fluidsynth,
-                                soundfont=args.soundfont)
+        meta = build_hold_music(args.out, args.rate, args.piece, fluidsynth=args.fluidsynth, soundfont=args.soundfont)
     except PromptError as exc:
         print(f"holdmusic: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"holdmusic: error: {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {meta['composer']} - {meta['title']}; {meta['duration_s']:.0f} s at {meta['rate']} Hz, "
-          f"{meta['rms_dbfs']:.1f} dBFS RMS, built in {meta['build_s']:.1f} s")
+    print(
+        f"{args.out}: {meta['composer']} - {meta['title']}; {meta['duration_s']:.0f} s at {meta['rate']} Hz, "
+        f"{meta['rms_dbfs']:.1f} dBFS RMS, built in {meta['build_s']:.1f} s"
+    )
     return 0
 
 

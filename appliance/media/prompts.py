@@ -120,7 +120,7 @@ def trim_silence(samples: np.ndarray, rate: int, keep_s: float = 0.05) -> np.nda
     if not len(loud):
         return samples
     keep = int(keep_s * rate)
-    return samples[max(0, loud[0] - keep): min(len(samples), loud[-1] + keep)]
+    return samples[max(0, loud[0] - keep) : min(len(samples), loud[-1] + keep)]
 
 
 class PromptLibrary:
@@ -131,8 +131,9 @@ class PromptLibrary:
     ``<dir>/cache``.
     """
 
-    def __init__(self, directory: str | Path, *, rate: int = 8000, voice: str = "pl", speed: int = 150,
-                 language: str = "pl"):
+    def __init__(
+        self, directory: str | Path, *, rate: int = 8000, voice: str = "pl", speed: int = 150, language: str = "pl"
+    ):
         self.dir = Path(directory)
         self.rate = rate
         self.voice = voice
@@ -173,8 +174,10 @@ class PromptLibrary:
             raw = Path(tmp) / "tts.wav"
             mid = Path(tmp) / "mid.wav"
             _run(["espeak-ng", "-v", self.voice, "-s", str(self.speed), "-w", str(raw), "--", text], f"prompt {name!r}")
-            _run(["sox", "-q", str(raw), "-r", str(self.rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(mid)],
-                 f"prompt {name!r}")
+            _run(
+                ["sox", "-q", str(raw), "-r", str(self.rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(mid)],
+                f"prompt {name!r}",
+            )
             samples, rate = read_wav(mid)
         write_wav_atomic(out, normalise_loudness(trim_silence(samples, rate)), rate)
         return out

@@ -99,8 +99,11 @@ class Mailer:
         else:
             self.why_disabled = ""
         if self.enabled and self.username and self.security == "none" and not self._loopback():
-            log.warning("mail: the password for %s goes over the network unencrypted "
-                        "(mail.security = \"none\"); use starttls or tls", self.where)
+            log.warning(
+                "mail: the password for %s goes over the network unencrypted "
+                '(mail.security = "none"); use starttls or tls',
+                self.where,
+            )
 
     @property
     def enabled(self) -> bool:
@@ -148,16 +151,21 @@ class Mailer:
         smtp = None
         try:
             if self.security == "tls":
-                smtp = smtplib.SMTP_SSL(self.host, self.port, local_hostname=local, timeout=self.timeout_s,
-                                        context=self._tls_context())
+                smtp = smtplib.SMTP_SSL(
+                    self.host, self.port, local_hostname=local, timeout=self.timeout_s, context=self._tls_context()
+                )
             else:
                 smtp = smtplib.SMTP(self.host, self.port, local_hostname=local, timeout=self.timeout_s)
             smtp.ehlo()
             if self.security == "starttls":
                 if not smtp.has_extn("starttls"):
                     # Never fall back to plain text: the password and patients' SMS would leak.
-                    raise MailError("tls", f"{where} does not offer STARTTLS (mail.security = \"starttls\"); "
-                                           "check mail.port and mail.security", transient=False)
+                    raise MailError(
+                        "tls",
+                        f'{where} does not offer STARTTLS (mail.security = "starttls"); '
+                        "check mail.port and mail.security",
+                        transient=False,
+                    )
                 smtp.starttls(context=self._tls_context())
                 smtp.ehlo()
             if self.username:
@@ -170,12 +178,14 @@ class Mailer:
                 raise
             raise _convert(exc, where, "connect") from exc
 
-
     def _login(self, smtp: smtplib.SMTP) -> None:
         where = self.where
         if not smtp.has_extn("auth"):
-            raise MailError("auth", f"{where} offers no login (AUTH) here; check mail.security and mail.port, "
-                                    "or leave mail.username empty", transient=False)
+            raise MailError(
+                "auth",
+                f"{where} offers no login (AUTH) here; check mail.security and mail.port, or leave mail.username empty",
+                transient=False,
+            )
         try:
             if (self.username + self.password).isascii():
                 smtp.login(self.username, self.password)
@@ -183,15 +193,23 @@ class Mailer:
             # smtplib encodes credentials as ASCII, so "hasło" would never leave the box;
             # AUTH PLAIN carries UTF-8 (RFC 4616), which is what servers expect for such passwords.
             if "PLAIN" not in smtp.esmtp_features.get("auth", "").upper().split():
-                raise MailError("auth", f"{where} does not offer AUTH PLAIN, the only way to send a password "
-                                        "with non-ASCII letters; change the password", transient=False)
+                raise MailError(
+                    "auth",
+                    f"{where} does not offer AUTH PLAIN, the only way to send a password "
+                    "with non-ASCII letters; change the password",
+                    transient=False,
+                )
             token = f"\0{self.username}\0{self.password}".encode("utf-8")
             code, reply = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(token).decode("ascii"))
             if code != 235:
                 raise smtplib.SMTPAuthenticationError(code, reply)
         except smtplib.SMTPAuthenticationError as exc:
-            raise MailError("auth", f"{where} refused the login of {self.username!r}: {_reply_text(exc)}",
-                            transient=exc.smtp_code < 500, code=exc.smtp_code) from exc
+            raise MailError(
+                "auth",
+                f"{where} refused the login of {self.username!r}: {_reply_text(exc)}",
+                transient=exc.smtp_code < 500,
+                code=exc.smtp_code,
+            ) from exc
 
 
 class _Session:
@@ -210,17 +228,29 @@ class _Session:
             refused = self.smtp.send_message(message, m.from_address, recipients)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
-            detail = "; ".join(f"{rcpt}: {code} {' '.join(_decode(text).split())}"
-                               for rcpt, (code, text) in exc.recipients.items())
-            raise MailError("recipients", f"{m.where} refused every recipient ({detail}); check mail.recipients",
-                            transient=all(400 <= c < 500 for c in codes), code=max(codes, default=None)) from exc
+            detail = "; ".join(
+                f"{rcpt}: {code} {' '.join(_decode(text).split())}" for rcpt, (code, text) in exc.recipients.items()
+            )
+            raise MailError(
+                "recipients",
+                f"{m.where} refused every recipient ({detail}); check mail.recipients",
+                transient=all(400 <= c < 500 for c in codes),
+                code=max(codes, default=None),
+            ) from exc
         except smtplib.SMTPSenderRefused as exc:
-            raise MailError("sender", f"{m.where} refused the sender {m.from_address!r}: {_reply_text(exc)}; "
-                                      "check mail.from_address", transient=exc.smtp_code < 500,
-                            code=exc.smtp_code) from exc
+            raise MailError(
+                "sender",
+                f"{m.where} refused the sender {m.from_address!r}: {_reply_text(exc)}; check mail.from_address",
+                transient=exc.smtp_code < 500,
+                code=exc.smtp_code,
+            ) from exc
         except smtplib.SMTPDataError as exc:
-            raise MailError("message", f"{m.where} rejected the message: {_reply_text(exc)}",
-                            transient=exc.smtp_code < 500, code=exc.smtp_code) from exc
+            raise MailError(
+                "message",
+                f"{m.where} rejected the message: {_reply_text(exc)}",
+                transient=exc.smtp_code < 500,
+                code=exc.smtp_code,
+            ) from exc
         except Exception as exc:
             raise _convert(exc, m.where, "server") from exc
         for rcpt, (code, text) in refused.items():
@@ -235,24 +265,34 @@ def _decode(text) -> str:
 def _convert(exc: Exception, where: str, stage: str) -> MailError:
     """One MailError for everything smtplib, ssl and the socket layer may raise."""
     if isinstance(exc, socket.gaierror):
-        return MailError("dns", f"cannot resolve the mail server name {where.rsplit(':', 1)[0]!r} "
-                                f"({exc.strerror or exc}); check mail.host and the box's DNS")
+        return MailError(
+            "dns",
+            f"cannot resolve the mail server name {where.rsplit(':', 1)[0]!r} "
+            f"({exc.strerror or exc}); check mail.host and the box's DNS",
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return MailError("connect", f"{where} refused the connection (no mail server listening there; "
-                                    "check mail.host and mail.port)")
+        return MailError(
+            "connect", f"{where} refused the connection (no mail server listening there; check mail.host and mail.port)"
+        )
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return MailError("timeout", f"{where} did not answer within the time limit (mail.timeout_s)")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return MailError("tls", f"{where}: the server's certificate is not trusted ({exc.verify_message}); "
-                                "set mail.ca_file to its CA, or mail.verify_tls = false", transient=False)
+        return MailError(
+            "tls",
+            f"{where}: the server's certificate is not trusted ({exc.verify_message}); "
+            "set mail.ca_file to its CA, or mail.verify_tls = false",
+            transient=False,
+        )
     if isinstance(exc, ssl.SSLError):
-        return MailError("tls", f"{where}: TLS failed ({exc.reason or exc}); check mail.security and mail.port",
-                         transient=False)
+        return MailError(
+            "tls", f"{where}: TLS failed ({exc.reason or exc}); check mail.security and mail.port", transient=False
+        )
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return MailError(stage, f"{where} closed the connection ({exc or 'no reason given'})")
     if isinstance(exc, smtplib.SMTPResponseException):
-        return MailError(stage, f"{where} answered {_reply_text(exc)}", transient=exc.smtp_code < 500,
-                         code=exc.smtp_code)
+        return MailError(
+            stage, f"{where} answered {_reply_text(exc)}", transient=exc.smtp_code < 500, code=exc.smtp_code
+        )
     if isinstance(exc, OSError):
         return MailError("connect", f"cannot reach {where}: {exc.strerror or exc}")
     return MailError(stage, f"{where}: unexpected {type(exc).__name__}: {exc}")
@@ -264,7 +304,11 @@ TEXTS = {
         "severity": {"critical": "alarm krytyczny", "warning": "ostrzeżenie", "info": "informacja"},
         "subject_alarm": "{prefix}{Severity}: {text}",
         "alarm_intro": "Centralka zgłasza: {severity}.",
-        "level": "Poziom", "source": "Dotyczy", "kind": "Rodzaj", "when": "Kiedy", "detail": "Szczegóły",
+        "level": "Poziom",
+        "source": "Dotyczy",
+        "kind": "Rodzaj",
+        "when": "Kiedy",
+        "detail": "Szczegóły",
         "alarm_no": "Numer alarmu",
         "alarm_footer": "Alarm pozostaje na liście alarmów w panelu centralki, dopóki ktoś go nie potwierdzi.",
         "digest_subject": "{prefix}{n} {new} {alarms}",
@@ -275,11 +319,15 @@ TEXTS = {
         # "od numer zastrzeżony" would be wrong: the withheld case needs its own genitive phrase.
         "sms_subject_withheld": "{prefix}SMS z numeru zastrzeżonego: {preview}",
         "sms_intro": "Na numer centralki przyszedł SMS.",
-        "from": "Od", "sent": "Wysłany", "received": "Odebrany", "parts": "Części",
-        "incomplete": ("Uwaga: nie dotarły wszystkie części tej wiadomości; brakujące fragmenty "
-                       "oznaczono „[…]”."),
-        "sms_footer": ("Odpowiedź na ten e-mail nie trafi do nadawcy SMS-a. Aby odpowiedzieć, "
-                       "zadzwoń lub wyślij SMS na numer {sender}."),
+        "from": "Od",
+        "sent": "Wysłany",
+        "received": "Odebrany",
+        "parts": "Części",
+        "incomplete": ("Uwaga: nie dotarły wszystkie części tej wiadomości; brakujące fragmenty oznaczono „[…]”."),
+        "sms_footer": (
+            "Odpowiedź na ten e-mail nie trafi do nadawcy SMS-a. Aby odpowiedzieć, "
+            "zadzwoń lub wyślij SMS na numer {sender}."
+        ),
         "withheld": "numer zastrzeżony",
         "empty": "(pusta wiadomość)",
         "sources": {"trunk": "łącze SIP (trunk)", "gsm": "modem GSM", "mail": "poczta e-mail"},
@@ -288,7 +336,11 @@ TEXTS = {
         "severity": {"critical": "critical alarm", "warning": "warning", "info": "notice"},
         "subject_alarm": "{prefix}{Severity}: {text}",
         "alarm_intro": "The phone box reports a {severity}.",
-        "level": "Level", "source": "About", "kind": "Kind", "when": "When", "detail": "Details",
+        "level": "Level",
+        "source": "About",
+        "kind": "Kind",
+        "when": "When",
+        "detail": "Details",
         "alarm_no": "Alarm number",
         "alarm_footer": "The alarm stays on the alarm list of the box's web panel until someone acknowledges it.",
         "digest_subject": "{prefix}{n} {new} {alarms}",
@@ -298,8 +350,11 @@ TEXTS = {
         "sms_subject": "{prefix}SMS from {sender}: {preview}",
         "sms_subject_withheld": "{prefix}SMS from a withheld number: {preview}",
         "sms_intro": "An SMS arrived at the box's number.",
-        "from": "From", "sent": "Sent", "received": "Received", "parts": "Parts",
-        "incomplete": "Note: some parts of this message never arrived; the gaps are marked \"[…]\".",
+        "from": "From",
+        "sent": "Sent",
+        "received": "Received",
+        "parts": "Parts",
+        "incomplete": 'Note: some parts of this message never arrived; the gaps are marked "[…]".',
         "sms_footer": "Replying to this e-mail does not reach the sender. To answer, call or text {sender}.",
         "withheld": "withheld number",
         "empty": "(empty message)",
@@ -308,18 +363,30 @@ TEXTS = {
 }
 # What a failing stage means, for the alarm a person reads (the full error goes in its detail).
 FAILURE_WHY = {
-    "pl": {"config": "ustawienia poczty są niepełne", "dns": "nie można odnaleźć serwera poczty (DNS)",
-           "connect": "serwer poczty nie przyjmuje połączeń", "timeout": "serwer poczty nie odpowiada",
-           "tls": "nie udało się nawiązać szyfrowanego połączenia (TLS)",
-           "auth": "serwer poczty odrzucił login lub hasło", "sender": "serwer poczty odrzucił adres nadawcy",
-           "recipients": "serwer poczty odrzucił adresy odbiorców", "message": "serwer poczty odrzucił wiadomość",
-           "server": "serwer poczty zgłasza błąd"},
-    "en": {"config": "the mail settings are incomplete", "dns": "the mail server's name does not resolve (DNS)",
-           "connect": "the mail server refuses connections", "timeout": "the mail server does not answer",
-           "tls": "the encrypted connection (TLS) failed", "auth": "the mail server refused the login",
-           "sender": "the mail server refused the sender address",
-           "recipients": "the mail server refused the recipients", "message": "the mail server rejected the message",
-           "server": "the mail server reports an error"},
+    "pl": {
+        "config": "ustawienia poczty są niepełne",
+        "dns": "nie można odnaleźć serwera poczty (DNS)",
+        "connect": "serwer poczty nie przyjmuje połączeń",
+        "timeout": "serwer poczty nie odpowiada",
+        "tls": "nie udało się nawiązać szyfrowanego połączenia (TLS)",
+        "auth": "serwer poczty odrzucił login lub hasło",
+        "sender": "serwer poczty odrzucił adres nadawcy",
+        "recipients": "serwer poczty odrzucił adresy odbiorców",
+        "message": "serwer poczty odrzucił wiadomość",
+        "server": "serwer poczty zgłasza błąd",
+    },
+    "en": {
+        "config": "the mail settings are incomplete",
+        "dns": "the mail server's name does not resolve (DNS)",
+        "connect": "the mail server refuses connections",
+        "timeout": "the mail server does not answer",
+        "tls": "the encrypted connection (TLS) failed",
+        "auth": "the mail server refused the login",
+        "sender": "the mail server refused the sender address",
+        "recipients": "the mail server refused the recipients",
+        "message": "the mail server rejected the message",
+        "server": "the mail server reports an error",
+    },
 }
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
@@ -370,7 +437,7 @@ def _subject_text(text: str, limit: int = SUBJECT_PREVIEW) -> str:
     if len(one_line) <= limit:
         return one_line
     cut = one_line[: limit - 1]
-    if " " in cut[limit // 2:]:
+    if " " in cut[limit // 2 :]:
         cut = cut.rsplit(" ", 1)[0]  # whole words only, unless one word fills the line
     return cut.rstrip(" ,;:-—") + "…"
 
@@ -399,18 +466,25 @@ def _source_name(source: str, t: dict) -> str:
     return t["sources"].get(source, source)
 
 
-def alarm_message(alarm_row: dict, lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None,
-                  domain: str = "") -> EmailMessage:
+def alarm_message(
+    alarm_row: dict, lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None, domain: str = ""
+) -> EmailMessage:
     """The e-mail about one alarm (a row of the alarms table)."""
     t = _texts(lang)
     severity = t["severity"].get(alarm_row["severity"], alarm_row["severity"])
-    subject = t["subject_alarm"].format(prefix=prefix, Severity=severity[:1].upper() + severity[1:],
-                                        text=_subject_text(alarm_row["text"], 120))
-    lines = [alarm_row["text"], "", t["alarm_intro"].format(severity=severity), "",
-             f"{t['level']}: {severity}",
-             f"{t['source']}: {_source_name(alarm_row['source'], t)}",
-             f"{t['kind']}: {alarm_row['kind']}",
-             f"{t['when']}: {person_time(alarm_row['at'], lang, tz)}"]
+    subject = t["subject_alarm"].format(
+        prefix=prefix, Severity=severity[:1].upper() + severity[1:], text=_subject_text(alarm_row["text"], 120)
+    )
+    lines = [
+        alarm_row["text"],
+        "",
+        t["alarm_intro"].format(severity=severity),
+        "",
+        f"{t['level']}: {severity}",
+        f"{t['source']}: {_source_name(alarm_row['source'], t)}",
+        f"{t['kind']}: {alarm_row['kind']}",
+        f"{t['when']}: {person_time(alarm_row['at'], lang, tz)}",
+    ]
     if alarm_row.get("detail"):
         lines.append(f"{t['detail']}: {alarm_row['detail']}")
     lines += [f"{t['alarm_no']}: {alarm_row['id']}", "", t["alarm_footer"], ""]
@@ -424,8 +498,9 @@ def _count_words(n: int, lang: str) -> tuple[str, str]:
     return pl_noun(n, "nowy", "nowe", "nowych"), pl_noun(n, "alarm", "alarmy", "alarmów")
 
 
-def alarm_digest(alarm_rows: list[dict], lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None,
-                 domain: str = "") -> EmailMessage:
+def alarm_digest(
+    alarm_rows: list[dict], lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None, domain: str = ""
+) -> EmailMessage:
     """One e-mail listing several alarms (when many piled up, e.g. while the mail was down)."""
     t = _texts(lang)
     n = len(alarm_rows)
@@ -435,8 +510,10 @@ def alarm_digest(alarm_rows: list[dict], lang: str = "pl", *, prefix: str = "[Ce
     lines = [t["digest_intro"].format(n=n, new=new, alarms=alarms), ""]
     for row in alarm_rows:
         severity = t["severity"].get(row["severity"], row["severity"])
-        lines.append(f"- {person_time(row['at'], lang, tz)} · {severity} · "
-                     f"{_source_name(row['source'], t)}: {row['text']} (#{row['id']})")
+        lines.append(
+            f"- {person_time(row['at'], lang, tz)} · {severity} · "
+            f"{_source_name(row['source'], t)}: {row['text']} (#{row['id']})"
+        )
         if row.get("detail"):
             lines.append(f"  {row['detail']}")
     lines += ["", t["digest_worst"].format(severity=worst_name), "", t["digest_footer"], ""]
@@ -445,15 +522,17 @@ def alarm_digest(alarm_rows: list[dict], lang: str = "pl", *, prefix: str = "[Ce
     return _new_message(subject, "\n".join(lines), _message_id("alarms", ids, domain))
 
 
-def incoming_sms_message(sms_row: dict, lang: str = "pl", *, country: str = "PL", prefix: str = "[Centralka] ",
-                         tz=None, domain: str = "") -> EmailMessage:
+def incoming_sms_message(
+    sms_row: dict, lang: str = "pl", *, country: str = "PL", prefix: str = "[Centralka] ", tz=None, domain: str = ""
+) -> EmailMessage:
     """The e-mail forwarding one incoming SMS (a row of sms_incoming, parts already joined)."""
     t = _texts(lang)
     sender = person_number(sms_row["number"], sms_row.get("number_kind"), lang, country)
     text = sms_row["text"] or ""
     withheld = sms_row.get("number_kind") == "withheld"
     subject = t["sms_subject_withheld" if withheld else "sms_subject"].format(
-        prefix=prefix, sender=sender, preview=_subject_text(text) or t["empty"])
+        prefix=prefix, sender=sender, preview=_subject_text(text) or t["empty"]
+    )
     lines = [t["sms_intro"], "", f"{t['from']}: {sender}"]
     if sms_row.get("sent_at"):
         lines.append(f"{t['sent']}: {person_time(sms_row['sent_at'], lang, tz)}")
@@ -478,9 +557,11 @@ def _set_state(db, key: str, value: str | None) -> None:
     if value is None:
         db.execute("DELETE FROM notify_state WHERE key = ?", [key])
     else:
-        db.execute("INSERT INTO notify_state (key, value, updated_at) VALUES (?, ?, ?) "
-                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                   [key, value, utcnow()])
+        db.execute(
+            "INSERT INTO notify_state (key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [key, value, utcnow()],
+        )
 
 
 class Notifier:
@@ -496,8 +577,7 @@ class Notifier:
     FAILING_SINCE = "mail.failing_since"
     FAILING_ALARMED = "mail.failing_alarmed"
 
-    def __init__(self, db, settings, mailer: Mailer | None = None, *, clock=time.time, tz=None,
-                 rng=random.random):
+    def __init__(self, db, settings, mailer: Mailer | None = None, *, clock=time.time, tz=None, rng=random.random):
         self.db = db
         self.settings = settings
         self.mail = settings.mail
@@ -518,8 +598,7 @@ class Notifier:
             last = db.execute("SELECT coalesce(max(id), 0) FROM sms_incoming").fetchone()[0]
             _set_state(db, self.FORWARD_FROM, str(last))
             if last:
-                log.info("mail: forwarding incoming SMS from now on; the %d received earlier stay in the web UI",
-                         last)
+                log.info("mail: forwarding incoming SMS from now on; the %d received earlier stay in the web UI", last)
 
     @property
     def enabled(self) -> bool:
@@ -556,8 +635,12 @@ class Notifier:
         if not self.mail.forward_sms:
             return []
         after = int(_state(self.db, self.FORWARD_FROM) or 0)
-        return [dict(r) for r in self.db.query("SELECT * FROM sms_incoming WHERE forwarded_at IS NULL AND id > ? "
-                                               "ORDER BY id", [after])]
+        return [
+            dict(r)
+            for r in self.db.query(
+                "SELECT * FROM sms_incoming WHERE forwarded_at IS NULL AND id > ? ORDER BY id", [after]
+            )
+        ]
 
     def _pending_alarms(self) -> list[dict]:
         return pending_notifications(self.db) if self.mail.alarms else []
@@ -620,8 +703,9 @@ class Notifier:
             self._maybe_alarm(exc)
         except Exception:
             log.exception("mail: cannot record the mail failure")
-        log.warning("mail: %s (attempt %d; %s pending, next try in %.0f s)", exc, self.failures,
-                    result["pending"], delay)
+        log.warning(
+            "mail: %s (attempt %d; %s pending, next try in %.0f s)", exc, self.failures, result["pending"], delay
+        )
 
     def _maybe_alarm(self, exc: MailError) -> None:
         # One alarm per outage, and only once it has lasted: a short hiccup is retried quietly.
@@ -635,8 +719,11 @@ class Notifier:
         _set_state(self.db, self.FAILING_ALARMED, "1")
         lang = _lang(self.lang)
         why = FAILURE_WHY[lang].get(exc.stage, FAILURE_WHY[lang]["server"])
-        text = (f"E-maile z centralki nie wychodzą: {why} ({self.mailer.where})." if lang == "pl"
-                else f"The box cannot send e-mail: {why} ({self.mailer.where}).")
+        text = (
+            f"E-maile z centralki nie wychodzą: {why} ({self.mailer.where})."
+            if lang == "pl"
+            else f"The box cannot send e-mail: {why} ({self.mailer.where})."
+        )
         raise_alarm(self.db, "mail_failing", "mail", text, severity="warning", detail=str(exc))
 
     def _recovered(self) -> None:

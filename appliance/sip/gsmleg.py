@@ -39,6 +39,7 @@ _ids = itertools.count(1)
 # writing its storage directly costs ~2 us. A std::vector starts with its begin and end
 # pointers (libstdc++ and libc++ alike); checked once at import, else the slow path is used.
 
+
 def _vector_data(vec) -> int:
     return ctypes.c_void_p.from_address(int(vec.this)).value or 0
 
@@ -147,8 +148,9 @@ class GsmLeg(MediaLeg):
 
     line = "gsm"
 
-    def __init__(self, stack, direction: str, control, voice_device: str | None, *, remote_number: str,
-                 local_number: str = ""):
+    def __init__(
+        self, stack, direction: str, control, voice_device: str | None, *, remote_number: str, local_number: str = ""
+    ):
         super().__init__(stack, direction)
         self.control = control
         self.voice_device = voice_device
@@ -203,15 +205,13 @@ class GsmLeg(MediaLeg):
             return
         self.connected = True
         if self.voice_device:
-            voice = VoiceChannel(self.voice_device, on_digit=self._digit_from_reader,
-                                 on_lost=self._lost_from_thread)
+            voice = VoiceChannel(self.voice_device, on_digit=self._digit_from_reader, on_lost=self._lost_from_thread)
             try:
                 voice.start()
                 self.voice = voice
             except OSError as exc:
                 # The call stays up (the flow can still send the caller on), but without audio.
-                log.error("GSM call %s: cannot open the voice port %s: %s", self.sip_call_id,
-                          self.voice_device, exc)
+                log.error("GSM call %s: cannot open the voice port %s: %s", self.sip_call_id, self.voice_device, exc)
         else:
             log.error("GSM call %s: the modem has no voice port; the call has no audio", self.sip_call_id)
         port = _VoicePort(self.voice)

@@ -46,11 +46,22 @@ _RX_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
 class _Module(ctypes.Structure):
     # struct pjsip_module (sip_module.h): list member, name, id, priority, 9 callbacks.
-    _fields_ = [("prev", ctypes.c_void_p), ("next", ctypes.c_void_p), ("name", _PjStr), ("id", ctypes.c_int),
-                ("priority", ctypes.c_int), ("load", ctypes.c_void_p), ("start", ctypes.c_void_p),
-                ("stop", ctypes.c_void_p), ("unload", ctypes.c_void_p), ("on_rx_request", _RX_CB),
-                ("on_rx_response", ctypes.c_void_p), ("on_tx_request", ctypes.c_void_p),
-                ("on_tx_response", ctypes.c_void_p), ("on_tsx_state", ctypes.c_void_p)]
+    _fields_ = [
+        ("prev", ctypes.c_void_p),
+        ("next", ctypes.c_void_p),
+        ("name", _PjStr),
+        ("id", ctypes.c_int),
+        ("priority", ctypes.c_int),
+        ("load", ctypes.c_void_p),
+        ("start", ctypes.c_void_p),
+        ("stop", ctypes.c_void_p),
+        ("unload", ctypes.c_void_p),
+        ("on_rx_request", _RX_CB),
+        ("on_rx_response", ctypes.c_void_p),
+        ("on_tx_request", ctypes.c_void_p),
+        ("on_tx_response", ctypes.c_void_p),
+        ("on_tsx_state", ctypes.c_void_p),
+    ]
 
 
 class _HdrHead(ctypes.Structure):
@@ -119,8 +130,12 @@ class _Layout:
         pkt_len = ctypes.c_ssize_t.from_address(rdata + self.len).value
         msg_len = ctypes.c_int.from_address(rdata + self.msg_len).value
         port = ctypes.c_int.from_address(rdata + self.src_port).value
-        return (packet <= buf < packet + self.max_pkt and 0 < pkt_len <= self.max_pkt
-                and 0 < msg_len <= pkt_len and 0 <= port < 65536)
+        return (
+            packet <= buf < packet + self.max_pkt
+            and 0 < pkt_len <= self.max_pkt
+            and 0 < msg_len <= pkt_len
+            and 0 <= port < 65536
+        )
 
 
 class Guard:
@@ -131,8 +146,14 @@ class Guard:
         self.lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
         self.lib.pjsip_endpt_register_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.lib.pjsip_endpt_unregister_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self.lib.pjsip_endpt_respond_stateless.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.pjsip_endpt_respond_stateless.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self.lib.pjsip_generic_string_hdr_create.restype = ctypes.c_void_p
         self.lib.pjsip_generic_string_hdr_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self.gate = gate
@@ -149,8 +170,10 @@ class Guard:
         self._screen_cb = _RX_CB(self._on_screen)
         self._last_cb = _RX_CB(self._on_last)
         self._names = [b"mod-centralka-screen", b"mod-centralka-last"]
-        self._modules = [self._module(self._names[0], PRIORITY_SCREEN, self._screen_cb),
-                         self._module(self._names[1], PRIORITY_LAST, self._last_cb)]
+        self._modules = [
+            self._module(self._names[0], PRIORITY_SCREEN, self._screen_cb),
+            self._module(self._names[1], PRIORITY_LAST, self._last_cb),
+        ]
         self._registered: list[_Module] = []
 
     @staticmethod
@@ -178,8 +201,13 @@ class Guard:
         self._registered.clear()
 
     def status(self) -> dict:
-        return {"refused": self.refused, "dropped_flood": self.gate.dropped, "unhandled_answered": self.answered_last,
-                "banned": sorted(self.gate.banned), "layout_ok": self.layout is not None and not self.broken}
+        return {
+            "refused": self.refused,
+            "dropped_flood": self.gate.dropped,
+            "unhandled_answered": self.answered_last,
+            "banned": sorted(self.gate.banned),
+            "layout_ok": self.layout is not None and not self.broken,
+        }
 
     # --- reading pjsip_rx_data -------------------------------------------------------------
     def _read(self, rdata: int):
@@ -190,8 +218,10 @@ class Guard:
             lay = _Layout.calibrate(rdata)
             if lay is None:
                 self.broken = True
-                log.error("cannot read pjsip's received messages (unknown pjsip_rx_data layout in this "
-                          "build): malformed SIP is left to pjsip alone, no flood limit on the core's port")
+                log.error(
+                    "cannot read pjsip's received messages (unknown pjsip_rx_data layout in this "
+                    "build): malformed SIP is left to pjsip alone, no flood limit on the core's port"
+                )
                 return None
             self.layout = lay
             log.info("SIP screen active (this build's PJSIP_MAX_PKT_LEN is about %d bytes)", lay.max_pkt)
@@ -203,8 +233,9 @@ class Guard:
         data = ctypes.string_at(buf, msg_len)
         host = ctypes.string_at(rdata + lay.src_name).decode("ascii", "replace")
         port = ctypes.c_int.from_address(rdata + lay.src_port).value
-        # A datagram that filled the whole buffer lost its end: the kernel cut it off.
-        truncated = pkt_len >= lay.max_pkt - 8
+        # A datagram that filled the whole buffer lost its end: the kernel cut it off. (Over TCP
+        # the buffer holds a stream, which pjsip itself frames and bounds.)
+        truncated = msg_len == pkt_len and pkt_len >= lay.max_pkt - 8
         return data, host, port, truncated
 
     # --- the screen ------------------------------------------------------------------------
@@ -288,8 +319,15 @@ class Guard:
             else:
                 refusal = Refusal(405, "Method Not Allowed", "", (("Allow", ", ".join(ALLOW)),))
             self.answered_last += 1
-            log.info("answered %s from %s:%d (Call-ID %s) with %d %s: nothing here handles it",
-                     wire_text(req.method, 20), host, port, req.call_id, refusal.code, refusal.reason)
+            log.info(
+                "answered %s from %s:%d (Call-ID %s) with %d %s: nothing here handles it",
+                wire_text(req.method, 20),
+                host,
+                port,
+                req.call_id,
+                refusal.code,
+                refusal.reason,
+            )
             self._respond(rdata, refusal)
             return 1
         except Exception:  # noqa: BLE001
@@ -314,8 +352,9 @@ class Guard:
             ctypes.c_void_p.from_address(node + _P).value = nxt
             ctypes.c_void_p.from_address(node).value = prev
         reason = _PjStr.of(refusal.reason)
-        status = self.lib.pjsip_endpt_respond_stateless(self.endpt, rdata, refusal.code, ctypes.byref(reason),
-                                                        ctypes.addressof(head), None)
+        status = self.lib.pjsip_endpt_respond_stateless(
+            self.endpt, rdata, refusal.code, ctypes.byref(reason), ctypes.addressof(head), None
+        )
         if status != 0:
             log.warning("could not send %d %s (pjsip status %d)", refusal.code, refusal.reason, status)
 

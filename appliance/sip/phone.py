@@ -47,20 +47,33 @@ class Phone:
         self.tasks = set()
 
     async def start(self):
-        self.stack = SipStack(address=self.args.address, port=self.args.port, transports=("udp",),
-                              user=self.args.user, rtp_port=self.args.rtp_port, on_incoming=self.on_incoming,
-                              on_trunk_state=self.on_registration,
-                              log_path=self.args.sip_log, log_level=4 if self.args.sip_log else 0,
-                              # A test and demo tool: the box may ring it as often as it likes.
-                              gate=FloodGate(max_requests=1_000_000))
+        self.stack = SipStack(
+            address=self.args.address,
+            port=self.args.port,
+            transports=("udp",),
+            user=self.args.user,
+            rtp_port=self.args.rtp_port,
+            on_incoming=self.on_incoming,
+            on_trunk_state=self.on_registration,
+            log_path=self.args.sip_log,
+            log_level=4 if self.args.sip_log else 0,
+            # A test and demo tool: the box may ring it as often as it likes.
+            gate=FloodGate(max_requests=1_000_000),
+        )
         await self.stack.start()
         if getattr(self.args, "register", None):
             # A desk phone: registers at the box's registrar (Kamailio) with its credentials.
-            self.stack.add_trunk(registrar=f"sip:{self.args.register}", username=self.args.user,
-                                 password=self.args.password or "", expires=self.args.expires,
-                                 retry_min=1, retry_max=5)
-        self.emit({"event": "ready", "address": self.args.address, "port": self.args.port,
-                   "call_limit": self.stack.max_calls})
+            self.stack.add_trunk(
+                registrar=f"sip:{self.args.register}",
+                username=self.args.user,
+                password=self.args.password or "",
+                expires=self.args.expires,
+                retry_min=1,
+                retry_max=5,
+            )
+        self.emit(
+            {"event": "ready", "address": self.args.address, "port": self.args.port, "call_limit": self.stack.max_calls}
+        )
 
     def on_registration(self, state):
         self.emit({"event": "registration", "state": state.state, "code": state.code, "reason": state.reason})
@@ -74,8 +87,16 @@ class Phone:
     def on_incoming(self, leg, account):
         self.calls += 1
         n = self.calls
-        self.emit({"event": "incoming", "n": n, "from": leg.remote_uri, "to": leg.local_uri,
-                   "user": leg.local_user, "call_id": leg.sip_call_id})
+        self.emit(
+            {
+                "event": "incoming",
+                "n": n,
+                "from": leg.remote_uri,
+                "to": leg.local_uri,
+                "user": leg.local_user,
+                "call_id": leg.sip_call_id,
+            }
+        )
         leg.answer(180)
         self._spawn(self._answer_later(leg, n))
 
@@ -123,8 +144,15 @@ class Phone:
         text = self.say.get(leg.local_user) or self.say.get("*")
         if text and leg.audio is not None and leg.direction == "in":
             leg.play(self.prompts.synthesise(text, "say"), loop=True)
-        self.emit({"event": "confirmed", "n": n, "remote": leg.remote_uri, "user": leg.local_user,
-                   "recording": str(rec_path) if rec_path else None})
+        self.emit(
+            {
+                "event": "confirmed",
+                "n": n,
+                "remote": leg.remote_uri,
+                "user": leg.local_user,
+                "recording": str(rec_path) if rec_path else None,
+            }
+        )
         await self._pump_digits(leg)
         if rec_path:
             # The WAV header is written when the parked recorder is freed: report the end after.
@@ -142,8 +170,15 @@ class Phone:
         d = leg.disconnected.result() if leg.disconnected.done() else None
         if self.current is leg:
             self.current = None
-        self.emit({"event": "disconnected", "n": n, "code": d.code if d else 0,
-                   "reason": d.reason if d else "", "by": d.by if d else ""})
+        self.emit(
+            {
+                "event": "disconnected",
+                "n": n,
+                "code": d.code if d else 0,
+                "reason": d.reason if d else "",
+                "by": d.by if d else "",
+            }
+        )
 
     # --- commands ------------------------------------------------------------------------------
     def dtmf(self, digits: str, method: str = "rfc4733"):
@@ -203,6 +238,7 @@ async def _json_mode(args):
 
 async def _terminal_mode(args):
     """``centralka phone URI``: call, type digits and Enter to send them, 'h' to hang up."""
+
     def emit(obj):
         ev = obj.get("event")
         if ev == "calling":
@@ -210,8 +246,10 @@ async def _terminal_mode(args):
         elif ev == "confirmed":
             print("Połączono." + (f" Nagrywam do {obj['recording']}" if obj.get("recording") else ""))
         elif ev == "disconnected":
-            print(f"Rozłączono ({obj['code']} {obj['reason']}, rozłączył: "
-                  f"{'ja' if obj['by'] == 'local' else 'druga strona'}).")
+            print(
+                f"Rozłączono ({obj['code']} {obj['reason']}, rozłączył: "
+                f"{'ja' if obj['by'] == 'local' else 'druga strona'})."
+            )
         elif ev == "error":
             print(f"Błąd: {obj['error']}", file=sys.stderr)
 

@@ -33,9 +33,23 @@ ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK",
 # Methods a SIP element may know (RFC 3261 and its extensions): known but not ours means 405.
 KNOWN = set(ALLOW) | {"REGISTER", "SUBSCRIBE", "PUBLISH"}
 # RFC 3261 §7.3.3 compact header names.
-COMPACT = {"i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
-           "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to", "v": "via",
-           "o": "event", "r": "refer-to", "u": "allow-events", "b": "referred-by", "x": "session-expires"}
+COMPACT = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+    "b": "referred-by",
+    "x": "session-expires",
+}
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+\-.]*):")
@@ -106,7 +120,7 @@ def parse_request(data: bytes) -> Request | None:
     for sep in ("\r\n\r\n", "\n\n"):
         cut = text.find(sep)
         if cut >= 0:
-            head, body = text[:cut], text[cut + len(sep):]
+            head, body = text[:cut], text[cut + len(sep) :]
             body_offset = lead + cut + len(sep)
             had_sep = True
             break
@@ -134,12 +148,26 @@ def parse_request(data: bytes) -> Request | None:
         name, value = line.split(":", 1)
         name = name.strip().lower()
         headers.append((COMPACT.get(name, name), value.strip()))
-    return Request(method=method, uri=uri, version=version, headers=headers, body=body.encode("latin-1"),
-                   size=len(data), had_body_separator=had_sep, body_offset=body_offset)
+    return Request(
+        method=method,
+        uri=uri,
+        version=version,
+        headers=headers,
+        body=body.encode("latin-1"),
+        size=len(data),
+        had_body_separator=had_sep,
+        body_offset=body_offset,
+    )
 
 
-def check_request(data: bytes, *, transport: str = "udp", codecs=("PCMA/8000", "PCMU/8000"),
-                  max_bytes: int = 16384, truncated: bool = False) -> Refusal | None:
+def check_request(
+    data: bytes,
+    *,
+    transport: str = "udp",
+    codecs=("PCMA/8000", "PCMU/8000"),
+    max_bytes: int = 16384,
+    truncated: bool = False,
+) -> Refusal | None:
     """None when the request may go on to pjsua; otherwise how to refuse it.
 
     ``truncated`` says the datagram filled pjsip's whole receive buffer (what did not fit is
@@ -162,8 +190,7 @@ def check_request(data: bytes, *, transport: str = "udp", codecs=("PCMA/8000", "
     if problem:
         return Refusal(400, "Bad Request", problem)
     if req.method not in KNOWN:
-        return Refusal(501, "Not Implemented", f"method {wire_text(req.method, 20)}",
-                       (("Allow", ", ".join(ALLOW)),))
+        return Refusal(501, "Not Implemented", f"method {wire_text(req.method, 20)}", (("Allow", ", ".join(ALLOW)),))
     problem = _framing_problem(req, transport)
     if problem:
         return Refusal(400, "Bad Request", problem)
@@ -220,18 +247,27 @@ def _check_invite(req: Request, codecs) -> Refusal | None:
         return Refusal(400, "Bad Request", "a body without Content-Type")
     encoding = (req.get("content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", ""):
-        return Refusal(415, "Unsupported Media Type", f"Content-Encoding {wire_text(encoding, 30)}",
-                       (("Accept-Encoding", "identity"), ("Accept", "application/sdp")))
+        return Refusal(
+            415,
+            "Unsupported Media Type",
+            f"Content-Encoding {wire_text(encoding, 30)}",
+            (("Accept-Encoding", "identity"), ("Accept", "application/sdp")),
+        )
     mtype = ctype.split(";", 1)[0].strip().lower()
     if mtype == "multipart/mixed":
         sdp = _sdp_part(body, ctype)
         if sdp is None:
-            return Refusal(415, "Unsupported Media Type", "multipart body without application/sdp",
-                           (("Accept", "application/sdp"),))
+            return Refusal(
+                415,
+                "Unsupported Media Type",
+                "multipart body without application/sdp",
+                (("Accept", "application/sdp"),),
+            )
         body = sdp
     elif mtype != "application/sdp":
-        return Refusal(415, "Unsupported Media Type", f"Content-Type {wire_text(mtype, 40)}",
-                       (("Accept", "application/sdp"),))
+        return Refusal(
+            415, "Unsupported Media Type", f"Content-Type {wire_text(mtype, 40)}", (("Accept", "application/sdp"),)
+        )
     return check_offer(body, codecs)
 
 
@@ -289,8 +325,12 @@ def check_offer(sdp: bytes, codecs=("PCMA/8000", "PCMU/8000")) -> Refusal | None
             media[-1].rtpmap[pt.strip()] = enc.strip().lower()
     audio = [m for m in media if m.kind == "audio"]
     if not audio:
-        return Refusal(488, "Not Acceptable Here", "no audio stream offered",
-                       (("Warning", '304 centralka "no audio stream offered"'),))
+        return Refusal(
+            488,
+            "Not Acceptable Here",
+            "no audio stream offered",
+            (("Warning", '304 centralka "no audio stream offered"'),),
+        )
     wanted = [c.lower() for c in codecs]
     reasons = []
     for m in audio:
@@ -299,8 +339,9 @@ def check_offer(sdp: bytes, codecs=("PCMA/8000", "PCMU/8000")) -> Refusal | None
             return None
         reasons.append(why)
     detail = "; ".join(dict.fromkeys(reasons))
-    return Refusal(488, "Not Acceptable Here", f"no usable audio stream ({detail})",
-                   (("Warning", f'305 centralka "{detail}"'),))
+    return Refusal(
+        488, "Not Acceptable Here", f"no usable audio stream ({detail})", (("Warning", f'305 centralka "{detail}"'),)
+    )
 
 
 def _unusable(m: _Media, session_c: str | None, wanted: list[str]) -> str | None:
@@ -339,8 +380,17 @@ class FloodGate:
     progress is not cut). Trusted sources (the trunk provider, our Kamailio) are never limited.
     Memory is bounded: at most ``max_sources`` sources are remembered."""
 
-    def __init__(self, *, window_s: float = 2.0, max_requests: int = 30, ban_s: float = 300.0,
-                 trusted=(), allow_from=(), clock=time.monotonic, max_sources: int = 4096):
+    def __init__(
+        self,
+        *,
+        window_s: float = 2.0,
+        max_requests: int = 30,
+        ban_s: float = 300.0,
+        trusted=(),
+        allow_from=(),
+        clock=time.monotonic,
+        max_sources: int = 4096,
+    ):
         self.window_s = window_s
         self.max_requests = max_requests
         self.ban_s = ban_s
@@ -405,8 +455,10 @@ class FloodGate:
                 oldest = min(self.banned, key=self.banned.get)
                 del self.banned[oldest]
             self.dropped += 1
-            return False, (f"banned {host} for {self.ban_s:.0f} s: more than {self.max_requests} new "
-                           f"requests in {self.window_s:g} s")
+            return False, (
+                f"banned {host} for {self.ban_s:.0f} s: more than {self.max_requests} new "
+                f"requests in {self.window_s:g} s"
+            )
         return True, None
 
 

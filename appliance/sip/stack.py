@@ -19,7 +19,6 @@ import ctypes
 import gc
 import logging
 import os
-import re
 import sys
 import time
 import weakref
@@ -389,8 +388,11 @@ class _Call(pj.Call):
             return
         field = ctypes.c_int.from_address(int(self.this) + _CALL_ID_OFFSET)
         if field.value != slot:
-            log.error("cannot detach an ended call from pjsua slot %d (unexpected pjsua2 layout): a "
-                      "new call in that slot may be dropped when this one is freed", slot)
+            log.error(
+                "cannot detach an ended call from pjsua slot %d (unexpected pjsua2 layout): a "
+                "new call in that slot may be dropped when this one is freed",
+                slot,
+            )
             return
         field.value = pj.PJSUA_INVALID_ID
 
@@ -448,12 +450,27 @@ class SipStack:
     it must answer or hang up the leg. ``on_trunk_state(TrunkState)`` reports registration.
     """
 
-    def __init__(self, *, address: str = "127.0.0.1", port: int = 5060, transports=("udp", "tcp"),
-                 max_calls: int = 0, reserve_transfer_leg: bool = False, clock_rate: int = 8000,
-                 codecs=("PCMA/8000", "PCMU/8000"), user: str = "centralka", rtp_port: int = 0,
-                 log_path: str | Path | None = None, log_level: int = 3, on_incoming=None,
-                 on_trunk_state=None, on_limit=None, gate: FloodGate | None = None,
-                 max_message_bytes: int = 16384, screen: bool = True):
+    def __init__(
+        self,
+        *,
+        address: str = "127.0.0.1",
+        port: int = 5060,
+        transports=("udp", "tcp"),
+        max_calls: int = 0,
+        reserve_transfer_leg: bool = False,
+        clock_rate: int = 8000,
+        codecs=("PCMA/8000", "PCMU/8000"),
+        user: str = "centralka",
+        rtp_port: int = 0,
+        log_path: str | Path | None = None,
+        log_level: int = 3,
+        on_incoming=None,
+        on_trunk_state=None,
+        on_limit=None,
+        gate: FloodGate | None = None,
+        max_message_bytes: int = 16384,
+        screen: bool = True,
+    ):
         self.address = address
         self.port = port
         self.transports = tuple(transports)
@@ -538,11 +555,20 @@ class SipStack:
             self._destroy()
             raise SipError(f"SIP stack on {self.address}:{self.port}: {info}") from exc
         if self.requested_max_calls > self.build_limit:
-            log.warning("sip.max_calls=%d but this pjsua2 build holds only %d calls (PJSUA_MAX_CALLS)",
-                        self.requested_max_calls, self.build_limit)
+            log.warning(
+                "sip.max_calls=%d but this pjsua2 build holds only %d calls (PJSUA_MAX_CALLS)",
+                self.requested_max_calls,
+                self.build_limit,
+            )
         self._poller = self.loop.create_task(self._poll())
-        log.info("SIP listening on %s:%d (%s); call limit %d (build %d)", self.address, self.port,
-                 "/".join(self.transports), self.max_calls, self.build_limit)
+        log.info(
+            "SIP listening on %s:%d (%s); call limit %d (build %d)",
+            self.address,
+            self.port,
+            "/".join(self.transports),
+            self.max_calls,
+            self.build_limit,
+        )
 
     async def hangup_all(self, wait_s: float = 2.0) -> None:
         """End every call and wait (briefly) for pjsua to confirm."""
@@ -645,8 +671,12 @@ class SipStack:
                 active = False
             hung_up_long_ago = leg._hung_up_at is not None and now - leg._hung_up_at > HANGUP_GIVE_UP_S
             if not active or hung_up_long_ago:
-                log.warning("call %s from %s: pjsua no longer %s; ending it here", leg.sip_call_id,
-                            leg.remote_uri, "holds it" if not active else f"ends it ({HANGUP_GIVE_UP_S:.0f} s after hang-up)")
+                log.warning(
+                    "call %s from %s: pjsua no longer %s; ending it here",
+                    leg.sip_call_id,
+                    leg.remote_uri,
+                    "holds it" if not active else f"ends it ({HANGUP_GIVE_UP_S:.0f} s after hang-up)",
+                )
                 leg._ended(0, "ended by the box (pjsua lost the call)")
 
     def shared_player(self, path: str | Path):
@@ -702,9 +732,19 @@ class SipStack:
         acc.create(acfg, True)  # the default account: calls to any user at our address land here
         self.accounts["local"] = acc
 
-    def add_trunk(self, *, registrar: str, username: str, password: str, realm: str = "*",
-                  proxy: str = "", expires: int = 300, retry_min: float = 2, retry_max: float = 300,
-                  domain: str | None = None) -> None:
+    def add_trunk(
+        self,
+        *,
+        registrar: str,
+        username: str,
+        password: str,
+        realm: str = "*",
+        proxy: str = "",
+        expires: int = 300,
+        retry_min: float = 2,
+        retry_max: float = 300,
+        domain: str | None = None,
+    ) -> None:
         host = domain or registrar.split(":", 1)[-1].split(";")[0]
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{username}@{host}"
@@ -740,8 +780,9 @@ class SipStack:
             failures = self.trunk.failures + 1
             lo, hi = self._trunk_cfg
             delay = min(hi, lo * (2 ** min(failures - 1, 16)))
-            self.trunk = TrunkState(state="failed", code=code, reason=reason, failures=failures,
-                                    next_retry_at=time.time() + delay)
+            self.trunk = TrunkState(
+                state="failed", code=code, reason=reason, failures=failures, next_retry_at=time.time() + delay
+            )
             if self._trunk_retry:
                 self._trunk_retry.cancel()
             self._trunk_retry = self.loop.call_later(delay, self._retry_register)
@@ -781,9 +822,16 @@ class SipStack:
         out = []
         for leg in list(self.legs) + list(self.media_legs):
             state = "confirmed" if leg.confirmed.done() and leg.confirmed.result() else "setting up"
-            out.append({"call_id": leg.sip_call_id, "direction": leg.direction, "line": leg.line,
-                        "remote": leg.remote_uri, "state": state if leg.alive else "ended",
-                        "age_s": round(now - leg.created, 1)})
+            out.append(
+                {
+                    "call_id": leg.sip_call_id,
+                    "direction": leg.direction,
+                    "line": leg.line,
+                    "remote": leg.remote_uri,
+                    "state": state if leg.alive else "ended",
+                    "age_s": round(now - leg.created, 1),
+                }
+            )
         return out
 
     def _incoming(self, acc: _Account, call_id: int, whole_msg: str = ""):
@@ -817,22 +865,33 @@ class SipStack:
         # for a build where the screen could not be installed.
         refusal = check_request(raw, codecs=self.codecs, max_bytes=1 << 20) if raw else None
         if refusal is not None and refusal.code and leg.alive:
-            log.warning("refused INVITE from %s (Call-ID %s) with %d %s: %s", leg.remote_uri, leg.sip_call_id,
-                        refusal.code, refusal.reason, refusal.detail)
+            log.warning(
+                "refused INVITE from %s (Call-ID %s) with %d %s: %s",
+                leg.remote_uri,
+                leg.sip_call_id,
+                refusal.code,
+                refusal.reason,
+                refusal.detail,
+            )
             self._refuse(leg, refusal.code, refusal.reason)
             return
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
-        callers = sum(1 for l in list(self.legs) + list(self.media_legs) if l.direction == "in")
+        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
         needed = callers * 2 if self.reserve_transfer_leg else in_use
         if leg.alive and (in_use > self.max_calls or needed > self.max_calls):
             self.limit_hits += 1
-            log.warning("call limit reached: %d of %d call legs in use (pjsua2 build limit %d%s); "
-                        "rejecting call from %s (Call-ID %s) with 486", in_use - 1, self.max_calls,
-                        self.build_limit,
-                        ", one leg kept free per caller for the transfer" if self.reserve_transfer_leg else "",
-                        leg.remote_uri, leg.sip_call_id)
+            log.warning(
+                "call limit reached: %d of %d call legs in use (pjsua2 build limit %d%s); "
+                "rejecting call from %s (Call-ID %s) with 486",
+                in_use - 1,
+                self.max_calls,
+                self.build_limit,
+                ", one leg kept free per caller for the transfer" if self.reserve_transfer_leg else "",
+                leg.remote_uri,
+                leg.sip_call_id,
+            )
             self._refuse(leg, 486, "Busy Here (call limit reached)")
             if self.on_limit:
                 self._guard(self.on_limit, leg.remote_uri, leg.local_uri, leg.sip_call_id)
@@ -844,23 +903,36 @@ class SipStack:
             self.on_incoming(leg, acc.name)
         except Exception:  # noqa: BLE001 — one caller refused, never the process
             self.errors += 1
-            log.exception("incoming call handler failed for %s (Call-ID %s); refusing it with 500",
-                          leg.remote_uri, leg.sip_call_id)
+            log.exception(
+                "incoming call handler failed for %s (Call-ID %s); refusing it with 500",
+                leg.remote_uri,
+                leg.sip_call_id,
+            )
             if leg.alive:
                 self._refuse(leg, 500, "Internal Server Error")
 
     def _rejected_by_pjsua(self, prm):
         if prm.statusCode != 486:
             # Not the limit: pjsua refused a broken request (bad SDP and the like).
-            log.warning("pjsua refused an INVITE from %s with %d %s", wire_text(prm.remoteInfo),
-                        prm.statusCode, wire_text(prm.reason, 120))
+            log.warning(
+                "pjsua refused an INVITE from %s with %d %s",
+                wire_text(prm.remoteInfo),
+                prm.statusCode,
+                wire_text(prm.reason, 120),
+            )
             return
         # pjsua itself answers 486 when every call slot of the build is taken; the call never
         # reaches onIncomingCall, so this is the only place that knows a caller was turned away.
         self.limit_hits += 1
         remote = wire_text(prm.remoteInfo)
-        log.warning("call limit reached: all %d call legs of the pjsua2 build are in use; pjsua rejected "
-                    "a call from %s with %d %s", self.build_limit, remote, prm.statusCode, wire_text(prm.reason))
+        log.warning(
+            "call limit reached: all %d call legs of the pjsua2 build are in use; pjsua rejected "
+            "a call from %s with %d %s",
+            self.build_limit,
+            remote,
+            prm.statusCode,
+            wire_text(prm.reason),
+        )
         if self.on_limit:
             req = parse_request(prm.rdata.wholeMsg.encode("utf-8", "surrogateescape"))
             self._guard(self.on_limit, remote, wire_text(prm.localInfo), req.call_id if req else "")
@@ -869,8 +941,9 @@ class SipStack:
         """Start an outbound call; raises CallLimitReached / SipError when it cannot."""
         if len(self.legs) >= self.max_calls:
             self.limit_hits += 1
-            raise CallLimitReached(f"no free call leg ({len(self.legs)} of {self.max_calls} in use; "
-                                   f"pjsua2 build limit {self.build_limit})")
+            raise CallLimitReached(
+                f"no free call leg ({len(self.legs)} of {self.max_calls} in use; pjsua2 build limit {self.build_limit})"
+            )
         acc = self.accounts.get(account)
         if acc is None:
             raise SipError(f"no {account} account")

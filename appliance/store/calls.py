@@ -7,22 +7,36 @@ import json
 from .db import utcnow
 
 
-def start_call(db, *, direction: str, line: str, caller_raw: str, caller: str, caller_kind: str,
-               dialled: str, sip_call_id: str = "", flow: str = "") -> int:
-    return db["calls"].insert(
-        {
-            "started_at": utcnow(),
-            "direction": direction,
-            "line": line,
-            "caller_raw": caller_raw,
-            "caller": caller,
-            "caller_kind": caller_kind,
-            "dialled": dialled,
-            "sip_call_id": sip_call_id,
-            "flow": flow,
-            "transfers": 0,
-        }
-    ).last_pk
+def start_call(
+    db,
+    *,
+    direction: str,
+    line: str,
+    caller_raw: str,
+    caller: str,
+    caller_kind: str,
+    dialled: str,
+    sip_call_id: str = "",
+    flow: str = "",
+) -> int:
+    return (
+        db["calls"]
+        .insert(
+            {
+                "started_at": utcnow(),
+                "direction": direction,
+                "line": line,
+                "caller_raw": caller_raw,
+                "caller": caller,
+                "caller_kind": caller_kind,
+                "dialled": dialled,
+                "sip_call_id": sip_call_id,
+                "flow": flow,
+                "transfers": 0,
+            }
+        )
+        .last_pk
+    )
 
 
 def add_step(db, call_id: int, step: str, node: str | None = None, detail=None) -> None:

@@ -98,9 +98,21 @@ def m005_queues(db):
     db["queue_stats"].create({"queue": str, "stats": str}, pk="queue")
     # One row per stay in a queue: the exit reason, the wait and who answered.
     db["queue_calls"].create(
-        {"id": int, "call_id": int, "queue": str, "joined_at": str, "answered_at": str, "left_at": str,
-         "reason": str, "wait_s": float, "agent": str, "handle_s": float},
-        pk="id", foreign_keys=[("call_id", "calls", "id")], not_null={"queue", "joined_at"},
+        {
+            "id": int,
+            "call_id": int,
+            "queue": str,
+            "joined_at": str,
+            "answered_at": str,
+            "left_at": str,
+            "reason": str,
+            "wait_s": float,
+            "agent": str,
+            "handle_s": float,
+        },
+        pk="id",
+        foreign_keys=[("call_id", "calls", "id")],
+        not_null={"queue", "joined_at"},
     )
     db["queue_calls"].create_index(["joined_at"])
 
@@ -110,10 +122,26 @@ def m006_sms(db):
     # SMS outbox (R12, R19, R22): a message is stored before the modem sees it; the states and
     # the delivery guarantee are documented in appliance/gsm/outbox.py.
     db["sms_outbox"].create(
-        {"id": int, "created_at": str, "kind": str, "number": str, "text": str, "original_text": str,
-         "encoding": str, "parts": int, "state": str, "attempts": int, "next_at": str, "expires_at": str,
-         "sent_at": str, "finished_at": str, "error": str, "dedupe_key": str},
-        pk="id", not_null={"created_at", "kind", "number", "text", "encoding", "parts", "state"},
+        {
+            "id": int,
+            "created_at": str,
+            "kind": str,
+            "number": str,
+            "text": str,
+            "original_text": str,
+            "encoding": str,
+            "parts": int,
+            "state": str,
+            "attempts": int,
+            "next_at": str,
+            "expires_at": str,
+            "sent_at": str,
+            "finished_at": str,
+            "error": str,
+            "dedupe_key": str,
+        },
+        pk="id",
+        not_null={"created_at", "kind", "number", "text", "encoding", "parts", "state"},
         defaults={"attempts": 0},
     )
     db["sms_outbox"].create_index(["state", "next_at"])
@@ -123,35 +151,69 @@ def m006_sms(db):
     # One row per hand-over to the modem (and per recovery/admin decision), with its outcome.
     db["sms_attempts"].create(
         {"id": int, "sms_id": int, "started_at": str, "ended_at": str, "outcome": str, "detail": str},
-        pk="id", foreign_keys=[("sms_id", "sms_outbox", "id")], not_null={"sms_id", "started_at"},
+        pk="id",
+        foreign_keys=[("sms_id", "sms_outbox", "id")],
+        not_null={"sms_id", "started_at"},
     )
     db["sms_attempts"].create_index(["sms_id"])
     # One row per SMS part the network accepted: its message reference (TP-MR) and delivery.
     db["sms_parts"].create(
         {"id": int, "sms_id": int, "seq": int, "mr": int, "status": str, "sent_at": str, "report_at": str},
-        pk="id", foreign_keys=[("sms_id", "sms_outbox", "id")], not_null={"sms_id", "mr", "status"},
+        pk="id",
+        foreign_keys=[("sms_id", "sms_outbox", "id")],
+        not_null={"sms_id", "mr", "status"},
     )
     db["sms_parts"].create_index(["mr"])
     db["sms_parts"].create_index(["sms_id"])
     # Every delivery (status) report as received, matched or not.
     db["sms_reports"].create(
-        {"id": int, "received_at": str, "mr": int, "number": str, "status": str, "at": str,
-         "sms_id": int, "part_id": int},
-        pk="id", not_null={"received_at", "mr", "status"},
+        {
+            "id": int,
+            "received_at": str,
+            "mr": int,
+            "number": str,
+            "status": str,
+            "at": str,
+            "sms_id": int,
+            "part_id": int,
+        },
+        pk="id",
+        not_null={"received_at", "mr", "status"},
     )
     db["sms_reports"].create_index(["mr"])
     # Incoming SMS: whole messages, and the parts of multipart ones until all have arrived.
     db["sms_incoming"].create(
-        {"id": int, "number": str, "number_kind": str, "text": str, "sent_at": str, "received_at": str,
-         "parts": int, "complete": int, "forwarded_at": str},
-        pk="id", not_null={"number", "text", "received_at", "parts", "complete"},
+        {
+            "id": int,
+            "number": str,
+            "number_kind": str,
+            "text": str,
+            "sent_at": str,
+            "received_at": str,
+            "parts": int,
+            "complete": int,
+            "forwarded_at": str,
+        },
+        pk="id",
+        not_null={"number", "text", "received_at", "parts", "complete"},
     )
     db["sms_incoming"].create_index(["received_at"])
     db["sms_incoming"].create_index(["number", "sent_at"])
     db["sms_incoming_parts"].create(
-        {"id": int, "number": str, "ref": int, "total": int, "seq": int, "text": str, "sent_at": str,
-         "received_at": str, "group_id": int, "message_id": int},
-        pk="id", not_null={"number", "ref", "total", "seq", "text", "received_at"},
+        {
+            "id": int,
+            "number": str,
+            "ref": int,
+            "total": int,
+            "seq": int,
+            "text": str,
+            "sent_at": str,
+            "received_at": str,
+            "group_id": int,
+            "message_id": int,
+        },
+        pk="id",
+        not_null={"number", "ref", "total", "seq", "text", "received_at"},
     )
     db["sms_incoming_parts"].create_index(["number", "ref", "total"])
 
@@ -161,8 +223,18 @@ def m007_alarms(db):
     # Things a person must see (R20): a line went down or came back, an SMS in doubt, a modem
     # that needs a hand. Shown in the UI, e-mailed/SMSed to the admin when configured.
     db["alarms"].create(
-        {"id": int, "at": str, "kind": str, "source": str, "severity": str, "text": str,
-         "detail": str, "notified_at": str, "acked_at": str, "acked_by": str},
+        {
+            "id": int,
+            "at": str,
+            "kind": str,
+            "source": str,
+            "severity": str,
+            "text": str,
+            "detail": str,
+            "notified_at": str,
+            "acked_at": str,
+            "acked_by": str,
+        },
         pk="id",
         not_null={"at", "kind", "source", "severity", "text"},
     )
@@ -175,8 +247,16 @@ def m008_outbound(db):
     # Every outbound attempt on every line (R20): which line, what happened. The toll-fraud
     # guard's hourly caps count these rows.
     db["outbound_calls"].create(
-        {"id": int, "at": str, "number": str, "purpose": str, "line": str, "outcome": str,
-         "detail": str, "call_id": int},
+        {
+            "id": int,
+            "at": str,
+            "number": str,
+            "purpose": str,
+            "line": str,
+            "outcome": str,
+            "detail": str,
+            "call_id": int,
+        },
         pk="id",
         not_null={"at", "number", "purpose", "outcome"},
     )

@@ -9,8 +9,9 @@ def save_flow(db, name: str, text: str, *, activate: bool = True) -> None:
     with transaction(db):
         if activate:
             db.execute("UPDATE flows SET active = 0 WHERE active = 1")
-        db["flows"].upsert({"name": name, "text": text, "active": 1 if activate else 0, "updated_at": utcnow()},
-                           pk="name")
+        db["flows"].upsert(
+            {"name": name, "text": text, "active": 1 if activate else 0, "updated_at": utcnow()}, pk="name"
+        )
 
 
 def active_flow(db) -> dict | None:

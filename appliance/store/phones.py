@@ -19,8 +19,16 @@ def set_phone(db, extension: str, name: str = "") -> str:
     now = utcnow()
     existing = db["phones"].rows_where("extension = ?", [extension])
     created = next(iter(existing), {}).get("created_at", now)
-    db["phones"].upsert({"extension": extension, "name": name, "ha1": ha1(extension, password),
-                         "created_at": created, "updated_at": now}, pk="extension")
+    db["phones"].upsert(
+        {
+            "extension": extension,
+            "name": name,
+            "ha1": ha1(extension, password),
+            "created_at": created,
+            "updated_at": now,
+        },
+        pk="extension",
+    )
     return password
 
 
