@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt bench-gsm bench-sms clean
+.PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt bench-gsm bench-sms bench-screen clean
 
 all: setup
 
@@ -65,6 +65,10 @@ bench-gsm: setup
 # SMS throughput of the outbox through the modem supervisor, against the emulated modem.
 bench-sms: setup
 	$(BIN)/python bench/sms.py
+
+# What the SIP screen costs per request (docs/SIP_EDGE.md), in-process.
+bench-screen: setup
+	$(BIN)/python bench/screen.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -626,7 +626,14 @@ def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir)
     finally:
         raw.close()
     assert sent == 3000
-    no_leftover_legs(tbox)
+    status = no_leftover_legs(tbox)
+    # Each message the screen refused or dropped is one line of the box's log, naming it.
+    log_lines = tbox.stderr_path.read_text(errors="replace").splitlines()
+    refusal_lines = [
+        ln for ln in log_lines if "centralka.sip.guard: refused " in ln or "centralka.sip.guard: dropped " in ln
+    ]
+    assert status["sip_guard"]["refused"] == len(refusal_lines) > 100, (status["sip_guard"], len(refusal_lines))
+    assert all(" from 127.0.0.1:" in ln for ln in refusal_lines)
     # Only a mutant that is still a valid INVITE may have become a call; none is left open.
     assert all(c["ended_at"] for c in tbox.calls()), tbox.calls()
     caller_reaches_a_human(tbox, staff, workdir)

@@ -23,7 +23,7 @@ import logging
 import time
 
 from ..text import wire_text
-from .screen import ALLOW, FloodGate, Refusal, check_request, parse_request, warning_headers
+from .screen import ALLOW, DIALOG_ONLY, FloodGate, Refusal, check_request, parse_request, warning_headers
 
 log = logging.getLogger("centralka.sip.guard")
 
@@ -263,7 +263,7 @@ class Guard:
                 log.warning("%s", note)
             if not ok:
                 return 1
-        refusal = check_request(data, codecs=self.codecs, max_bytes=self.max_bytes, truncated=truncated)
+        refusal = check_request(data, codecs=self.codecs, max_bytes=self.max_bytes, truncated=truncated, req=req)
         if refusal is None:
             if req is not None:
                 self._clip_body(rdata, data, req)
@@ -314,7 +314,7 @@ class Guard:
             req = parse_request(data)
             if req is None or req.method == "ACK":
                 return 0
-            if req.method in ALLOW:
+            if req.method in DIALOG_ONLY:
                 refusal = Refusal(481, "Call/Transaction Does Not Exist", "no such call")
             else:
                 refusal = Refusal(405, "Method Not Allowed", "", (("Allow", ", ".join(ALLOW)),))

@@ -30,6 +30,8 @@ log = logging.getLogger("centralka.sip.screen")
 
 # Methods pjsua implements (or answers) for a user agent; anything else known gets 405 later.
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER", "MESSAGE")
+# Methods that only make sense inside a call or transaction: without one, 481 (RFC 3261 §12.2.2).
+DIALOG_ONLY = {"BYE", "CANCEL", "INFO", "UPDATE", "PRACK", "NOTIFY", "ACK"}
 # Methods a SIP element may know (RFC 3261 and its extensions): known but not ours means 405.
 KNOWN = set(ALLOW) | {"REGISTER", "SUBSCRIBE", "PUBLISH"}
 # RFC 3261 §7.3.3 compact header names.
@@ -167,13 +169,15 @@ def check_request(
     codecs=("PCMA/8000", "PCMU/8000"),
     max_bytes: int = 16384,
     truncated: bool = False,
+    req: Request | None = None,
 ) -> Refusal | None:
     """None when the request may go on to pjsua; otherwise how to refuse it.
 
     ``truncated`` says the datagram filled pjsip's whole receive buffer (what did not fit is
-    lost), which is an oversized message whatever its headers say.
+    lost), which is an oversized message whatever its headers say. ``req`` is ``data`` already
+    parsed (the screen parses once).
     """
-    req = parse_request(data)
+    req = req or parse_request(data)
     if req is None:
         return Refusal(0, "unparseable", "not a SIP request line")
     if truncated:
