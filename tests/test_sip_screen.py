@@ -77,6 +77,7 @@ def test_a_plain_invite_passes_and_so_does_one_without_an_offer():
         (invite("v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"), 488, "no audio stream"),
         (invite("this is not a session description\r\n"), 400, "v=0"),
         (invite(extra="X-Big: " + "a" * 20000), 513, "bytes"),
+        (invite(extra="this line has no colon"), 400, "header line without a colon"),
     ],
 )
 def test_broken_requests_get_the_rfc_answer_and_say_why(data, expected, why):

@@ -533,7 +533,8 @@ def test_malformed_requests_get_the_rfc_answer_and_leave_nothing_behind(tbox, st
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
     out = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
+    # Mostly one change: a message pjsip can still parse reaches the screen and pjsua.
+    for _ in range(rng.choice((1, 1, 1, 2, 3, 5))):
         pos = rng.randrange(len(out) + 1)
         op = rng.random()
         if op < 0.3 and out:
@@ -611,8 +612,10 @@ def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir)
         m = Msg(raw)
         seeds = fuzz_seeds(m)
         raw.sock.setblocking(False)
-        for burst in range(6):
-            for _ in range(500):
+        for burst in range(60):
+            # Bursts of 50: a bigger one overflows the box's socket buffer in the kernel, and what
+            # is dropped there tests nothing. The OPTIONS after each burst paces the next.
+            for _ in range(50):
                 data = mutate(rng, rng.choice(seeds))
                 raw.sock.sendto(data, ("127.0.0.1", tbox.port))
                 sent += 1

@@ -91,6 +91,7 @@ class Request:
     size: int
     had_body_separator: bool
     body_offset: int = 0  # where the body starts in the datagram
+    bad_lines: list[str] = field(default_factory=list)  # header lines without a colon
 
     def get(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -139,6 +140,7 @@ def parse_request(data: bytes) -> Request | None:
         # Extra or trailing spaces in the request line (RFC 4475 lwsstart, trws): answerable.
         method, uri, version = parts[0], " ".join(parts[1:-1]), BAD_START_LINE
     headers: list[tuple[str, str]] = []
+    bad_lines: list[str] = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t") and headers:
             # Folded header line (RFC 3261 §7.3.1): part of the previous value.
@@ -146,7 +148,8 @@ def parse_request(data: bytes) -> Request | None:
             headers[-1] = (name, f"{value} {line.strip()}".strip())
             continue
         if ":" not in line:
-            return None
+            bad_lines.append(line)  # pjsip skips such a line and keeps the message: we answer 400
+            continue
         name, value = line.split(":", 1)
         name = name.strip().lower()
         headers.append((COMPACT.get(name, name), value.strip()))
@@ -159,6 +162,7 @@ def parse_request(data: bytes) -> Request | None:
         size=len(data),
         had_body_separator=had_sep,
         body_offset=body_offset,
+        bad_lines=bad_lines,
     )
 
 
@@ -190,6 +194,8 @@ def check_request(
         return Refusal(400, "Bad Request", "malformed request line (spaces)")
     if req.version != "SIP/2.0":
         return Refusal(505, "Version Not Supported", f"version {wire_text(req.version, 20)!r}")
+    if req.bad_lines:
+        return Refusal(400, "Bad Request", f"header line without a colon: {wire_text(req.bad_lines[0], 40)!r}")
     problem = _cseq_problem(req)
     if problem:
         return Refusal(400, "Bad Request", problem)
