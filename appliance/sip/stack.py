@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -68,9 +69,15 @@ def build_call_limit() -> int:
     The value is read back through the library's C API, which the SWIG layer does not expose.
     Must be called after ``libInit``.
     """
-    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    lib = _pjsua_lib()
     lib.pjsua_call_get_max_count.restype = ctypes.c_uint
     return int(lib.pjsua_call_get_max_count())
+
+
+@functools.cache
+def _pjsua_lib() -> ctypes.CDLL:
+    """The wheel's own library, for the few C calls the SWIG layer does not expose."""
+    return ctypes.CDLL(pj._pjsua2.__file__)
 
 
 @dataclass
@@ -812,7 +819,7 @@ class SipStack:
 
     def pjsua_calls(self) -> int:
         """Calls pjsua itself still holds (a slot it has not given back shows here)."""
-        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        lib = _pjsua_lib()
         lib.pjsua_call_get_count.restype = ctypes.c_uint
         return int(lib.pjsua_call_get_count())
 
@@ -912,11 +919,15 @@ class SipStack:
                 self._refuse(leg, 500, "Internal Server Error")
 
     def _rejected_by_pjsua(self, prm):
+        req = parse_request(prm.rdata.wholeMsg.encode("utf-8", "surrogateescape"))
+        call_id = req.call_id if req else ""
         if prm.statusCode != 486:
-            # Not the limit: pjsua refused a broken request (bad SDP and the like).
+            # Not the limit: pjsua refused a request the screen let through (e.g. an SDP it
+            # cannot negotiate, a Require it does not support, a merged request).
             log.warning(
-                "pjsua refused an INVITE from %s with %d %s",
+                "pjsua refused an INVITE from %s (Call-ID %s) with %d %s",
                 wire_text(prm.remoteInfo),
+                call_id,
                 prm.statusCode,
                 wire_text(prm.reason, 120),
             )
@@ -927,15 +938,15 @@ class SipStack:
         remote = wire_text(prm.remoteInfo)
         log.warning(
             "call limit reached: all %d call legs of the pjsua2 build are in use; pjsua rejected "
-            "a call from %s with %d %s",
+            "a call from %s (Call-ID %s) with %d %s",
             self.build_limit,
             remote,
+            call_id,
             prm.statusCode,
             wire_text(prm.reason),
         )
         if self.on_limit:
-            req = parse_request(prm.rdata.wholeMsg.encode("utf-8", "surrogateescape"))
-            self._guard(self.on_limit, remote, wire_text(prm.localInfo), req.call_id if req else "")
+            self._guard(self.on_limit, remote, wire_text(prm.localInfo), call_id)
 
     def dial(self, uri: str, account: str = "local") -> Leg:
         """Start an outbound call; raises CallLimitReached / SipError when it cannot."""
