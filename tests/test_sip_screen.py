@@ -78,6 +78,9 @@ def test_a_plain_invite_passes_and_so_does_one_without_an_offer():
         (invite("this is not a session description\r\n"), 400, "v=0"),
         (invite(extra="X-Big: " + "a" * 20000), 513, "bytes"),
         (invite(extra="this line has no colon"), 400, "header line without a colon"),
+        (invite("Signal=5", method="INFO", cseq="2 INFO", ctype="application/dtmf-relay"), 400, "without CRLF"),
+        (invite("Signal=5\x00\r\n", method="INFO", cseq="2 INFO", ctype="application/dtmf-relay"), 400, "NUL"),
+        (invite("<x/>", method="INFO", cseq="2 INFO", ctype="application/media_control+xml"), 415, "no video"),
     ],
 )
 def test_broken_requests_get_the_rfc_answer_and_say_why(data, expected, why):

@@ -12,6 +12,7 @@ a real caller still gets through the menu to a human afterwards.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
@@ -603,6 +604,38 @@ def fuzz_seeds(m: Msg) -> list[bytes]:
     ]
 
 
+def open_dialog(raw: RawSip) -> tuple[str, str, str]:
+    """A real call from the fuzzer's socket: INVITE, its 200 OK, the ACK. Returns From, To, Call-ID."""
+    text, cid = raw.invite()
+    raw.sock.setblocking(True)
+    raw.sock.sendto(text.encode(), ("127.0.0.1", raw.box.port))
+    ok = next(m for m in raw._responses(cid, 5) if m.startswith("SIP/2.0 200"))
+    frm = re.search(r"^From:\s*(.*?)\r$", ok, re.M).group(1)
+    to = re.search(r"^To:\s*(.*?)\r$", ok, re.M).group(1)
+    raw.sock.sendto(raw._in_dialog("ACK", 1, frm, to, cid).encode(), ("127.0.0.1", raw.box.port))
+    return frm, to, cid
+
+
+def in_dialog_seeds(raw: RawSip, m: Msg, dialog: tuple[str, str, str]) -> list[bytes]:
+    """INFO (DTMF), re-INVITE, UPDATE and BYE inside a call the box really has: the mutants
+    reach pjsua's in-dialog handlers (a dtmf-relay body without CRLF once aborted the core)."""
+    frm, to, cid = dialog
+
+    def req(method: str, cseq: int, ctype: str = "", body: str = "") -> bytes:
+        head = raw._in_dialog(method, cseq, frm, to, cid)
+        if body:
+            head = head.replace("Content-Length: 0\r\n", f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")
+        return head.encode() + body.encode()
+
+    return [
+        req("INFO", 2, "application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+        req("INFO", 3, "application/dtmf-relay", "Signal=#\r\nDuration=100\r\n"),
+        req("INVITE", 4, "application/sdp", sdp(m.rtp).replace("a=rtpmap:101", "a=sendonly\r\na=rtpmap:101")),
+        req("UPDATE", 5, "application/sdp", sdp(m.rtp)),
+        req("BYE", 6),
+    ]
+
+
 def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir):
     rng = random.Random(20261203)
     raw = RawSip(tbox)
@@ -614,14 +647,21 @@ def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir)
         raw.sock.setblocking(False)
         for burst in range(60):
             # Bursts of 50: a bigger one overflows the box's socket buffer in the kernel, and what
-            # is dropped there tests nothing. The OPTIONS after each burst paces the next.
+            # is dropped there tests nothing. The OPTIONS after each burst paces the next. Every
+            # third burst also mutates requests inside a real call.
+            dialog = open_dialog(raw) if burst % 3 == 0 else None
+            pool = seeds + (in_dialog_seeds(raw, m, dialog) * 2 if dialog else [])
+            raw.sock.setblocking(False)
             for _ in range(50):
-                data = mutate(rng, rng.choice(seeds))
+                data = mutate(rng, rng.choice(pool))
                 raw.sock.sendto(data, ("127.0.0.1", tbox.port))
                 sent += 1
                 # Read what came back so far: acknowledge and hang up any call a mutant started.
                 answered_2xx += drain(raw, tbox)
             raw.sock.setblocking(True)
+            if dialog:
+                frm, to, cid = dialog
+                raw.sock.sendto(raw._in_dialog("BYE", 100, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
             assert tbox.proc.poll() is None, f"the box died in burst {burst}:\n{tbox.log()}"
             assert box_answers_options(tbox, raw) == 200, f"no OPTIONS answer after burst {burst}"
             raw.sock.setblocking(False)
@@ -682,3 +722,50 @@ def test_the_screen_answers_over_tcp_too(tbox, staff, workdir):
         assert request("OPTIONS", "INVITE").startswith("SIP/2.0 400")
         assert request("OPTIONS") == "SIP/2.0 200 OK"
     assert tbox.proc.poll() is None
+
+
+def test_dtmf_info_with_hostile_signals_is_ignored_and_a_real_key_still_works(tbox, staff, workdir):
+    """SIP INFO carries whatever its sender wrote after Signal=: bytes that are not UTF-8, words,
+    nothing. None of it may raise or count as a key; a real key afterwards still works."""
+    raw = RawSip(tbox)
+    try:
+        text, cid = raw.invite()
+        raw.sock.sendto(text.encode(), ("127.0.0.1", tbox.port))
+        ok = next(m for m in raw._responses(cid, 5) if m.startswith("SIP/2.0 200"))
+        frm, to = re.search(r"^From:\s*(.*?)\r$", ok, re.M).group(1), re.search(r"^To:\s*(.*?)\r$", ok, re.M).group(1)
+        raw.sock.sendto(raw._in_dialog("ACK", 1, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
+        answers = []
+        bodies = [
+            b"Signal=\xff\xfe\r\nDuration=160\r\n",
+            b"Signal=hello\r\n",
+            b"Signal=\r\n",
+            b"Signal=5",
+            b"Signal=\x00\r\nDuration=160",
+            b"Signal=5\x00\r\n",
+            b"\r\n\r\nSignal= = 7\r\n",
+            b"Signal=0\r\nDuration=160\r\n",
+        ]
+        # (pjsua itself answers 400 to "Signal= = 7"; the screen to the three that would abort it.)
+        expected = ["200", "200", "200", "400", "400", "400", "400", "200"]
+        for n, body in enumerate(bodies, start=2):
+            info = (
+                raw._in_dialog("INFO", n, frm, to, cid)
+                .encode()
+                .replace(
+                    b"Content-Length: 0\r\n\r\n",
+                    b"Content-Type: application/dtmf-relay\r\nContent-Length: %d\r\n\r\n" % len(body),
+                )
+            )
+            raw.sock.sendto(info + body, ("127.0.0.1", tbox.port))
+            answers.append(next((m.split()[1] for m in raw._responses(cid, 3) if f"{n} INFO" in m), None))
+        # The real key 0 (the last INFO) takes the caller to the operator.
+        assert staff.wait("incoming", timeout=30)["user"] == "operator"
+        raw.sock.sendto(raw._in_dialog("BYE", 20, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
+    finally:
+        raw.close()
+    # "Signal=5" with no CRLF, or a NUL, once aborted the whole core inside pjsua: now a 400.
+    assert answers == expected, answers
+    call = tbox.wait_call_ended()
+    keys = [json.loads(s["detail"] or "{}").get("key") for s in tbox.journey(call["id"]) if s["step"] == "choice"]
+    assert keys == ["0"], keys  # no junk became a key ("Signal= = 7" is not one either)
+    assert "ignored DTMF" in tbox.log() and tbox.proc.poll() is None

@@ -204,8 +204,30 @@ def check_request(
     problem = _framing_problem(req, transport)
     if problem:
         return Refusal(400, "Bad Request", problem)
+    if req.body.strip() and req.get("content-type") is None:
+        return Refusal(400, "Bad Request", "a body without Content-Type")  # RFC 3261 §7.4.1
     if req.method == "INVITE":
         return _check_invite(req, codecs)
+    if req.method == "INFO":
+        return _check_info(req)
+    return None
+
+
+def _check_info(req: Request) -> Refusal | None:
+    """pjsua reads a dtmf-relay body as a C string and steps past its first line's CRLF
+    unchecked: "Signal=5" with no CRLF after it, or a NUL byte, makes a length negative and
+    pjlib aborts the process (``pj_strstr: Assertion 'str->slen >= 0'``, found by the torture
+    suite). Media-control XML is for video, which the box has none of."""
+    mtype = (req.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if mtype == "application/media_control+xml":
+        return Refusal(415, "Unsupported Media Type", "no video here", (("Accept", "application/dtmf-relay"),))
+    if mtype != "application/dtmf-relay" or not req.body:
+        return None
+    if b"\x00" in req.body:
+        return Refusal(400, "Bad Request", "a NUL byte in the dtmf-relay body")
+    text = req.body.lstrip(b"\r\n")
+    if text and not re.match(rb"^[^\r\n]*\r\n", text):
+        return Refusal(400, "Bad Request", "a dtmf-relay line without CRLF")
     return None
 
 
@@ -252,9 +274,7 @@ def _check_invite(req: Request, codecs) -> Refusal | None:
     body = req.body
     if not body.strip():
         return None  # no offer: we make one in the 200 OK (a late-offer caller)
-    ctype = req.get("content-type")
-    if ctype is None:
-        return Refusal(400, "Bad Request", "a body without Content-Type")
+    ctype = req.get("content-type") or ""
     encoding = (req.get("content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", ""):
         return Refusal(
