@@ -81,6 +81,8 @@ def test_a_plain_invite_passes_and_so_does_one_without_an_offer():
         (invite("Signal=5", method="INFO", cseq="2 INFO", ctype="application/dtmf-relay"), 400, "without CRLF"),
         (invite("Signal=5\x00\r\n", method="INFO", cseq="2 INFO", ctype="application/dtmf-relay"), 400, "NUL"),
         (invite("<x/>", method="INFO", cseq="2 INFO", ctype="application/media_control+xml"), 415, "no video"),
+        (invite("", method="REFER", cseq="3 REFER", extra="Refer-To: <sip:+48700123456@192.0.2.1>"), 403, "REFER"),
+        (invite(extra="Replaces: abc@host;to-tag=1;from-tag=2"), 403, "Replaces"),
     ],
 )
 def test_broken_requests_get_the_rfc_answer_and_say_why(data, expected, why):

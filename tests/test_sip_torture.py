@@ -769,3 +769,33 @@ def test_dtmf_info_with_hostile_signals_is_ignored_and_a_real_key_still_works(tb
     keys = [json.loads(s["detail"] or "{}").get("key") for s in tbox.journey(call["id"]) if s["step"] == "choice"]
     assert keys == ["0"], keys  # no junk became a key ("Signal= = 7" is not one either)
     assert "ignored DTMF" in tbox.log() and tbox.proc.poll() is None
+
+
+def test_a_refer_inside_a_call_is_refused_and_the_box_dials_nobody(tbox, staff, workdir):
+    """Toll fraud by transfer: a caller sends REFER to a premium number. pjsua would dial it
+    itself; the box refuses (403) and no call leaves it. Nor may an INVITE with Replaces take
+    over the call."""
+    raw = RawSip(tbox)
+    try:
+        frm, to, cid = open_dialog(raw)
+        refer = (
+            raw._in_dialog("REFER", 2, frm, to, cid)
+            .replace("Content-Length: 0", f"Refer-To: <sip:+48700123456@127.0.0.1:{staff.port}>\r\nContent-Length: 0")
+            .encode()
+        )
+        raw.sock.sendto(refer, ("127.0.0.1", tbox.port))
+        answer = next((m.split()[1] for m in raw._responses(cid, 3) if "2 REFER" in m), None)
+        m = Msg(raw)
+        hijack, hcid = m.invite()
+        hijack = hijack.replace(
+            b"Max-Forwards: 70", f"Replaces: {cid};to-tag=x;from-tag=y\r\nMax-Forwards: 70".encode()
+        )
+        replaced = raw.send(hijack, hcid, wait=3, stop_at_final=True).final_code
+        status = tbox.status()
+        raw.sock.sendto(raw._in_dialog("BYE", 3, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
+    finally:
+        raw.close()
+    assert answer == "403" and replaced == 403, (answer, replaced)
+    assert [leg["direction"] for leg in status["legs"]] == ["in"], status["legs"]
+    assert not staff.has("incoming"), "the box dialled the REFER's target"
+    assert "call transfer by REFER is not accepted here" in tbox.log()

@@ -29,11 +29,11 @@ from ..text import wire_text
 log = logging.getLogger("centralka.sip.screen")
 
 # Methods pjsua implements (or answers) for a user agent; anything else known gets 405 later.
-ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER", "MESSAGE")
+ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK", "NOTIFY", "MESSAGE")
 # Methods that only make sense inside a call or transaction: without one, 481 (RFC 3261 §12.2.2).
 DIALOG_ONLY = {"BYE", "CANCEL", "INFO", "UPDATE", "PRACK", "NOTIFY", "ACK"}
 # Methods a SIP element may know (RFC 3261 and its extensions): known but not ours means 405.
-KNOWN = set(ALLOW) | {"REGISTER", "SUBSCRIBE", "PUBLISH"}
+KNOWN = set(ALLOW) | {"REGISTER", "SUBSCRIBE", "PUBLISH", "REFER"}
 # RFC 3261 §7.3.3 compact header names.
 COMPACT = {
     "i": "call-id",
@@ -206,7 +206,16 @@ def check_request(
         return Refusal(400, "Bad Request", problem)
     if req.body.strip() and req.get("content-type") is None:
         return Refusal(400, "Bad Request", "a body without Content-Type")  # RFC 3261 §7.4.1
+    if req.method == "REFER":
+        # pjsua accepts a transfer by default and dials the Refer-To itself: anyone in a call
+        # could make the box call any number, past the toll-fraud guard. The box transfers by
+        # bridging; it never follows a REFER.
+        return Refusal(403, "Forbidden", "call transfer by REFER is not accepted here")
     if req.method == "INVITE":
+        if req.get("replaces") is not None:
+            # RFC 3891: an INVITE with Replaces takes over an existing call — a stranger who
+            # learnt a patient's Call-ID and tags could hijack it.
+            return Refusal(403, "Forbidden", "Replaces is not accepted here")
         return _check_invite(req, codecs)
     if req.method == "INFO":
         return _check_info(req)

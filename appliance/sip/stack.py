@@ -411,6 +411,11 @@ class _Call(pj.Call):
         if self.leg is not None:
             self.leg.stack._guard(self.leg._on_media)
 
+    def onCallTransferRequest(self, prm):
+        # Never follow a REFER (the screen refuses it first): pjsua would dial the Refer-To
+        # itself, past the toll-fraud guard.
+        prm.statusCode = 603
+
     def onDtmfDigit(self, prm):
         # Both RFC 4733 events and SIP INFO (application/dtmf-relay) arrive here.
         if self.leg is not None:
