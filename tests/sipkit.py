@@ -107,6 +107,10 @@ class Proc:
             except queue.Empty:
                 pass
 
+    def forget_past(self) -> None:
+        """From now on ``wait`` only sees new events (what rang before is not an answer)."""
+        self._consumed = getattr(self, "_consumed", set()) | set(range(len(self.events)))
+
     def has(self, event: str, **match) -> bool:
         return any(ev.get("event") == event and all(ev.get(k) == v for k, v in match.items()) for ev in self.events)
 

@@ -436,6 +436,7 @@ def caller_reaches_a_human(box, staff, workdir) -> None:
 
 def key_0_reaches_the_operator(caller, staff) -> None:
     """The caller, in the menu, presses 0: the operator's phone rings and answers; then hang up."""
+    staff.forget_past()
     caller.press("0")
     ring = staff.wait("incoming", timeout=30)
     assert ring["user"] == "operator", ring
@@ -524,7 +525,7 @@ def test_malformed_requests_get_the_rfc_answer_and_leave_nothing_behind(tbox, st
         "a broken request was taken for a call"
     )
     status = no_leftover_legs(tbox, timeout=5)
-    assert status["calls_active"] == 0
+    assert status["calls_active"] == 0 and status["sip_guard"]["active"] is True, status["sip_guard"]
     assert tbox.calls() == [], "a refused request left a call row"
     # (pjsip's own 481 for a request in a dialog that does not exist is routine, not logged.)
     unnamed = [n for n, r in replies.items() if r.final_code not in (None, 481) and not log_names(tbox, cases[n][0][1])]
@@ -604,12 +605,19 @@ def fuzz_seeds(m: Msg) -> list[bytes]:
     ]
 
 
-def open_dialog(raw: RawSip) -> tuple[str, str, str]:
-    """A real call from the fuzzer's socket: INVITE, its 200 OK, the ACK. Returns From, To, Call-ID."""
+def open_dialog(raw: RawSip) -> tuple[str, str, str] | None:
+    """A real call from the fuzzer's socket: INVITE, its 200 OK, the ACK. Returns From, To,
+    Call-ID; None when the box is full (486: mutants' calls still hold the legs)."""
     text, cid = raw.invite()
     raw.sock.setblocking(True)
     raw.sock.sendto(text.encode(), ("127.0.0.1", raw.box.port))
-    ok = next(m for m in raw._responses(cid, 5) if m.startswith("SIP/2.0 200"))
+    final = next((m for m in raw._responses(cid, 5) if not m.startswith("SIP/2.0 1")), None)
+    if final is None:
+        return None
+    if not final.startswith("SIP/2.0 200"):
+        raw._acknowledge(text, final, cid)
+        return None
+    ok = final
     frm = re.search(r"^From:\s*(.*?)\r$", ok, re.M).group(1)
     to = re.search(r"^To:\s*(.*?)\r$", ok, re.M).group(1)
     raw.sock.sendto(raw._in_dialog("ACK", 1, frm, to, cid).encode(), ("127.0.0.1", raw.box.port))
@@ -664,6 +672,10 @@ def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir)
                 raw.sock.sendto(raw._in_dialog("BYE", 100, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
             assert tbox.proc.poll() is None, f"the box died in burst {burst}:\n{tbox.log()}"
             assert box_answers_options(tbox, raw) == 200, f"no OPTIONS answer after burst {burst}"
+            if burst == 29:
+                # Half way: every leg given back, and a real caller reaches a human.
+                no_leftover_legs(tbox)
+                caller_reaches_a_human(tbox, staff, workdir)
             raw.sock.setblocking(False)
         raw.sock.setblocking(True)
     finally:

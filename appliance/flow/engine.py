@@ -29,6 +29,7 @@ log = logging.getLogger("centralka.flow")
 # Between digits of an extension: long enough for an elderly caller, short for post-dial digits.
 INTER_DIGIT_S = 3.0
 MEDIA_WAIT_S = 3.0
+ACK_WAIT_S = 34.0  # 64 x T1 (pjsip's 2xx retransmissions), then a margin
 OPERATOR_RETRY_PAUSE_S = 2.0
 DIGITS = set("0123456789*#")
 
@@ -126,6 +127,13 @@ class CallSession:
                 await self._wait_any(MEDIA_WAIT_S, extra=[leg.media_active.wait()])
                 if not leg.media_active.is_set():
                     raise TimeoutError(f"no audio within {MEDIA_WAIT_S:g} s of answering")
+                # The caller's ACK confirms the call (milliseconds after the 200 OK). Without it
+                # (a spoofed source, a NAT that eats it) nobody is there: never walk such a call
+                # to a receptionist's phone. pjsua ends it when its retransmissions give up.
+                if not leg.confirmed.done():
+                    await self._wait_any(ACK_WAIT_S, extra=[asyncio.shield(leg.confirmed)])
+                if not (leg.confirmed.done() and leg.confirmed.result()):
+                    raise CallerGone()
                 await self.walk(self.flow.start)
             except CallerGone:
                 raise

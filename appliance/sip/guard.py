@@ -206,7 +206,8 @@ class Guard:
             "dropped_flood": self.gate.dropped,
             "unhandled_answered": self.answered_last,
             "banned": sorted(self.gate.banned),
-            "layout_ok": self.layout is not None and not self.broken,
+            # False only when this build's pjsip_rx_data could not be read: the screen is off.
+            "active": bool(self._registered) and not self.broken,
         }
 
     # --- reading pjsip_rx_data -------------------------------------------------------------
@@ -242,7 +243,7 @@ class Guard:
     def _on_screen(self, rdata) -> int:
         try:
             return self._screen(rdata)
-        except Exception:  # noqa: BLE001 — a bug here must not take a datagram's sender's side
+        except Exception:  # noqa: BLE001 — a bug in the screen must not cost a request its answer
             log.exception("SIP screen failed; passing the request on to pjsua")
             return 0
 
