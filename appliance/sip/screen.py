@@ -15,11 +15,11 @@ pike on the core's own port. ``sip/guard.py`` feeds both from inside pjsip.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import logging
 import re
 import socket
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -514,12 +514,20 @@ def sip_hosts(uri: str, timeout: float = 3.0) -> list[str]:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
         pass
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        infos = pool.submit(socket.getaddrinfo, host, None, proto=socket.IPPROTO_UDP).result(timeout)
-    except (OSError, concurrent.futures.TimeoutError) as exc:
-        log.warning("cannot resolve %s (%s): its requests are limited like anyone's", host, exc)
+    got: dict = {}
+
+    def resolve():
+        try:
+            got["infos"] = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+        except OSError as exc:
+            got["error"] = exc
+
+    # A daemon thread: a resolver that never answers must not hold up the box, nor its exit.
+    worker = threading.Thread(target=resolve, name="resolve-trunk", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if "infos" not in got:
+        why = got.get("error") or f"no answer within {timeout:g} s"
+        log.warning("cannot resolve %s (%s): its requests are limited like anyone's", host, why)
         return []
-    finally:
-        pool.shutdown(wait=False)
-    return sorted({info[4][0] for info in infos})
+    return sorted({info[4][0] for info in got["infos"]})
