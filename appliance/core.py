@@ -156,6 +156,7 @@ class Core:
             on_limit=self.on_limit,
             gate=self._flood_gate(),
             max_message_bytes=s.sip.max_message_bytes,
+            unconfirmed_per_source=s.sip.unconfirmed_per_source,
         )
         await self.stack.start()
         if s.trunk.enabled:

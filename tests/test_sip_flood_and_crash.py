@@ -118,3 +118,27 @@ def test_a_core_killed_by_sigabrt_takes_kamailio_with_it_and_the_next_start_answ
     assert reply.final_code == 200, reply.lines
     box.wait_call_ended()
     caller_reaches_a_human(box, staff, workdir)
+
+
+def test_a_stranger_who_never_acknowledges_cannot_take_every_line(make_box, staff, workdir):
+    """INVITEs whose 200 OK is never acknowledged each hold a call leg for half a minute; on the
+    wheel's 4 legs two would keep the clinic's line busy. From one address, only one such call
+    at a time: the next is refused, and a patient from elsewhere still gets through."""
+    box = make_box(staff=staff)
+    ghost = RawSip(box, source="127.0.0.2")
+    try:
+        text, cid = ghost.invite()
+        ghost.sock.sendto(text.encode(), ("127.0.0.1", box.port))
+        first = next(m for m in ghost._responses(cid, 5) if not m.startswith("SIP/2.0 1"))
+        assert first.startswith("SIP/2.0 200"), first  # answered; the ghost never sends its ACK
+        wait_for(lambda: box.status()["legs"] and box.status()["legs"][0]["age_s"] > 2.5, 10, "an overdue ACK")
+        text, cid = ghost.invite()
+        ghost.sock.sendto(text.encode(), ("127.0.0.1", box.port))
+        second = next(m for m in ghost._responses(cid, 5) if not m.startswith("SIP/2.0 1"))
+        assert second.startswith("SIP/2.0 486 Busy Here (unacknowledged call from this address)"), second
+        [leg] = box.status()["legs"]
+        assert leg["source"].startswith("127.0.0.2:") and leg["state"] == "setting up", leg
+        caller_reaches_a_human(box, staff, workdir)
+    finally:
+        ghost.close()
+    assert "already has a call that was never acknowledged" in box.log()

@@ -166,6 +166,7 @@ class Guard:
         self.refused = 0
         self.answered_last = 0
         self._quiet: dict[str, float] = {}
+        self._sources: dict[str, tuple[str, int]] = {}  # Call-ID of a new INVITE -> its source
         # The callbacks and structures must outlive the registration: pjsip keeps pointers.
         self._screen_cb = _RX_CB(self._on_screen)
         self._last_cb = _RX_CB(self._on_last)
@@ -268,6 +269,8 @@ class Guard:
         if refusal is None:
             if req is not None:
                 self._clip_body(rdata, data, req)
+                if req.method == "INVITE" and not in_dialog:
+                    self._remember_source(req.call_id, host, port)
             return 0
         self.refused += 1
         cid = req.call_id if req is not None else ""
@@ -279,6 +282,15 @@ class Guard:
         log.warning("refused %s with %d %s%s", where, refusal.code, refusal.reason, detail)
         self._respond(rdata, refusal)
         return 1
+
+    def _remember_source(self, call_id: str, host: str, port: int) -> None:
+        """Where a new call came from: pjsua2 does not tell ``onIncomingCall``."""
+        self._sources[call_id] = (host, port)
+        while len(self._sources) > 1024:
+            self._sources.pop(next(iter(self._sources)))
+
+    def source_of(self, call_id: str) -> tuple[str, int] | None:
+        return self._sources.get(call_id)
 
     def _clip_body(self, rdata: int, data: bytes, req) -> None:
         """RFC 3261 §18.3: bytes of a datagram past the Content-Length are discarded. pjsip

@@ -117,6 +117,7 @@ class MediaLeg:
         self.owner = None  # whoever handles this leg (a flow session, a phone)
         self.created = time.monotonic()
         self._hung_up_at: float | None = None
+        self.source = ""  # "IP:port" the INVITE came from (incoming SIP calls, when known)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -482,6 +483,7 @@ class SipStack:
         gate: FloodGate | None = None,
         max_message_bytes: int = 16384,
         screen: bool = True,
+        unconfirmed_per_source: int = 1,
     ):
         self.address = address
         self.port = port
@@ -501,6 +503,7 @@ class SipStack:
         self.max_message_bytes = max_message_bytes
         self.guard: Guard | None = None
         self.screen = screen  # off only in tests of what happens behind it
+        self.unconfirmed_per_source = unconfirmed_per_source
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ep = None
         self.accounts: dict[str, _Account] = {}
@@ -840,6 +843,7 @@ class SipStack:
                     "direction": leg.direction,
                     "line": leg.line,
                     "remote": leg.remote_uri,
+                    "source": leg.source,
                     "state": state if leg.alive else "ended",
                     "age_s": round(now - leg.created, 1),
                 }
@@ -861,6 +865,21 @@ class SipStack:
         raw = whole_msg.encode("utf-8", "surrogateescape") if whole_msg else b""
         leg._fill_info(raw)
         self.loop.call_soon(self._guard, self._admit, leg, acc, raw)
+
+    def _unconfirmed_from(self, host: str, new: Leg) -> int:
+        """Incoming calls from ``host`` whose ACK is overdue (older than STALE_S and still not
+        confirmed: a real caller's ACK comes milliseconds after the 200 OK)."""
+        now = time.monotonic()
+        return sum(
+            1
+            for other in self.legs
+            if other is not new
+            and other.direction == "in"
+            and other.alive
+            and not other.confirmed.done()
+            and now - other.created > STALE_S
+            and other.source.rsplit(":", 1)[0] == host
+        )
 
     def _refuse(self, leg: Leg, code: int, reason: str) -> None:
         leg._local_hangup = True
@@ -887,6 +906,25 @@ class SipStack:
             )
             self._refuse(leg, refusal.code, refusal.reason)
             return
+        source = self.guard.source_of(leg.sip_call_id) if self.guard else None
+        if source is not None:
+            leg.source = f"{source[0]}:{source[1]}"
+            if (
+                leg.alive
+                and not self.gate.is_trusted(*source)
+                and self._unconfirmed_from(source[0], leg) >= (self.unconfirmed_per_source)
+            ):
+                # A stranger's INVITEs that never send the ACK each hold a call leg for half a
+                # minute (pjsip's retransmissions): on a 4-leg build two of them would keep the
+                # clinic's line busy. One unconfirmed call per address is what a real caller needs.
+                log.warning(
+                    "refused INVITE from %s (Call-ID %s) with 486: %s already has a call that was never acknowledged",
+                    leg.remote_uri,
+                    leg.sip_call_id,
+                    source[0],
+                )
+                self._refuse(leg, 486, "Busy Here (unacknowledged call from this address)")
+                return
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
