@@ -5,8 +5,9 @@ clinic LAN, so what arrives there is written by strangers. pjsip parses it; this
 from the raw bytes, whether the request may go on, and if not, which answer RFC 3261 / RFC 4475
 give it: 400 for a malformed request we can still answer, 415 for a body we do not speak, 416
 for a URI scheme we do not serve, 488 when no offered audio stream is usable, 501 for a method
-nobody implements, 505 for another SIP version, 513 for a message over the size limit. Requests
-pjsip could not parse never get here: pjsip drops them, which is the RFC's advice for those.
+nobody implements, 505 for another SIP version, 513 for a message over the size limit, 403 for
+a transfer by REFER or a call takeover by Replaces, and 400 for the INFO bodies that abort pjsua.
+Requests pjsip could not parse never get here: pjsip drops them, the RFC's advice for those.
 
 Nothing here imports pjsua2: the checks are plain functions over bytes (tested and fuzzed
 without a SIP stack), and ``FloodGate`` is the per-source limit that stands in for Kamailio's
