@@ -22,6 +22,7 @@ ENV_OVERRIDES = {
     "CENTRALKA_SIP_ADDRESS": ("sip", "address"),
     "CENTRALKA_DATA_DIR": ("box", "data_dir"),
     "CENTRALKA_SOCKET": ("control", "socket"),
+    "CENTRALKA_MODEM": ("modem", "device"),
 }
 
 

@@ -51,8 +51,9 @@ class GsmLine:
         from .gsm.supervisor import ModemSupervisor
 
         self.loop = asyncio.get_running_loop()
-        modem = self.settings.sections.get("modem") or {}
-        configured = os.environ.get("CENTRALKA_MODEM") or modem.get("device") or None
+        modem = self.settings.modem
+        # $CENTRALKA_MODEM arrives here through the settings' environment overrides.
+        configured = modem.device or None
         # "AT_PORT" or "AT_PORT,VOICE_PORT". Looking for an unnamed modem (udev links, by-id, an
         # ATI probe) is the supervisor's job, on its own thread: nothing here talks to a tty.
         at, _, voice = (configured or "").partition(",")

@@ -200,7 +200,7 @@ def test_a_request_flood_is_banned_then_forgiven(kbox):
 
 
 def test_generated_passwords_are_strong_and_easy_to_type():
-    from appliance.sip.kamailio import new_password
+    from appliance.credentials import new_password
 
     passwords = {new_password() for _ in range(200)}
     assert len(passwords) == 200

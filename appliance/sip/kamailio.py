@@ -16,7 +16,6 @@ Kamailio's configuration and its credential table from the database and runs it:
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 import secrets
@@ -26,12 +25,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..credentials import REALM, ha1, new_password  # noqa: F401 — ha1/new_password re-exported
 from ..errors import ConfigError, SipError
 from ..proc import die_with_parent
 
 log = logging.getLogger("centralka.kamailio")
 
-REALM = "centralka"
 MODULES = [
     "kex",
     "corex",
@@ -63,20 +62,6 @@ def modules_dir() -> str:
             if os.path.exists(os.path.join(d, "auth_db.so")):
                 return d
     raise SipError("Kamailio modules not found (Debian package kamailio)")
-
-
-def ha1(username: str, password: str, realm: str = REALM) -> str:
-    return hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()
-
-
-# Letters and digits only, without look-alikes: typed once into a desk phone's web page, where
-# a leading "-" or an "l"/"1" mix-up costs a technician a visit.
-_PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
-
-
-def new_password(length: int = 20) -> str:
-    """A phone password nobody has to remember (about 115 bits)."""
-    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
 
 
 def write_credentials(db_dir: Path, phones: list[dict]) -> None:

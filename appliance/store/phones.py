@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import ConfigError
-from ..sip.kamailio import ha1, new_password
+from ..credentials import ha1, new_password
 from .db import utcnow
 
 _EXT = re.compile(r"^[0-9]{2,6}$")
