@@ -720,11 +720,7 @@ def test_dtmf_info_with_hostile_signals_is_ignored_and_a_real_key_still_works(tb
     nothing. None of it may raise or count as a key; a real key afterwards still works."""
     raw = RawSip(tbox)
     try:
-        text, cid = raw.invite()
-        raw.sock.sendto(text.encode(), ("127.0.0.1", tbox.port))
-        ok = next(m for m in raw._responses(cid, 5) if m.startswith("SIP/2.0 200"))
-        frm, to = re.search(r"^From:\s*(.*?)\r$", ok, re.M).group(1), re.search(r"^To:\s*(.*?)\r$", ok, re.M).group(1)
-        raw.sock.sendto(raw._in_dialog("ACK", 1, frm, to, cid).encode(), ("127.0.0.1", tbox.port))
+        frm, to, cid = open_dialog(raw)
         answers = []
         bodies = [
             b"Signal=\xff\xfe\r\nDuration=160\r\n",

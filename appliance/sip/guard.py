@@ -141,8 +141,8 @@ class _Layout:
 class Guard:
     """The screen and the last word, for one pjsua endpoint (``SipStack`` owns it)."""
 
-    def __init__(self, lib_path: str, *, gate: FloodGate, codecs, max_bytes: int = 16384, clock=time.monotonic):
-        self.lib = ctypes.CDLL(lib_path)
+    def __init__(self, lib: ctypes.CDLL, *, gate: FloodGate, codecs, max_bytes: int = 16384, clock=time.monotonic):
+        self.lib = lib
         self.lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
         self.lib.pjsip_endpt_register_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.lib.pjsip_endpt_unregister_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
@@ -200,6 +200,11 @@ class Guard:
         for mod in reversed(self._registered):
             self.lib.pjsip_endpt_unregister_module(self.endpt, ctypes.byref(mod))
         self._registered.clear()
+
+    @property
+    def screening(self) -> bool:
+        """Every request passes the screen (registered, and this build's layout was read)."""
+        return bool(self._registered) and self.layout is not None and not self.broken
 
     def status(self) -> dict:
         return {

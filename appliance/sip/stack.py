@@ -626,7 +626,7 @@ class SipStack:
         self._destroy()
 
     def _start_guard(self):
-        guard = Guard(pj._pjsua2.__file__, gate=self.gate, codecs=self.codecs, max_bytes=self.max_message_bytes)
+        guard = Guard(_pjsua_lib(), gate=self.gate, codecs=self.codecs, max_bytes=self.max_message_bytes)
         try:
             guard.register()
         except OSError as exc:
@@ -893,8 +893,9 @@ class SipStack:
         # A caller who cancelled before we decided still goes on to ``on_incoming``: a call
         # given up at once is a missed call like any other (the engine records it).
         # The screen refuses malformed INVITEs before pjsua sees them; this is the same check
-        # for a build where the screen could not be installed.
-        refusal = check_request(raw, codecs=self.codecs, max_bytes=1 << 20) if raw else None
+        # for a build where the screen could not be installed (not repeated when it is there).
+        screened = self.guard is not None and self.guard.screening
+        refusal = check_request(raw, codecs=self.codecs, max_bytes=1 << 20) if raw and not screened else None
         if refusal is not None and refusal.code and leg.alive:
             log.warning(
                 "refused INVITE from %s (Call-ID %s) with %d %s: %s",
