@@ -81,13 +81,13 @@ def _write_out(text: str, file: str | None) -> None:
 
 
 # --- commands -------------------------------------------------------------------------------------
-def cmd_run(args) -> int:
+def cmd_run(args, *, faults=None) -> int:
+    """``centralka run``; ``faults`` only from appliance.testing.faults (tests)."""
+    from . import systemd
     from .core import Core
 
-    from . import systemd
-
     settings = _settings(args)
-    core = Core(settings)
+    core = Core(settings, faults=faults)
 
     def ready(c):
         st = c.status()
@@ -183,13 +183,13 @@ def cmd_phones(args) -> int:
 
 def cmd_staff(args) -> int:
     from .flow.staff import load_staff_text, stored_staff_text
-    from .store.db import utcnow
+    from .store.staff import save_text
 
     settings, db = _box(args)
     if args.staff_cmd == "import":
         text = Path(args.file).read_text(encoding="utf-8")
         staff = load_staff_text(text, source=args.file)
-        db["staff"].insert({"text": text, "updated_at": utcnow()})
+        save_text(db, text)
         print(f"{len(staff.agents)} agents, {len(staff.queues)} queues imported")
         _tell_core(settings, "reload", "running core reloaded")
         return EXIT_OK
@@ -202,7 +202,8 @@ def cmd_staff(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from .store.db import open_db, utcnow
+    from .store.agents import set_paused
+    from .store.db import open_db
 
     settings = _settings(args)
     paused = args.agent_cmd == "pause"
@@ -210,9 +211,7 @@ def cmd_agent(args) -> int:
         reply = ask_core(settings, args.agent_cmd, agent=args.agent)
     except CoreNotRunning:
         # The core reads the pause state at start: record it for then.
-        open_db(settings.db_path)["agent_state"].upsert(
-            {"agent": args.agent, "paused": int(paused), "changed_at": utcnow()}, pk="agent"
-        )
+        set_paused(open_db(settings.db_path), args.agent, paused)
         reply = {"ok": True}
     if not reply.get("ok"):
         print(f"centralka: {reply.get('error')}", file=sys.stderr)
@@ -244,12 +243,12 @@ def cmd_calls(args) -> int:
 
 
 def cmd_sms(args) -> int:
-    from .gsm.outbox import list_outbox, plan_sms, queue_sms
+    from .gsm.outbox import get_sms, list_outbox, plan_sms, queue_sms
 
     settings, db = _box(args)
     if args.sms_cmd == "send":
         sms_id = queue_sms(db, args.number, args.text, kind="manual", settings=settings)
-        row = db["sms_outbox"].get(sms_id)
+        row = get_sms(db, sms_id)
         print(f"sms #{sms_id} queued to {row['number']}: {plan_sms(args.text, settings).describe()}")
         try:
             ask_core(settings, "sms-wake")  # a running core sends it now rather than at its next look
@@ -306,21 +305,48 @@ def cmd_migrate(args) -> int:
     return EXIT_OK
 
 
-def cmd_phone(args) -> int:
-    from .sip.phone import run_terminal
+# demo, demo-gsm and phone live in appliance/testing/, which the running box never imports: their
+# modules are imported here, when the command runs, and define their own arguments then.
+PHONE_HELP = "call a SIP address from this terminal; type digits to press keys"
+DEMO_GSM_HELP = "the demo's simulated mobile network: call or text the box's emulated modem, see the SMS it sent"
 
-    return run_terminal(args)
+
+def _add_late_command(sub, name: str, help: str, func) -> None:
+    """A command whose arguments its module defines: every word after ``name`` goes to ``rest``."""
+    s = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")  # no options here, not even -h
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=func)
+
+
+def _parse_late(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
+
+
+def cmd_phone(args) -> int:
+    from .testing.phone import add_arguments, run_terminal
+
+    parser = argparse.ArgumentParser(prog="centralka phone", description=PHONE_HELP)
+    add_arguments(parser, terminal=True)
+    late = _parse_late(parser, args.rest)
+    return late if isinstance(late, int) else run_terminal(late)
 
 
 def cmd_demo_gsm(args) -> int:
-    from .demo import DEMO_DIR
-    from .demo_gsm import cmd_demo_gsm as run
+    from .testing.demo import DEMO_DIR
+    from .testing.mobile_network import add_arguments
+    from .testing.mobile_network import cmd_demo_gsm as run
 
-    return run(args, DEMO_DIR / "radio.sock")
+    parser = argparse.ArgumentParser(prog="centralka")
+    add_arguments(parser.add_subparsers())
+    late = _parse_late(parser, ["demo-gsm", *args.rest])
+    return late if isinstance(late, int) else run(late, DEMO_DIR / "radio.sock")
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .testing.demo import run_demo
 
     return run_demo(args)
 
@@ -416,19 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ack", type=int, metavar="ID", help="acknowledge alarm ID")
     s.set_defaults(func=cmd_alarms)
 
-    from .demo_gsm import add_arguments as add_demo_gsm
-
-    add_demo_gsm(sub)
-    sub.choices["demo-gsm"].set_defaults(func=cmd_demo_gsm)
+    _add_late_command(sub, "demo-gsm", DEMO_GSM_HELP, cmd_demo_gsm)
 
     s = sub.add_parser("migrate", help="create or upgrade the database")
     s.set_defaults(func=cmd_migrate)
 
-    from .sip.phone import add_arguments
-
-    s = sub.add_parser("phone", help="call a SIP address from this terminal; type digits to press keys")
-    add_arguments(s, terminal=True)
-    s.set_defaults(func=cmd_phone)
+    _add_late_command(sub, "phone", PHONE_HELP, cmd_phone)
     return p
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import phonenumbers
 from phonenumbers import PhoneNumberType as T
 
+from .clock import stamp
 from .errors import CentralkaError
+from .store import outbound
 
 _ALLOWED_CHARS = re.compile(r"^\+?[0-9][0-9 \-]{1,24}$")
 
@@ -122,16 +123,14 @@ def check_destination(db, number: str, settings=None, *, now: float | None = Non
     policy = OutboundPolicy.from_settings(settings)
     e164, _kind = parse_destination(number, policy)
     if db is not None:
-        since = _iso((now if now is not None else time.time()) - 3600)
-        total = db.execute("SELECT count(*) FROM outbound_calls WHERE at >= ?", [since]).fetchone()[0]
+        since = stamp((now if now is not None else time.time()) - 3600)
+        total = outbound.count_since(db, since)
         if total >= policy.per_hour:
             raise DestinationRefused(
                 "hourly cap",
                 f"{total} outbound calls in the last hour; the cap is {policy.per_hour} (outbound.per_hour)",
             )
-        same = db.execute("SELECT count(*) FROM outbound_calls WHERE at >= ? AND number = ?", [since, e164]).fetchone()[
-            0
-        ]
+        same = outbound.count_since(db, since, e164)
         if same >= policy.per_number_per_hour:
             raise DestinationRefused(
                 "number cap",
@@ -139,7 +138,3 @@ def check_destination(db, number: str, settings=None, *, now: float | None = Non
                 f"is {policy.per_number_per_hour} (outbound.per_number_per_hour)",
             )
     return e164
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")

@@ -191,7 +191,7 @@ def _die_with_parent():
 class Box:
     def __init__(self, workdir: Path, staff: str, flow_text: str | None = None, staff_text: str | None = None):
         from appliance.config import ENV_OVERRIDES
-        from appliance.demo import demo_flow_text
+        from appliance.testing.demo import demo_flow_text
 
         self.dir = workdir
         self.port = free_port(tcp_too=True)
@@ -728,7 +728,7 @@ def main(argv=None) -> int:
                 box = Box(work, phones, flow_text=queue_flow_text(phones), staff_text=QUEUE_STAFF)
             else:
                 # The demo's agents and queue, so the demo flow's queue node is configured.
-                from appliance.demo import demo_staff_text
+                from appliance.testing.demo import demo_staff_text
 
                 box = Box(work, phones, staff_text=demo_staff_text())
             st = box.start()

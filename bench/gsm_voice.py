@@ -35,7 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.gsm.emulator import ModemEmulator  # noqa: E402
+from appliance.testing.modem import ModemEmulator  # noqa: E402
+from appliance.gsm.voice import VoiceOpener  # noqa: E402
 from appliance.sip.gsmleg import GsmLeg  # noqa: E402
 from appliance.sip.stack import SipStack  # noqa: E402
 
@@ -166,7 +167,9 @@ def main(argv=None) -> int:
 
         def new_call():
             emulator.ring("600123456")
-            leg = lt.call(lambda: GsmLeg(stack, "in", control, emulator.voice_device, remote_number="600123456"))
+            leg = lt.call(
+                lambda: GsmLeg(stack, "in", control, VoiceOpener(emulator.voice_device), remote_number="600123456")
+            )
             lt.call(leg.answer, 200)
             if not lt.run(asyncio.wait_for(asyncio.shield(leg.confirmed), 10)):
                 raise RuntimeError("the GSM call did not come up")

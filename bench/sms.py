@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from appliance.config import load_settings  # noqa: E402
-from appliance.gsm.emulator import ModemEmulator  # noqa: E402
+from appliance.testing.modem import ModemEmulator  # noqa: E402
 from appliance.gsm.outbox import queue_sms  # noqa: E402
 from appliance.gsm.supervisor import ModemSupervisor  # noqa: E402
 from appliance.store.db import open_db  # noqa: E402

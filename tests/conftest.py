@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from appliance.demo import DEMO_PHONES, demo_flow_text
+from appliance.testing.demo import DEMO_PHONES, demo_flow_text
 
 from .sipkit import Box, Phone
 
@@ -40,10 +40,10 @@ def caller(workdir):
 def make_box(workdir):
     boxes = []
 
-    def make(flow_text=None, *, staff=None, env=None, settings=""):
+    def make(flow_text=None, *, staff=None, env=None, settings="", raise_at=None):
         if flow_text is None:
             flow_text = demo_flow_text(f"127.0.0.1:{staff.port}")
-        box = Box(workdir, flow_text, env=env, settings=settings)
+        box = Box(workdir, flow_text, env=env, settings=settings, raise_at=raise_at)
         boxes.append(box)
         return box
 

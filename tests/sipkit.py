@@ -138,7 +138,7 @@ class Proc:
 
 
 class Phone(Proc):
-    """A pjsua2 phone in its own process (see appliance/sip/phone.py)."""
+    """A pjsua2 phone in its own process (see appliance/testing/phone.py)."""
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class Phone(Proc):
         cmd = [
             sys.executable,
             "-m",
-            "appliance.sip.phone",
+            "appliance.testing.phone",
             "--port",
             str(self.port),
             "--user",
@@ -193,7 +193,9 @@ class Phone(Proc):
 class Box:
     """``centralka run`` as its own process, with a flow imported through the command line."""
 
-    def __init__(self, workdir: Path, flow_text: str, *, env: dict | None = None, settings: str = ""):
+    def __init__(
+        self, workdir: Path, flow_text: str, *, env: dict | None = None, settings: str = "", raise_at: str | None = None
+    ):
         self.dir = workdir
         self.port = free_port()
         self.config = workdir / "centralka.toml"
@@ -210,6 +212,7 @@ class Box:
         self.env = dict(os.environ)
         self.env.pop("CENTRALKA_CONFIG", None)
         self.env.update(env or {})
+        self.raise_at = raise_at
         self.stderr_path = workdir / "box.stderr"
         self._launch()
 
@@ -218,8 +221,11 @@ class Box:
         self._launch()
 
     def _launch(self):
+        # A fault plan runs the same core through the testing wing (appliance.testing.faults).
+        r = self.raise_at
+        runner = ["appliance.testing.faults", "--raise-at", r] if r else ["appliance.cli"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "--config", str(self.config), "run"],
+            [sys.executable, "-m", *runner, "--config", str(self.config), "run"],
             stdout=subprocess.DEVNULL,
             stderr=open(self.stderr_path, "ab"),
             env=self.env,

@@ -7,7 +7,7 @@ the box stored.
 import json
 import time
 
-from appliance.demo import DEMO_PHONES, demo_flow_text
+from appliance.testing.demo import DEMO_PHONES, demo_flow_text
 from appliance.media.prompts import PromptLibrary
 
 from .audio import first_sound, heard_sequence, longest_silence
@@ -150,7 +150,7 @@ def test_dead_destination_phone_ends_at_the_operator(make_box, staff, caller, wo
 
 
 def test_error_inside_the_engine_ends_at_the_operator(make_box, staff, caller, workdir):
-    box = make_box(staff=staff, env={"CENTRALKA_TEST_RAISE_AT": "menu"})
+    box = make_box(staff=staff, raise_at="menu")
     caller.call(box.uri())
     caller.wait("confirmed")
     operator_answers(staff, caller)

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from appliance.demo import DEMO_PHONES, demo_flow_text
+from appliance.testing.demo import DEMO_PHONES, demo_flow_text
 
 from .sipkit import ROOT, Phone, free_port
 

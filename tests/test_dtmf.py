@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.gsm.dtmf import DtmfDetector, dtmf_tones
-from appliance.gsm.emulator import dtmf_pcm
+from appliance.testing.modem import dtmf_pcm
 from appliance.media.prompts import read_wav
 
 from .conftest import needs_tools

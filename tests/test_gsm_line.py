@@ -1,5 +1,5 @@
 """The GSM modem as the box's second line, end to end: ``centralka run`` as its own process with
-the emulated modem (appliance/gsm/emulator.py) on ptys, driven by the unmodified
+the emulated modem (appliance/testing/modem/) on ptys, driven by the unmodified
 python-gsmmodem-new inside the box.
 
 What a person notices: the SMS that leave the modem (decoded from the PDUs), that a core killed
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from appliance.cli import main as cli_main
-from appliance.gsm.emulator import ModemEmulator
+from appliance.testing.modem import ModemEmulator
 
 from .sipkit import free_port, wait_for
 

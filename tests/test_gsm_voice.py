@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import serial
 
-from appliance.gsm.emulator import ModemEmulator
-from appliance.gsm.voice import FRAME_BYTES, VoiceChannel
+from appliance.testing.modem import ModemEmulator
+from appliance.gsm.voice import FRAME_BYTES, VoiceChannel, VoiceOpener
 from appliance.media.prompts import PromptLibrary, read_wav
 from appliance.sip.gsmleg import DigitMerger, GsmLeg
 from appliance.sip.stack import PARK_S, SipStack
@@ -206,7 +206,12 @@ def gsm_call(sip, emulator, control, number="600123456") -> GsmLeg:
     emulator.ring(number)
     leg = sip.call(
         lambda: GsmLeg(
-            sip.stack, "in", control, emulator.voice_device, remote_number=number, local_number="48500100200"
+            sip.stack,
+            "in",
+            control,
+            VoiceOpener(emulator.voice_device),
+            remote_number=number,
+            local_number="48500100200",
         )
     )
     control.on_ended = lambda reason: sip.loop.call_soon_threadsafe(leg.modem_ended, reason)

@@ -6,12 +6,14 @@ what the admin is told when a line goes down, and which numbers are never dialle
 """
 
 import asyncio
+import json
 
 import pytest
 
 from appliance.alarms import list_alarms
 from appliance.config import load_settings
 from appliance.lines import LineFailed, Lines, NoLineAvailable
+from appliance.messages import Msg, msg
 from appliance.store.db import open_db
 from appliance.tollguard import DestinationRefused, OutboundPolicy, check_destination, parse_destination
 
@@ -102,9 +104,9 @@ def test_trunk_down_sends_the_call_over_gsm_and_the_admin_is_told(db, settings):
 
     lines.set_dialer("trunk", trunk)
     lines.set_dialer("gsm", gsm)
-    lines.update("trunk", "degraded", "registering")
-    lines.update("gsm", "up", "registered, signal 20")
-    lines.update("trunk", "down", "registration failed: 408 Request Timeout")
+    lines.update("trunk", "degraded", msg("trunk.registering"))
+    lines.update("gsm", "up", msg("modem.registered_on", operator="Plus"))
+    lines.update("trunk", "down", msg("trunk.registration_failed", detail="408 Request Timeout"))
     leg, line, e164 = asyncio.run(lines.dial("600 123 456", "test"))
     assert (line, e164, tried) == ("gsm", "+48600123456", ["gsm"])
     alarms = list_alarms(db)
@@ -120,7 +122,7 @@ def test_a_fast_failure_on_the_preferred_line_fails_over_per_call(db, settings):
     lines = Lines(db, settings)
 
     async def trunk(number):
-        raise LineFailed("the trunk refused the call: 503 Service Unavailable")
+        raise LineFailed(msg("trunk.refused_call", detail="503 Service Unavailable"))
 
     async def gsm(number):
         return FakeLeg()
@@ -169,19 +171,27 @@ def test_a_refused_number_never_reaches_a_line(db, settings):
 
 def test_an_english_settings_box_keeps_english_alarms(db, settings):
     lines = Lines(db, settings, lang="en")
-    lines.update("gsm", "up", "registered on Plus")
-    lines.update("gsm", "down", "the modem's port failed (EIO); reconnecting")
+    lines.update("gsm", "up", msg("modem.registered_on", operator="Plus"))
+    lines.update("gsm", "down", msg("modem.reconnecting", reason=msg("modem.port_failed", error="EIO")))
     assert list_alarms(db)[0]["text"] == "The GSM modem is down: the modem's port failed (EIO); reconnecting"
 
 
-def test_modem_alarms_read_in_polish():
-    from appliance.alarms import localise
-
-    assert localise(
-        "The SIM card refused the PIN (CME error 16); it is not tried again, because three wrong PINs lock the SIM."
-    ) == ("Karta SIM odrzuciła PIN (błąd CME 16); nie jest wpisywany ponownie, bo trzy błędne PIN-y blokują kartę.")
-    assert (
-        localise("the modem's port failed (EIO); reconnecting")
-        == "port modemu przestał działać (EIO); ponowne łączenie"
+def test_modem_alarms_read_in_polish_and_keep_their_message_id(db, settings):
+    lines = Lines(db, settings, lang="pl")
+    lines.update("gsm", "up", msg("modem.registered_on", operator="Plus"))
+    lines.update("gsm", "down", msg("modem.reconnecting", reason=msg("modem.port_failed", error="EIO")))
+    row = list_alarms(db)[0]
+    assert row["text"] == "Modem GSM nie działa: port modemu przestał działać (EIO); ponowne łączenie"
+    # The same alarm in the admin's language, from what was stored (the web UI's way).
+    assert Msg.from_json(json.loads(row["message"])).text("en") == (
+        "The GSM modem is down: the modem's port failed (EIO); reconnecting"
     )
-    assert localise("something new") == "something new"  # unknown text stays readable, untranslated
+    assert lines.snapshot()["gsm"]["reason"] == "the modem's port failed (EIO); reconnecting"  # (status: English)
+
+
+def test_an_alarm_cannot_be_a_plain_sentence(db):
+    from appliance.alarms import raise_alarm
+
+    with pytest.raises(TypeError, match="Msg"):
+        raise_alarm(db, "line_down", "gsm", "The GSM modem is down")
+    assert list_alarms(db) == []

@@ -24,7 +24,7 @@ from gsmmodem.exceptions import (
 from gsmmodem.modem import GsmModem, SentSms
 from gsmmodem.pdu import Concatenation
 
-from appliance.gsm.emulator import FRAME_BYTES, PROFILES, ModemEmulator, dtmf_pcm
+from appliance.testing.modem import FRAME_BYTES, PROFILES, ModemEmulator, dtmf_pcm
 
 PATIENT = "+48600123456"
 ALL_PROFILES = sorted(PROFILES)
@@ -570,7 +570,7 @@ def test_cli_prints_the_device_and_stops_on_sigterm(tmp_path):
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.gsm.emulator", "--profile", "quectel"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "appliance.testing.modem", "--profile", "quectel"], stdout=subprocess.PIPE, text=True
     )
     try:
         device = proc.stdout.readline().strip()

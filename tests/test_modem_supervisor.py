@@ -15,7 +15,7 @@ from gsmmodem.exceptions import TimeoutException
 
 from appliance.config import load_settings
 from appliance.gsm.discovery import find_modem
-from appliance.gsm.emulator import ModemEmulator
+from appliance.testing.modem import ModemEmulator
 from appliance.gsm.modem import Modem, ModemSmsSender, fix_caller_id, parse_clip
 from appliance.gsm.outbox import get_sms, queue_sms
 from appliance.gsm.supervisor import ModemSupervisor

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from appliance.alarms import list_alarms, raise_alarm
 from appliance.config import load_settings
 from appliance.gsm.outbox import flush_incomplete, store_incoming
+from appliance.messages import msg
 from appliance.notify.mail import MailError, Mailer, Notifier, alarm_digest
 from appliance.store.db import open_db
 
@@ -31,6 +32,10 @@ WARSAW = ZoneInfo("Europe/Warsaw")
 ADMIN = "kierownik@przychodnia.example"
 DESK = "rejestracja@przychodnia.example"
 BOX = "centralka@przychodnia.example"
+TRUNK_DOWN = msg("line.state.down", line=msg("line.trunk"))
+REGISTRATION_REFUSED = msg(
+    "line.because", sentence=TRUNK_DOWN, reason=msg("trunk.registration_failed", detail="403 Forbidden")
+)
 
 
 def free_port() -> int:
@@ -153,7 +158,7 @@ def test_an_alarm_reaches_the_admin_in_polish(servers, db):
         db,
         "line_down",
         "trunk",
-        "Łącze SIP nie działa: operator odrzuca rejestrację.",
+        REGISTRATION_REFUSED,
         severity="critical",
         detail="REGISTER: 403 Forbidden",
     )
@@ -161,14 +166,16 @@ def test_an_alarm_reaches_the_admin_in_polish(servers, db):
     assert notifier.run_once()["alarms"] == 1
 
     [mail] = server.received
-    assert mail.subject == "[Centralka] Alarm krytyczny: Łącze SIP nie działa: operator odrzuca rejestrację."
+    assert (
+        mail.subject == "[Centralka] Alarm krytyczny: Trunk SIP nie działa: rejestracja nie powiodła się: 403 Forbidden"
+    )
     assert mail.message["From"].addresses[0].display_name == "Centralka – Przychodnia Zdrowie"
     assert mail.message["From"].addresses[0].addr_spec == BOX
     assert mail.rcpt_tos == [ADMIN]
     assert mail.message["Auto-Submitted"] == "auto-generated"
     assert mail.message.get_content_charset() == "utf-8"
     body = mail.body
-    assert body.startswith("Łącze SIP nie działa: operator odrzuca rejestrację.\n")
+    assert body.startswith("Trunk SIP nie działa: rejestracja nie powiodła się: 403 Forbidden\n")
     assert "Centralka zgłasza: alarm krytyczny." in body
     assert "Dotyczy: łącze SIP (trunk)" in body
     assert "Szczegóły: REGISTER: 403 Forbidden" in body
@@ -182,12 +189,14 @@ def test_an_alarm_reaches_the_admin_in_polish(servers, db):
 def test_an_alarm_in_english(servers, db):
     server = servers()
     notifier = notifier_for(db, box_settings(server.port, language="en"))
-    raise_alarm(db, "modem_pin", "gsm", "The SIM refused the PIN; it is not sent again.", severity="warning")
+    raise_alarm(db, "modem_pin", "gsm", msg("sim.pin_refused_before"), severity="warning", lang="en")
 
     notifier.run_once()
 
     [mail] = server.received
-    assert mail.subject == "[Centralka] Warning: The SIM refused the PIN; it is not sent again."
+    assert mail.subject == (
+        "[Centralka] Warning: The SIM card refused this PIN before; it is not tried again (change modem.pin)."
+    )
     assert "About: GSM modem" in mail.body
     assert "The phone box reports a warning." in mail.body
 
@@ -200,7 +209,7 @@ def test_alarms_piled_up_arrive_as_one_list(servers, db):
             db,
             "line_down" if n % 2 == 0 else "line_up",
             "trunk",
-            f"Zdarzenie numer {n + 1}.",
+            msg("modem.sim_busy_for", seconds=n + 1),
             severity="critical" if n == 3 else "info",
         )
 
@@ -209,7 +218,7 @@ def test_alarms_piled_up_arrive_as_one_list(servers, db):
     [mail] = server.received
     assert mail.subject == "[Centralka] 7 nowych alarmów"
     assert "Centralka zgłasza 7 nowych alarmów, od najstarszego:" in mail.body
-    assert all(f"Zdarzenie numer {n}." in mail.body for n in range(1, 8))
+    assert all(f"karta SIM jest zajęta od {n} s" in mail.body for n in range(1, 8))
     assert "Najpoważniejszy: alarm krytyczny." in mail.body
     assert all(a["notified_at"] for a in list_alarms(db))
 
@@ -303,7 +312,7 @@ def test_server_down_keeps_everything_pending_and_delivers_exactly_once_later(se
     server = servers(start=False)  # the port is known, nothing listens yet
     clock = Clock()
     notifier = notifier_for(db, box_settings(server.port, alarm_after_s=600.0), clock)
-    raise_alarm(db, "line_down", "gsm", "Modem GSM nie odpowiada.", severity="critical")
+    raise_alarm(db, "line_down", "gsm", msg("modem.gone"), severity="critical")
     store_incoming(db, "+48600123456", "Proszę o telefon, Świętosław.")
 
     result = notifier.run_once()
@@ -328,7 +337,7 @@ def test_server_down_keeps_everything_pending_and_delivers_exactly_once_later(se
 
     subjects = [m.subject for m in server.received]
     assert len(server.received) == 3
-    assert sum("Modem GSM nie odpowiada." in s for s in subjects) == 1
+    assert sum("Modem GSM przestał odpowiadać" in s for s in subjects) == 1
     assert sum("Świętosław" in s for s in subjects) == 1
     assert sum("E-maile z centralki nie wychodzą" in s for s in subjects) == 1
     assert all(a["notified_at"] for a in list_alarms(db))
@@ -338,7 +347,7 @@ def test_a_refused_recipient_is_named(servers, db):
     server = servers()
     server.inbox.refuse.add(ADMIN)
     notifier = notifier_for(db, box_settings(server.port))
-    raise_alarm(db, "line_down", "trunk", "Łącze SIP nie działa.")
+    raise_alarm(db, "line_down", "trunk", TRUNK_DOWN)
 
     result = notifier.run_once()
 
@@ -354,7 +363,7 @@ def test_one_refused_recipient_does_not_stop_the_others(servers, db):
     server = servers()
     server.inbox.refuse.add(DESK)
     notifier = notifier_for(db, box_settings(server.port, recipients=[ADMIN, DESK]))
-    raise_alarm(db, "line_down", "trunk", "Łącze SIP nie działa.")
+    raise_alarm(db, "line_down", "trunk", TRUNK_DOWN)
 
     notifier.run_once()
 
@@ -366,7 +375,7 @@ def test_one_refused_recipient_does_not_stop_the_others(servers, db):
 def test_mail_is_off_without_a_server_or_recipients(db, caplog):
     settings = load_settings(env={}, mail={"recipients": [ADMIN]})
     notifier = Notifier(db, settings)
-    raise_alarm(db, "line_down", "trunk", "Łącze SIP nie działa.")
+    raise_alarm(db, "line_down", "trunk", TRUNK_DOWN)
 
     with caplog.at_level("INFO", logger="centralka.mail"):
         assert notifier.run_once()["state"] == "off"
@@ -392,12 +401,12 @@ def check_login(server, session, envelope, mechanism, auth_data):
 def test_plain_login_on_loopback(servers, db):
     server = servers(authenticator=check_login, auth_required=True, auth_require_tls=False)
     notifier = notifier_for(db, box_settings(server.port, username="centralka", password="hasło-123"))
-    raise_alarm(db, "line_up", "trunk", "Łącze SIP znowu działa.", severity="info")
+    raise_alarm(db, "line_up", "trunk", msg("line.state.up", line=msg("line.trunk")), severity="info")
 
     notifier.run_once()
 
     assert server.inbox.logins == ["centralka"]
-    assert [m.subject for m in server.received] == ["[Centralka] Informacja: Łącze SIP znowu działa."]
+    assert [m.subject for m in server.received] == ["[Centralka] Informacja: Trunk SIP działa"]
 
 
 def test_a_wrong_password_says_so(servers):
@@ -499,8 +508,8 @@ def test_tls_from_the_first_byte(servers, db, certificate):
     cert, ctx = certificate
     server = servers(ssl_context=ctx)
     notifier = notifier_for(db, box_settings(server.port, security="tls", ca_file=str(cert)))
-    raise_alarm(db, "line_up", "gsm", "Modem GSM znowu działa.", severity="info")
+    raise_alarm(db, "line_up", "gsm", msg("modem.back"), severity="info")
 
     notifier.run_once()
 
-    assert [m.subject for m in server.received] == ["[Centralka] Informacja: Modem GSM znowu działa."]
+    assert [m.subject for m in server.received] == ["[Centralka] Informacja: Modem GSM znów działa."]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from appliance.demo import demo_flow_text
+from appliance.testing.demo import demo_flow_text
 
 from .sipkit import ROOT, free_port
 

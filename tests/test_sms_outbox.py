@@ -151,7 +151,7 @@ def test_emoji_are_dropped_instead_of_crashing_the_library():
     ],
 )
 def test_plan_agrees_with_the_pdus_the_library_builds(text):
-    from appliance.gsm.emulator import decode_submit_pdu  # an independent 23.040 decoder
+    from appliance.testing.modem import decode_submit_pdu  # an independent 23.040 decoder
 
     for transliterate in (False, True):
         plan = prepare(text, transliterate=transliterate)
@@ -658,7 +658,7 @@ def test_cli_transliterates_when_the_admin_says_so(box_config, capsys):
 
 # --- against the modem emulator, through the unmodified library -----------------------------------
 def test_outbox_through_the_library_and_the_emulator(tmp_path):
-    emulator_mod = pytest.importorskip("appliance.gsm.emulator")
+    emulator_mod = pytest.importorskip("appliance.testing.modem")
     from gsmmodem.modem import GsmModem
 
     path = tmp_path / "centralka.db"
@@ -713,7 +713,7 @@ def test_outbox_through_the_library_and_the_emulator(tmp_path):
 
 def test_a_silent_modem_is_a_retry_not_a_maybe_sent_sms(tmp_path):
     # No "> " prompt means the PDU never left: retry later, never "uncertain".
-    emulator_mod = pytest.importorskip("appliance.gsm.emulator")
+    emulator_mod = pytest.importorskip("appliance.testing.modem")
     from gsmmodem.modem import GsmModem
 
     db = open_db(tmp_path / "centralka.db")

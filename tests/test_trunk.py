@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.demo import demo_flow_text
+from appliance.testing.demo import demo_flow_text
 
 from .sipkit import free_port
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 
+from ..messages import plural_form, plural_pl
+
 _UNITS = ("zero", "jeden", "dwa", "trzy", "cztery", "pięć", "sześć", "siedem", "osiem", "dziewięć")
 _TEENS = (
     "dziesięć",
@@ -72,21 +74,6 @@ LESS_THAN_MINUTE_S = 60.0
 FIVE_MINUTE_STEPS_ABOVE_S = 20 * 60.0
 
 
-def plural_form(n: int) -> str:
-    """Polish plural category of a count: "one", "few" or "many" (see the module docstring)."""
-    n = abs(int(n))
-    if n == 1:
-        return "one"
-    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
-        return "few"
-    return "many"
-
-
-def pl_noun(n: int, one: str, few: str, many: str) -> str:
-    """The noun form agreeing with ``n``: pl_noun(5, "osoba", "osoby", "osób") -> "osób"."""
-    return {"one": one, "few": few, "many": many}[plural_form(n)]
-
-
 def _below_thousand(n: int, feminine: bool) -> list[str]:
     words = []
     hundreds, rest = divmod(n, 100)
@@ -124,7 +111,7 @@ def number_pl(n: int, feminine: bool = False) -> str:
         words.append("tysiąc")
     elif thousands:
         words += _below_thousand(thousands, feminine=False)
-        words.append(pl_noun(thousands, "tysiąc", "tysiące", "tysięcy"))
+        words.append(plural_pl(thousands, "tysiąc", "tysiące", "tysięcy"))
     if rest:
         words += _below_thousand(rest, feminine)
     return " ".join(words)
@@ -141,12 +128,12 @@ def _count_pl(n: int, spoken: bool) -> str:
 def people_ahead_pl(n: int, spoken: bool = False) -> str:
     """ "1 osoba", "3 osoby", "5 osób", "22 osoby", "112 osób"; ``spoken`` writes 1 and ...2 as
     words ("jedna osoba", "dwadzieścia dwie osoby") so espeak-ng gets the gender right."""
-    return f"{_count_pl(n, spoken)} {pl_noun(n, 'osoba', 'osoby', 'osób')}"
+    return f"{_count_pl(n, spoken)} {plural_pl(n, 'osoba', 'osoby', 'osób')}"
 
 
 def minutes_pl(n: int, spoken: bool = False) -> str:
     """ "1 minuta", "2 minuty", "5 minut", "22 minuty" (nominative, as after "to")."""
-    return f"{_count_pl(n, spoken)} {pl_noun(n, 'minuta', 'minuty', 'minut')}"
+    return f"{_count_pl(n, spoken)} {plural_pl(n, 'minuta', 'minuty', 'minut')}"
 
 
 def is_are_pl(n: int) -> str:

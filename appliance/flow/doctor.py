@@ -14,6 +14,7 @@ from typing import Callable
 
 from appliance.errors import FlowRejected, PromptError
 from appliance.flow.model import RESERVED_TYPES, Flow, edges, node_order
+from appliance.messages import plural_pl
 
 # R2, seed 004: "Powitanie jest zbyt długie, trwa ponad 10 sekund" is listed as a defect.
 MAX_GREETING_S = 10
@@ -63,14 +64,6 @@ def assert_flow_ok(flow: Flow, prompt_duration: Callable[[str], float | None], l
     if any(f.level == "error" for f in findings):
         raise FlowRejected(findings)
     return findings
-
-
-def _plural_pl(n: int, one: str, few: str, many: str) -> str:
-    if n == 1:
-        return one
-    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
-        return few
-    return many
 
 
 class _Doctor:
@@ -319,7 +312,7 @@ class _Doctor:
         for nid in self.nodes_of("menu"):
             n = len(self.flow.nodes[nid].params.get("options") or {})
             if n > MAX_MENU_OPTIONS:
-                word = _plural_pl(n, "opcję", "opcje", "opcji")
+                word = plural_pl(n, "opcję", "opcje", "opcji")
                 self.error(
                     "menu-too-many-options",
                     nid,

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 
 from ..errors import CallLimitReached, SipError
 from ..store import calls as store_calls
-from ..store.db import utcnow as _now
 from .announce import position_announcement
 from .doctor import MAX_HANDOVERS  # R18: the doctor checks the same bound statically
 
@@ -38,15 +35,13 @@ class CallerGone(Exception):
     """The caller hung up; the flow stops quietly."""
 
 
-class InjectedFault(RuntimeError):
-    """Raised at a node named in $CENTRALKA_TEST_RAISE_AT, to prove the operator fallback."""
-
-
 class CallSession:
-    """One inbound call walking the flow. ``core`` gives prompts, the stack and the database."""
+    """One inbound call walking the flow; ``services`` gives the prompts, the stack, the queues,
+    the database and the clock (appliance.services)."""
 
-    def __init__(self, core, leg, flow, call_id: int):
-        self.core = core
+    def __init__(self, services, leg, flow, call_id: int):
+        self.services = services
+        self.clock = services.clock
         self.leg = leg
         self.flow = flow
         self.call_id = call_id
@@ -61,7 +56,7 @@ class CallSession:
     # --- journey ---------------------------------------------------------------------------
     def step(self, step: str, node: str | None = None, detail=None):
         try:
-            store_calls.add_step(self.core.db, self.call_id, step, node, detail)
+            store_calls.add_step(self.services.db, self.call_id, step, node, detail, at=self.clock.stamp())
         except Exception:  # noqa: BLE001 — a full disk must not drop the caller
             log.exception("call %s: cannot store step %s", self.call_id, step)
 
@@ -94,11 +89,11 @@ class CallSession:
         if interruptible and self.leg.digits:
             return True
         return await self.play_path(
-            self.core.prompt_path(prompt, self.flow), prompt, interruptible=interruptible, node=node
+            self.services.prompts.path(prompt, self.flow), prompt, interruptible=interruptible, node=node
         )
 
     async def play_path(self, path, name: str, *, interruptible: bool = True, node: str | None = None) -> bool:
-        duration = self.core.prompt_duration(path)
+        duration = self.services.prompts.duration(path)
         player = self.leg.play(path)
         self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
@@ -121,7 +116,7 @@ class CallSession:
                         raise CallerGone() from None
                     raise
                 self.step("answered", None, {"from": leg.remote_uri, "to": leg.local_uri})
-                store_calls.update_call(self.core.db, self.call_id, answered_at=_now())
+                store_calls.update_call(self.services.db, self.call_id, answered_at=self.clock.stamp())
                 # A caller who hangs up (or whose ACK brought no usable answer) before the audio
                 # starts is gone, not an error of ours.
                 await self._wait_any(MEDIA_WAIT_S, extra=[leg.media_active.wait()])
@@ -156,8 +151,8 @@ class CallSession:
             self._check_alive()
             self.node_id = node_id
             node = self.flow.nodes[node_id]
-            if os.environ.get("CENTRALKA_TEST_RAISE_AT") == node_id:
-                raise InjectedFault(f"injected fault at node {node_id}")
+            if self.services.faults is not None:
+                self.services.faults.at_node(node_id)  # tests only: prove the operator fallback
             handler = getattr(self, f"node_{node.type}")
             nxt = await handler(node)
             if nxt is None:
@@ -230,7 +225,7 @@ class CallSession:
     async def node_queue(self, node):
         """Wait for an agent with hold music and honest announcements (R8–R11)."""
         p = node.params
-        queues = self.core.queues
+        queues = self.services.queues
         q = queues.get(p["queue"]) if queues else None
         if q is None:
             raise RuntimeError(f"queue {p['queue']!r} is not configured (centralka staff import)")
@@ -243,17 +238,17 @@ class CallSession:
             return p["on_no_agents"]
         self.handovers += 1
         entry = queues.join(q, self)
-        music = self.core.hold_music
+        music = self.services.hold_music
         reason = "caller_hangup"
         try:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             deadline = started + p["max_wait"]
             last_announce = -1e9
             next_announce = started
             leave_key = p.get("leave_key") or ""
             self.leg.digits.clear()
             while not entry.answered.done():
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if now >= deadline:
                     reason = "timeout"
                     break
@@ -282,17 +277,17 @@ class CallSession:
             if not entry.answered.done():
                 queues.leave(entry, reason if self.leg.alive else "caller_hangup")
         if not entry.answered.done():
-            self.step("queue_left", node.id, {"reason": reason, "waited_s": round(time.monotonic() - started, 1)})
+            self.step("queue_left", node.id, {"reason": reason, "waited_s": round(self.clock.monotonic() - started, 1)})
             return {"timeout": p["on_timeout"], "left_by_key": p["on_leave"]}.get(reason, p["on_no_agents"])
         agent, out = entry.answered.result()
         self.step(
-            "queue_answered", node.id, {"agent": agent.agent.id, "waited_s": round(time.monotonic() - started, 1)}
+            "queue_answered", node.id, {"agent": agent.agent.id, "waited_s": round(self.clock.monotonic() - started, 1)}
         )
-        talk_start = time.monotonic()
+        talk_start = self.clock.monotonic()
         try:
             await self.converse(out, node, f"agent:{agent.agent.id}", "connected")
         finally:
-            queues.call_ended(entry, agent, time.monotonic() - talk_start)
+            queues.call_ended(entry, agent, self.clock.monotonic() - talk_start)
         return None
 
     async def _announce_position(self, q, entry, node, music):
@@ -303,7 +298,7 @@ class CallSession:
         if not text:
             return
         path = await asyncio.get_running_loop().run_in_executor(
-            None, self.core.prompts.synthesise, text, "queue_position"
+            None, self.services.prompts.synthesise, text, "queue_position"
         )
         if music is not None:
             self.leg.unlisten(music)
@@ -353,12 +348,12 @@ class CallSession:
                 self.step("too_many_transfers", node.id, {"handovers": self.handovers})
                 return False
         try:
-            store_calls.count_transfer(self.core.db, self.call_id)
+            store_calls.count_transfer(self.services.db, self.call_id)
         except Exception:  # noqa: BLE001
             log.exception("cannot count transfer")
         self.step("transfer", node.id, {"target": target})
         try:
-            out = self.core.stack.dial(self.core.resolve_target(target))
+            out = self.services.stack.dial(self.services.resolve_target(target))
         except CallLimitReached as exc:
             log.warning("call %s: %s", self.call_id, exc)
             self.step("transfer_failed", node.id, {"target": target, "reason": "call limit"})
@@ -370,11 +365,11 @@ class CallSession:
         self.outbound = out
         out.owner = self
         tone = self.leg.ringback()
-        started = time.monotonic()
+        started = self.clock.monotonic()
         next_reminder = started + remind_every
         try:
             while True:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 left = ring_timeout - (now - started)
                 if left <= 0:
                     self.step("transfer_failed", node.id, {"target": target, "reason": "no answer"})
@@ -390,12 +385,12 @@ class CallSession:
                     return False
                 if out.confirmed.done() and out.confirmed.result():
                     break
-                if not done and time.monotonic() >= next_reminder:
+                if not done and self.clock.monotonic() >= next_reminder:
                     # R8: tell the caller what is happening instead of endless ringing.
                     self.leg.stop(tone)
                     await self.play("still_connecting", interruptible=False, node=node.id)
                     tone = self.leg.ringback()
-                    next_reminder = time.monotonic() + remind_every
+                    next_reminder = self.clock.monotonic() + remind_every
         finally:
             self.leg.stop(tone)
             tone = None  # a pj object kept alive by this frame (in converse) outlives the library
@@ -424,7 +419,7 @@ class CallSession:
         self.connected_to = target
         self.outcome = outcome
         self.step("connected", node.id, {"target": target, "user": out.remote_user})
-        store_calls.update_call(self.core.db, self.call_id, connected_to=target)
+        store_calls.update_call(self.services.db, self.call_id, connected_to=target)
         await asyncio.wait(
             [
                 asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),
@@ -456,7 +451,9 @@ class CallSession:
             self.outcome = "caller_hangup" if by == "caller" else "error"
         self.step("hangup", self.node_id, {"by": by})
         try:
-            store_calls.update_call(self.core.db, self.call_id, ended_at=_now(), ended_by=by, outcome=self.outcome)
+            store_calls.update_call(
+                self.services.db, self.call_id, ended_at=self.clock.stamp(), ended_by=by, outcome=self.outcome
+            )
         except Exception:  # noqa: BLE001
             log.exception("call %s: cannot store the end of the call", self.call_id)
 

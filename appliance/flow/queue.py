@@ -1,6 +1,6 @@
 """The queue (ACD): callers wait in order, agents are rung by the queue's strategy (R9).
 
-One ``QueueManager`` per core. Each queue keeps its waiting callers in order; a dispatcher offers
+One ``QueueManager`` per box. Each queue keeps its waiting callers in order; a dispatcher offers
 the caller at the head (and the next ones, while agents are left) to available agents:
 
 - ring_all: every available agent's phones ring; the first to answer takes the call;
@@ -17,13 +17,12 @@ persisted, and feed the wait estimate announced to callers (R10).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 
 from ..errors import CallLimitReached, SipError
-from ..store.db import utcnow
+from ..store import agents as store_agents
+from ..store import queue as store_queue
 from .estimate import HandlingStats, estimate_wait
 from .staff import Agent, QueueConfig, Staff
 
@@ -81,7 +80,7 @@ class QueueRuntime:
 
     def can_serve(self) -> bool:
         """Is anyone there at all (logged in and not paused), now or after their current call?"""
-        now = time.monotonic()
+        now = self.manager.clock.monotonic()
         return any(not a.paused and a.agent.phones and now >= a.unreachable_until for a in self.members())
 
     def position(self, entry: QueueEntry) -> int:
@@ -89,7 +88,7 @@ class QueueRuntime:
 
     def estimate(self, entry: QueueEntry) -> float:
         """Seconds until this caller is answered, from measured handling times (R10)."""
-        now, now_wall = time.monotonic(), time.time()
+        now, now_wall = self.manager.clock.monotonic(), self.manager.clock.time()
         busy, idle = [], 0
         for a in self.members():
             if a.paused or not a.agent.phones or now < a.unreachable_until:
@@ -108,8 +107,9 @@ class QueueRuntime:
 
 
 class QueueManager:
-    def __init__(self, core, staff: Staff):
-        self.core = core
+    def __init__(self, services, staff: Staff):
+        self.services = services
+        self.clock = services.clock
         self.agents: dict[str, AgentState] = {}
         self.queues: dict[str, QueueRuntime] = {}
         self._tasks: list[asyncio.Task] = []
@@ -118,8 +118,8 @@ class QueueManager:
 
     # --- configuration ---------------------------------------------------------------------
     def apply(self, staff: Staff) -> None:
-        db = self.core.db
-        paused = {r["agent"]: bool(r["paused"]) for r in db["agent_state"].rows}
+        db = self.services.db
+        paused = store_agents.paused_agents(db)
         old = self.agents
         self.agents = {}
         for aid, agent in staff.agents.items():
@@ -134,8 +134,8 @@ class QueueManager:
                 )
             self.agents[aid] = st
         for qid, cfg in staff.queues.items():
-            row = next(iter(db["queue_stats"].rows_where("queue = ?", [qid])), None)
-            stats = HandlingStats.from_dict(json.loads(row["stats"])) if row else HandlingStats()
+            saved = store_queue.load_stats(db, qid)
+            stats = HandlingStats.from_dict(saved) if saved else HandlingStats()
             if qid in self.queues:
                 self.queues[qid].cfg = cfg
             else:
@@ -152,7 +152,7 @@ class QueueManager:
         if st is None:
             return False
         st.paused = paused
-        self.core.db["agent_state"].upsert({"agent": aid, "paused": int(paused), "changed_at": utcnow()}, pk="agent")
+        store_agents.set_paused(self.services.db, aid, paused, at=self.clock.stamp())
         self.kick()
         return True
 
@@ -167,7 +167,7 @@ class QueueManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self) -> dict:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return {
             "agents": {
                 aid: {
@@ -193,15 +193,11 @@ class QueueManager:
 
     # --- callers ---------------------------------------------------------------------------
     def join(self, q: QueueRuntime, session) -> QueueEntry:
-        row = (
-            self.core.db["queue_calls"]
-            .insert({"call_id": session.call_id, "queue": q.cfg.id, "joined_at": utcnow()})
-            .last_pk
-        )
+        row = store_queue.record_join(self.services.db, session.call_id, q.cfg.id, at=self.clock.stamp())
         entry = QueueEntry(
             session=session,
             queue=q,
-            joined=time.monotonic(),
+            joined=self.clock.monotonic(),
             row_id=row,
             answered=asyncio.get_running_loop().create_future(),
         )
@@ -215,10 +211,8 @@ class QueueManager:
         entry.done = True
         if entry in q.waiting:
             q.waiting.remove(entry)
-        waited = time.monotonic() - entry.joined
-        self.core.db["queue_calls"].update(
-            entry.row_id, {"left_at": utcnow(), "reason": reason, "wait_s": round(waited, 2)}
-        )
+        waited = self.clock.monotonic() - entry.joined
+        store_queue.record_exit(self.services.db, entry.row_id, reason, waited, at=self.clock.stamp())
         if reason != "no_agents":
             # Callers who hang up while waiting shorten the queue for those behind them; a key
             # press or the time limit is not impatience.
@@ -226,25 +220,21 @@ class QueueManager:
         q.wake.set()
 
     def answered(self, entry: QueueEntry, agent: AgentState) -> None:
-        waited = time.monotonic() - entry.joined
-        self.core.db["queue_calls"].update(
-            entry.row_id,
-            {"answered_at": utcnow(), "agent": agent.agent.id, "reason": "answered", "wait_s": round(waited, 2)},
-        )
+        waited = self.clock.monotonic() - entry.joined
+        store_queue.record_answer(self.services.db, entry.row_id, agent.agent.id, waited, at=self.clock.stamp())
         entry.queue.stats.observe_wait(waited, abandoned=False)
 
     def call_ended(self, entry: QueueEntry, agent: AgentState, talk_s: float) -> None:
         q = entry.queue
         agent.busy = False
         agent.call_started = None
-        agent.last_call_end = time.time()
+        agent.last_call_end = self.clock.time()
         agent.calls_today += 1
-        agent.wrapup_until = time.monotonic() + q.cfg.wrapup_s
+        agent.wrapup_until = self.clock.monotonic() + q.cfg.wrapup_s
         handle = talk_s + q.cfg.wrapup_s
         q.stats.observe(handle)
-        db = self.core.db
-        db["queue_calls"].update(entry.row_id, {"left_at": utcnow(), "handle_s": round(handle, 2)})
-        db["queue_stats"].upsert({"queue": q.cfg.id, "stats": json.dumps(q.stats.to_dict())}, pk="queue")
+        store_queue.record_end(self.services.db, entry.row_id, handle, at=self.clock.stamp())
+        store_queue.save_stats(self.services.db, q.cfg.id, q.stats.to_dict())
         # Wake the dispatcher when the wrap-up is over, not before.
         asyncio.get_running_loop().call_later(q.cfg.wrapup_s + 0.05, self.kick)
 
@@ -273,7 +263,7 @@ class QueueManager:
             await q.wake.wait()
             q.wake.clear()
             try:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 for entry in list(q.waiting):
                     if entry.ringing or entry.done:
                         continue
@@ -294,20 +284,20 @@ class QueueManager:
 
     async def _ring(self, q: QueueRuntime, entry: QueueEntry, agents: list[AgentState]):
         legs = {}
-        stack = self.core.stack
+        stack = self.services.stack
         try:
             for a in agents:
                 if q.cfg.strategy == "round_robin":
                     q.last_rung = a.agent.id
                 for ext in a.agent.phones:
                     try:
-                        leg = stack.dial(self.core.resolve_target(f"ext:{ext}"))
+                        leg = stack.dial(self.services.resolve_target(f"ext:{ext}"))
                     except CallLimitReached as exc:
                         log.warning("queue %s: cannot ring %s: %s", q.cfg.id, a.agent.id, exc)
                         continue
                     except SipError as exc:
                         log.warning("queue %s: cannot ring %s (%s): %s", q.cfg.id, a.agent.id, ext, exc)
-                        a.unreachable_until = time.monotonic() + UNREACHABLE_S
+                        a.unreachable_until = self.clock.monotonic() + UNREACHABLE_S
                         continue
                     legs[leg] = a
             if legs:
@@ -327,7 +317,7 @@ class QueueManager:
                 leg.hangup()  # the caller left while the phone was being picked up
             else:
                 agent.busy = True
-                agent.call_started = time.time()
+                agent.call_started = self.clock.time()
                 if entry in q.waiting:
                     q.waiting.remove(entry)
                 self.answered(entry, agent)
@@ -337,7 +327,7 @@ class QueueManager:
                 leg.hangup()
                 d = leg.disconnected.result() if leg.disconnected.done() else None
                 if d is not None and d.code in (404, 408, 480, 503):
-                    agent.unreachable_until = time.monotonic() + UNREACHABLE_S
+                    agent.unreachable_until = self.clock.monotonic() + UNREACHABLE_S
                     log.info("queue %s: agent %s unreachable (%d %s)", q.cfg.id, agent.agent.id, d.code, d.reason)
             entry.ringing = False
             if not legs:
@@ -347,13 +337,13 @@ class QueueManager:
     async def _first_answer(self, entry, legs: dict, timeout: float):
         if not legs:
             return None
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         while True:
             for leg, agent in legs.items():
                 if leg.confirmed.done() and leg.confirmed.result():
                     return leg, agent
             live = [leg for leg in legs if leg.alive]
-            left = deadline - time.monotonic()
+            left = deadline - self.clock.monotonic()
             if not live or left <= 0 or entry.done or not entry.session.leg.alive:
                 return None
             waits = [asyncio.ensure_future(asyncio.shield(leg.confirmed)) for leg in live]

@@ -23,6 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import FlowSyntaxError
+from ..store import staff as store_staff
 
 STRATEGIES = ("ring_all", "round_robin", "longest_idle", "fewest_calls")
 
@@ -121,5 +122,4 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
 
 def stored_staff_text(db) -> str | None:
     """The agents-and-queues file last imported (``centralka staff import``), or None."""
-    row = next(iter(db["staff"].rows_where(order_by="id desc", limit=1)), None)
-    return row["text"] if row else None
+    return store_staff.latest_text(db)

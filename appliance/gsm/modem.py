@@ -59,9 +59,9 @@ class PinProblem(ModemError):
     """The SIM wants a PIN we do not have, refused ours, or wants its PUK."""
 
 
-# The command each model needs to put call audio on its voice port (see emulator.py / vendor
-# manuals): Huawei after ATA/ATD, Quectel any time (serial PCM on the NMEA port), SIMCom only
-# once the call is connected.
+# The command each model needs to put call audio on its voice port (see the emulator's profiles
+# in appliance/testing/modem/ and the vendor manuals): Huawei after ATA/ATD, Quectel any time
+# (serial PCM on the NMEA port), SIMCom only once the call is connected.
 VOICE_ON = {"huawei": "AT^DDSETEX=2", "quectel": "AT+QPCMV=1,0", "simcom": "AT+CPCMREG=1"}
 
 # Lines a modem sends on its own. Prefixes that are also replies to a command we send are only

@@ -66,9 +66,13 @@ from typing import Callable, NamedTuple, Protocol
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
+from ..clock import parse_stamp, stamp
 from ..config import DEFAULTS_PATH
 from ..errors import CentralkaError, StoreError
+from ..messages import Msg, msg
 from ..numbers import normalise_caller
+from ..store import inbox
+from ..store import outbox as store
 from ..store.db import transaction
 from .smstext import UCS2, SmsPlan, prepare
 
@@ -181,9 +185,8 @@ class SmsPolicy:
 
 
 # --- time -----------------------------------------------------------------------------------------
-def iso(ts: float) -> str:
-    """Epoch seconds as the store's UTC ISO-8601 text (same format as ``utcnow()``)."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+iso = stamp  # epoch seconds as the store's text (appliance.clock.stamp)
+_epoch = parse_stamp
 
 
 def _as_iso(value) -> str | None:
@@ -192,22 +195,8 @@ def _as_iso(value) -> str | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    return iso(float(value))
-
-
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def _one(db, sql, params=()):
-    return db.execute(sql, list(params)).fetchone()
-
-
-def _dicts(db, sql, params=()) -> list[dict]:
-    cur = db.execute(sql, list(params))
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
+        return stamp(value.timestamp())
+    return stamp(float(value))
 
 
 # --- validation and queueing ----------------------------------------------------------------------
@@ -265,9 +254,9 @@ def queue_sms(
     policy = SmsPolicy.from_settings(settings)
     now = time.time() if now is None else now
     if dedupe_key is not None:
-        row = _one(db, "SELECT id FROM sms_outbox WHERE dedupe_key = ?", [dedupe_key])
-        if row:
-            return row[0]
+        existing = store.find_by_dedupe_key(db, dedupe_key)
+        if existing is not None:
+            return existing
     e164 = check_number(number, policy)
     plan = prepare(text, transliterate=policy.transliterate)
     if not plan.text.strip():
@@ -277,42 +266,35 @@ def queue_sms(
     since = iso(now - DAY_S)
     with transaction(db):
         if dedupe_key is not None:
-            row = _one(db, "SELECT id FROM sms_outbox WHERE dedupe_key = ?", [dedupe_key])
-            if row:
-                return row[0]
-        n = _one(
-            db,
-            "SELECT count(*) FROM sms_outbox WHERE number = ? AND created_at >= ? AND state != 'cancelled'",
-            [e164, since],
-        )[0]
+            existing = store.find_by_dedupe_key(db, dedupe_key)
+            if existing is not None:
+                return existing
+        n = store.count_since(db, since, e164)
         if n >= policy.per_number_per_day:
             raise SmsRefused(
                 "per-number cap",
                 f"{e164} already has {n} SMS in the last 24 hours "
                 f"(sms.per_number_per_day = {policy.per_number_per_day})",
             )
-        n = _one(db, "SELECT count(*) FROM sms_outbox WHERE created_at >= ? AND state != 'cancelled'", [since])[0]
+        n = store.count_since(db, since)
         if n >= policy.per_day:
             raise SmsRefused("daily cap", f"{n} SMS were queued in the last 24 hours (sms.per_day = {policy.per_day})")
-        sms_id = (
-            db["sms_outbox"]
-            .insert(
-                {
-                    "created_at": iso(now),
-                    "kind": kind,
-                    "number": e164,
-                    "text": plan.text,
-                    "original_text": str(text),
-                    "encoding": plan.encoding,
-                    "parts": plan.part_count,
-                    "state": "queued",
-                    "attempts": 0,
-                    "next_at": iso(now),
-                    "expires_at": iso(now + policy.max_age_s) if policy.max_age_s > 0 else None,
-                    "dedupe_key": dedupe_key,
-                }
-            )
-            .last_pk
+        sms_id = store.add_message(
+            db,
+            {
+                "created_at": iso(now),
+                "kind": kind,
+                "number": e164,
+                "text": plan.text,
+                "original_text": str(text),
+                "encoding": plan.encoding,
+                "parts": plan.part_count,
+                "state": "queued",
+                "attempts": 0,
+                "next_at": iso(now),
+                "expires_at": iso(now + policy.max_age_s) if policy.max_age_s > 0 else None,
+                "dedupe_key": dedupe_key,
+            },
         )
     log.debug("sms #%d queued to %s: %s", sms_id, e164, plan.describe())
     return sms_id
@@ -321,41 +303,39 @@ def queue_sms(
 # --- reading and admin decisions ------------------------------------------------------------------
 def get_sms(db, sms_id: int) -> dict | None:
     """The message row with its ``part_rows`` and ``attempt_rows``."""
-    rows = _dicts(db, "SELECT * FROM sms_outbox WHERE id = ?", [sms_id])
-    if not rows:
+    row = store.get_message(db, sms_id)
+    if row is None:
         return None
-    row = rows[0]
-    row["part_rows"] = _dicts(db, "SELECT * FROM sms_parts WHERE sms_id = ? ORDER BY seq, id", [sms_id])
-    row["attempt_rows"] = _dicts(db, "SELECT * FROM sms_attempts WHERE sms_id = ? ORDER BY id", [sms_id])
+    row["part_rows"] = store.parts_of(db, sms_id)
+    row["attempt_rows"] = store.attempts_of(db, sms_id)
     return row
 
 
 def list_outbox(db, limit: int = 20, states: tuple[str, ...] | None = None) -> list[dict]:
     """Newest first."""
-    where, params = "", []
-    if states:
-        where = f"WHERE state IN ({','.join('?' * len(states))})"
-        params = list(states)
-    return _dicts(db, f"SELECT * FROM sms_outbox {where} ORDER BY id DESC LIMIT ?", params + [int(limit)])
+    return store.list_messages(db, limit, states)
 
 
 def _admin_change(
-    db, sms_id: int, allowed: tuple[str, ...], new_state: str, outcome: str, reason: str, now: float | None, **extra
+    db,
+    sms_id: int,
+    allowed: tuple[str, ...],
+    new_state: str,
+    outcome: str,
+    reason: str,
+    now: float | None,
+    *,
+    supersede: bool = False,
+    **extra,
 ) -> None:
     now_iso = iso(time.time() if now is None else now)
-    with transaction(db):
-        row = _one(db, "SELECT state FROM sms_outbox WHERE id = ?", [sms_id])
-        if row is None:
-            raise CentralkaError(f"no SMS #{sms_id}")
-        if row[0] not in allowed:
-            raise CentralkaError(f"SMS #{sms_id} is {row[0]}; only {', '.join(allowed)} can be {outcome}")
-        sets = {"state": new_state, **extra}
-        db.execute(
-            f"UPDATE sms_outbox SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", list(sets.values()) + [sms_id]
-        )
-        db["sms_attempts"].insert(
-            {"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso, "outcome": outcome, "detail": reason}
-        )
+    was = store.admin_change(
+        db, sms_id, allowed, {"state": new_state, **extra}, outcome, reason, now_iso, supersede=supersede
+    )
+    if was is None:
+        raise CentralkaError(f"no SMS #{sms_id}")
+    if was not in allowed:
+        raise CentralkaError(f"SMS #{sms_id} is {was}; only {', '.join(allowed)} can be {outcome}")
 
 
 def resend(db, sms_id: int, *, reason: str = "resend requested by the admin", now: float | None = None) -> None:
@@ -377,8 +357,8 @@ def resend(db, sms_id: int, *, reason: str = "resend requested by the admin", no
         expires_at=None,
         error=None,
         finished_at=None,
+        supersede=True,  # (with the change, in its transaction: a power cut cannot split them)
     )
-    db.execute("UPDATE sms_parts SET status = 'superseded' WHERE sms_id = ?", [sms_id])
 
 
 def cancel(db, sms_id: int, *, reason: str = "cancelled by the admin", now: float | None = None) -> None:
@@ -408,55 +388,37 @@ def delivery_from_tp_status(tp_st: int) -> bool | None:
 
 def _settle(db, sms_id: int, now_iso: str) -> None:
     """Message state from its parts: delivered when every part is, undelivered when any failed."""
-    row = _one(db, "SELECT state, parts FROM sms_outbox WHERE id = ?", [sms_id])
-    if row is None or row[0] not in ("sent", "delivered", "undelivered"):
+    row = store.get_message(db, sms_id)
+    if row is None or row["state"] not in ("sent", "delivered", "undelivered"):
         return
-    statuses = [
-        r[0]
-        for r in db.execute(
-            "SELECT status FROM sms_parts WHERE sms_id = ? AND status != 'superseded'", [sms_id]
-        ).fetchall()
-    ]
+    statuses = store.live_part_statuses(db, sms_id)
     if "undelivered" in statuses:
         state = "undelivered"
-    elif statuses.count("delivered") >= max(row[1], 1):
+    elif statuses.count("delivered") >= max(row["parts"], 1):
         state = "delivered"
     else:
         state = "sent"
-    if state != row[0]:
-        db.execute(
-            "UPDATE sms_outbox SET state = ?, finished_at = ? WHERE id = ?",
-            [state, now_iso if state != "sent" else None, sms_id],
-        )
+    if state != row["state"]:
+        store.set_final_state(db, sms_id, state, now_iso if state != "sent" else None)
 
 
 def _apply_report(db, part_id: int, sms_id: int, report_id: int, status: str, at: str | None, now_iso: str):
     if status != "pending":
-        db.execute("UPDATE sms_parts SET status = ?, report_at = ? WHERE id = ?", [status, at or now_iso, part_id])
-    db.execute("UPDATE sms_reports SET sms_id = ?, part_id = ? WHERE id = ?", [sms_id, part_id, report_id])
+        store.set_part_status(db, part_id, status, at or now_iso)
+    store.link_report(db, report_id, sms_id, part_id)
     _settle(db, sms_id, now_iso)
 
 
 def _adopt_as_evidence(db, sms_id: int, report: dict, now_iso: str) -> None:
     """A report for an uncertain message's number: it was sent after all."""
-    started = _one(
-        db,
-        "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN ('interrupted', 'maybe_sent')",
-        [sms_id],
-    )[0]
-    part_id = (
-        db["sms_parts"]
-        .insert({"sms_id": sms_id, "seq": None, "mr": report["mr"], "status": "sent", "sent_at": started})
-        .last_pk
-    )
+    started = store.last_doubtful_start(db, sms_id)
+    part_id = store.add_part(db, sms_id, None, report["mr"], started)
     note = (
         f"resolved: the network reported on message reference {report['mr']} for this number "
         f"after the attempt, so it was sent (not resent)"
     )
-    db.execute("UPDATE sms_outbox SET state = 'sent', sent_at = ?, error = ? WHERE id = ?", [started, note, sms_id])
-    db["sms_attempts"].insert(
-        {"sms_id": sms_id, "started_at": now_iso, "ended_at": now_iso, "outcome": "resolved", "detail": note}
-    )
+    store.mark_resolved(db, sms_id, started, note)
+    store.add_attempt(db, sms_id, now_iso, now_iso, "resolved", note)
     _apply_report(db, part_id, sms_id, report["id"], report["status"], report["at"], now_iso)
 
 
@@ -479,34 +441,20 @@ def record_status_report(
     e164 = normalise_caller(number)[0] if number else None
     mr = int(mr)
     with transaction(db):
-        report_id = (
-            db["sms_reports"]
-            .insert({"received_at": now_iso, "mr": mr, "number": e164, "status": status, "at": _as_iso(at)})
-            .last_pk
-        )
-        sql = (
-            "SELECT p.id, p.sms_id FROM sms_parts p JOIN sms_outbox o ON o.id = p.sms_id "
-            "WHERE p.mr = ? AND p.status != 'superseded' AND (p.sent_at IS NULL OR p.sent_at >= ?)"
-        )
-        params: list = [mr, iso(now - REPORT_WINDOW_S)]
-        if e164:
-            sql += " AND o.number = ?"
-            params.append(e164)
-        part = _one(db, sql + " ORDER BY (p.status = 'sent') DESC, p.id DESC LIMIT 1", params)
+        report_id = store.add_report(db, now_iso, mr, e164, status, _as_iso(at))
+        part = store.part_for_report(db, mr, iso(now - REPORT_WINDOW_S), e164)
         if part:
             _apply_report(db, part[0], part[1], report_id, status, _as_iso(at), now_iso)
             return part[1]
         if e164:
-            row = _one(
-                db,
-                "SELECT id FROM sms_outbox WHERE state = 'uncertain' AND number = ? ORDER BY id DESC LIMIT 1",
-                [e164],
-            )
-            if row:
+            uncertain_id = store.newest_uncertain_to(db, e164)
+            if uncertain_id is not None:
                 report = {"id": report_id, "mr": mr, "status": status, "at": _as_iso(at)}
-                _adopt_as_evidence(db, row[0], report, now_iso)
-                log.warning("sms #%d: uncertain SMS resolved by a delivery report (MR %d): it was sent", row[0], mr)
-                return row[0]
+                _adopt_as_evidence(db, uncertain_id, report, now_iso)
+                log.warning(
+                    "sms #%d: uncertain SMS resolved by a delivery report (MR %d): it was sent", uncertain_id, mr
+                )
+                return uncertain_id
     log.info("delivery report for MR %d (%s) matches no SMS", mr, e164 or "number unknown")
     return None
 
@@ -536,8 +484,7 @@ class Outbox:
         self.clock = clock
         self.rng = rng or random.Random()
         self.on_alarm = on_alarm
-        sync = _one(db, "PRAGMA synchronous")[0]
-        if sync < 2:
+        if store.synchronous(db) < 2:
             raise StoreError("the SMS outbox needs PRAGMA synchronous=FULL (open the database with open_db)")
         self.recovered = self.recover()
 
@@ -549,55 +496,34 @@ class Outbox:
         Returns the ids of the messages that stay uncertain.
         """
         now_iso = iso(self.clock())
-        stuck = [r[0] for r in self.db.execute("SELECT id FROM sms_outbox WHERE state = 'sending' ORDER BY id")]
+        stuck = store.ids_in_state(self.db, "sending")
         for sms_id in stuck:
-            with transaction(self.db):
-                self.db.execute(
-                    "UPDATE sms_outbox SET state = 'uncertain', error = ? WHERE id = ? AND state = 'sending'",
-                    [UNCERTAIN_TEXT, sms_id],
-                )
-                self.db.execute(
-                    "UPDATE sms_attempts SET ended_at = ?, outcome = 'interrupted', detail = ? "
-                    "WHERE sms_id = ? AND outcome IS NULL",
-                    [now_iso, UNCERTAIN_TEXT, sms_id],
-                )
+            store.mark_interrupted(self.db, sms_id, UNCERTAIN_TEXT, now_iso)
         left = []
-        for row in _dicts(self.db, "SELECT id, number FROM sms_outbox WHERE state = 'uncertain' ORDER BY id"):
+        for row in store.uncertain_messages(self.db):
             if not self._resolve_from_stored_reports(row["id"], row["number"]):
                 left.append(row["id"])
         for sms_id in left:
             if sms_id in stuck:
-                self._alarm(sms_id, UNCERTAIN_TEXT)
+                self._alarm(sms_id, msg("sms.uncertain"))
         return left
 
     def _resolve_from_stored_reports(self, sms_id: int, number: str) -> bool:
-        started = _one(
-            self.db,
-            "SELECT max(started_at) FROM sms_attempts WHERE sms_id = ? AND outcome IN ('interrupted', 'maybe_sent')",
-            [sms_id],
-        )[0]
+        started = store.last_doubtful_start(self.db, sms_id)
         if started is None:
             return False
         with transaction(self.db):
-            reports = _dicts(
-                self.db,
-                "SELECT * FROM sms_reports WHERE sms_id IS NULL AND number = ? AND received_at >= ? ORDER BY id",
-                [number, started],
-            )
+            reports = store.unmatched_reports_to(self.db, number, started)
             if not reports:
                 return False
             _adopt_as_evidence(self.db, sms_id, reports[0], iso(self.clock()))
             for extra in reports[1:]:  # the other parts of the same message
-                part_id = (
-                    self.db["sms_parts"]
-                    .insert({"sms_id": sms_id, "seq": None, "mr": extra["mr"], "status": "sent", "sent_at": started})
-                    .last_pk
-                )
+                part_id = store.add_part(self.db, sms_id, None, extra["mr"], started)
                 _apply_report(self.db, part_id, sms_id, extra["id"], extra["status"], extra["at"], iso(self.clock()))
         log.warning("sms #%d: uncertain SMS resolved by stored delivery reports: it was sent", sms_id)
         return True
 
-    def _alarm(self, sms_id: int, text: str) -> None:
+    def _alarm(self, sms_id: int, text: Msg) -> None:
         log.warning("sms #%d needs a person: %s", sms_id, text)
         if self.on_alarm is not None:
             try:
@@ -614,10 +540,10 @@ class Outbox:
 
     def next_due_in(self) -> float | None:
         """Seconds until the next queued message is due (0 when one is due now), None when none."""
-        row = _one(self.db, "SELECT min(next_at) FROM sms_outbox WHERE state = 'queued'")
-        if row is None or row[0] is None:
+        next_at = store.next_queued_at(self.db)
+        if next_at is None:
             return None
-        return max(0.0, _epoch(row[0]) - self.clock())
+        return max(0.0, _epoch(next_at) - self.clock())
 
     # -- sending
     def send_due(self, limit: int | None = None) -> int:
@@ -629,14 +555,9 @@ class Outbox:
         sent = handled = 0
         while limit is None or handled < limit:
             now = self.clock()
-            rows = _dicts(
-                self.db,
-                "SELECT * FROM sms_outbox WHERE state = 'queued' AND next_at <= ? ORDER BY next_at, id LIMIT 1",
-                [iso(now)],
-            )
-            if not rows:
+            row = store.next_due(self.db, iso(now))
+            if row is None:
                 break
-            row = rows[0]
             handled += 1
             if row["expires_at"] and row["expires_at"] <= iso(now):
                 self._finish(
@@ -671,21 +592,10 @@ class Outbox:
 
     def _claim(self, row: dict, now: float) -> int | None:
         """Commit ``sending`` + an open attempt row (fsynced) before the modem sees the message."""
-        now_iso = iso(now)
-        with transaction(self.db):
-            cur = self.db.execute(
-                "UPDATE sms_outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
-                [row["id"]],
-            )
-            if cur.rowcount != 1:
-                return None
-            return self.db["sms_attempts"].insert({"sms_id": row["id"], "started_at": now_iso}).last_pk
+        return store.claim(self.db, row["id"], iso(now))
 
     def _end_attempt(self, attempt_id: int, outcome: str, detail: str | None) -> None:
-        self.db.execute(
-            "UPDATE sms_attempts SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
-            [iso(self.clock()), outcome, detail, attempt_id],
-        )
+        store.end_attempt(self.db, attempt_id, iso(self.clock()), outcome, detail)
 
     def _record_sent(self, row: dict, attempt_id: int, mrs) -> None:
         now_iso = iso(self.clock())
@@ -696,28 +606,16 @@ class Outbox:
                 "sms #%d: %d part(s) planned, the modem returned %d reference(s)", row["id"], row["parts"], len(mrs)
             )
             detail += f" ({row['parts']} part(s) planned)"
-        started = _one(self.db, "SELECT started_at FROM sms_attempts WHERE id = ?", [attempt_id])[0]
+        started = store.attempt_started_at(self.db, attempt_id)
         with transaction(self.db):
-            self.db.execute(
-                "UPDATE sms_outbox SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?", [now_iso, row["id"]]
-            )
-            part_ids = [
-                self.db["sms_parts"]
-                .insert({"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent", "sent_at": now_iso})
-                .last_pk
-                for i, mr in enumerate(mrs)
-            ]
+            store.mark_sent(self.db, row["id"], now_iso)
+            part_ids = [store.add_part(self.db, row["id"], i + 1, mr, now_iso) for i, mr in enumerate(mrs)]
             self._end_attempt(attempt_id, "sent", detail)
             # Reports that overtook this record (they arrive on the modem's callback thread).
             for part_id, mr in zip(part_ids, mrs):
-                early = _one(
-                    self.db,
-                    "SELECT id, status, at FROM sms_reports WHERE sms_id IS NULL AND mr = ? AND "
-                    "(number IS NULL OR number = ?) AND received_at >= ? ORDER BY id DESC LIMIT 1",
-                    [mr, row["number"], started],
-                )
+                early = store.early_report(self.db, mr, row["number"], started)
                 if early:
-                    _apply_report(self.db, part_id, row["id"], early[0], early[1], early[2], now_iso)
+                    _apply_report(self.db, part_id, row["id"], early["id"], early["status"], early["at"], now_iso)
         log.info("sms #%d sent to %s (%s)", row["id"], row["number"], detail)
 
     def _finish(
@@ -730,15 +628,19 @@ class Outbox:
         outcome: str | None = None,
         only_from: str | None = None,
     ) -> None:
-        with transaction(self.db):
-            sql = "UPDATE sms_outbox SET state = ?, error = ?, finished_at = ? WHERE id = ?"
-            params = [state, reason, iso(self.clock()), sms_id]
-            if only_from:
-                sql += " AND state = ?"
-                params.append(only_from)
-            self.db.execute(sql, params)
-            if attempt_id is not None:
-                self._end_attempt(attempt_id, outcome or state, reason)
+        finished_at = iso(self.clock())
+        ended_at = iso(self.clock()) if attempt_id is not None else None
+        store.finish(
+            self.db,
+            sms_id,
+            state,
+            reason,
+            finished_at,
+            only_from=only_from,
+            attempt_id=attempt_id,
+            outcome=outcome or state,
+            ended_at=ended_at,
+        )
         log.warning("sms #%d %s: %s", sms_id, state, reason)
 
     def _retry_or_fail(self, row: dict, attempt_id: int, reason: str) -> None:
@@ -753,12 +655,17 @@ class Outbox:
             )
             return
         delay = self.backoff(attempt)
-        with transaction(self.db):
-            self.db.execute(
-                "UPDATE sms_outbox SET state = 'queued', next_at = ?, error = ? WHERE id = ?",
-                [iso(self.clock() + delay), f"attempt {attempt} failed, retrying: {reason}", row["id"]],
-            )
-            self._end_attempt(attempt_id, "transient", reason)
+        next_at = iso(self.clock() + delay)
+        store.requeue(
+            self.db,
+            row["id"],
+            next_at,
+            f"attempt {attempt} failed, retrying: {reason}",
+            attempt_id,
+            "transient",
+            reason,
+            iso(self.clock()),
+        )
         log.info("sms #%d: attempt %d failed (%s); next try in %.0f s", row["id"], attempt, reason, delay)
 
     def _uncertain(self, row: dict, attempt_id: int, reason: str, sent_mrs=()) -> None:
@@ -766,15 +673,13 @@ class Outbox:
         if sent_mrs:
             text = f"{len(sent_mrs)} of {row['parts']} part(s) went out; " + text
         now_iso = iso(self.clock())
-        with transaction(self.db):
-            self.db.execute("UPDATE sms_outbox SET state = 'uncertain', error = ? WHERE id = ?", [text, row["id"]])
-            for i, mr in enumerate(sent_mrs):
-                self.db["sms_parts"].insert(
-                    {"sms_id": row["id"], "seq": i + 1, "mr": mr, "status": "sent", "sent_at": now_iso}
-                )
-            self._end_attempt(attempt_id, "maybe_sent", reason)
+        store.mark_uncertain(self.db, row["id"], text, sent_mrs, now_iso, attempt_id, reason, iso(self.clock()))
         if sent_mrs or not self._resolve_from_stored_reports(row["id"], row["number"]):
-            self._alarm(row["id"], text)
+            if sent_mrs:
+                why = msg("sms.uncertain_partial", sent=len(sent_mrs), parts=row["parts"], reason=reason)
+            else:
+                why = msg("sms.uncertain_because", reason=reason)
+            self._alarm(row["id"], why)
 
 
 # --- incoming SMS ---------------------------------------------------------------------------------
@@ -830,67 +735,45 @@ def store_incoming(
     with transaction(db):
         if info is None:
             if sent_iso is not None:
-                dup = _one(
-                    db,
-                    "SELECT id FROM sms_incoming WHERE number = ? AND sent_at = ? AND text = ? AND parts = 1",
-                    [number, sent_iso, text],
-                )
-                if dup:
-                    return IncomingResult("duplicate", dup[0])
-            msg_id = (
-                db["sms_incoming"]
-                .insert(
-                    {
-                        "number": number,
-                        "number_kind": kind,
-                        "text": text,
-                        "sent_at": sent_iso,
-                        "received_at": recv_iso,
-                        "parts": 1,
-                        "complete": 1,
-                    }
-                )
-                .last_pk
+                dup_id = inbox.find_single_duplicate(db, number, sent_iso, text)
+                if dup_id is not None:
+                    return IncomingResult("duplicate", dup_id)
+            msg_id = inbox.add_message(
+                db,
+                {
+                    "number": number,
+                    "number_kind": kind,
+                    "text": text,
+                    "sent_at": sent_iso,
+                    "received_at": recv_iso,
+                    "parts": 1,
+                    "complete": 1,
+                },
             )
             return IncomingResult("complete", msg_id)
         ref, total, seq = info
         window = iso(_epoch(recv_iso) - JOIN_WINDOW_S)
-        dup = _one(
-            db,
-            "SELECT id, message_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-            "AND seq = ? AND text = ? AND sent_at IS ? AND received_at >= ?",
-            [number, ref, total, seq, text, sent_iso, window],
-        )
+        dup = inbox.find_part_duplicate(db, number, ref, total, seq, text, sent_iso, window)
         if dup:
-            return IncomingResult("duplicate", dup[1])
-        group = _one(
+            return IncomingResult("duplicate", dup["message_id"])
+        group = inbox.open_group_for(db, number, ref, total, seq, window)
+        part_id = inbox.add_part(
             db,
-            "SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-            "AND message_id IS NULL AND received_at >= ? AND group_id NOT IN ("
-            "  SELECT group_id FROM sms_incoming_parts WHERE number = ? AND ref = ? AND total = ? "
-            "  AND seq = ? AND message_id IS NULL) ORDER BY group_id LIMIT 1",
-            [number, ref, total, window, number, ref, total, seq],
+            {
+                "number": number,
+                "ref": ref,
+                "total": total,
+                "seq": seq,
+                "text": text,
+                "sent_at": sent_iso,
+                "received_at": recv_iso,
+                "group_id": group,
+            },
         )
-        part_id = (
-            db["sms_incoming_parts"]
-            .insert(
-                {
-                    "number": number,
-                    "ref": ref,
-                    "total": total,
-                    "seq": seq,
-                    "text": text,
-                    "sent_at": sent_iso,
-                    "received_at": recv_iso,
-                    "group_id": group[0] if group else None,
-                }
-            )
-            .last_pk
-        )
-        group_id = group[0] if group else part_id
-        if not group:
-            db.execute("UPDATE sms_incoming_parts SET group_id = ? WHERE id = ?", [part_id, part_id])
-        parts = _dicts(db, "SELECT * FROM sms_incoming_parts WHERE group_id = ? ORDER BY seq", [group_id])
+        group_id = group if group is not None else part_id
+        if group is None:
+            inbox.set_group(db, part_id, part_id)
+        parts = inbox.group_parts(db, group_id)
         if len({p["seq"] for p in parts}) < total:
             return IncomingResult("waiting", None)
         msg_id = _join_parts(db, parts, total, kind, complete=True)
@@ -902,25 +785,19 @@ def _join_parts(db, parts: list[dict], total: int, kind: str, *, complete: bool)
     text = "".join(by_seq[i]["text"] if i in by_seq else "[…]" for i in range(1, total + 1))
     first = min(parts, key=lambda p: p["seq"])
     sent = [p["sent_at"] for p in parts if p["sent_at"]]
-    msg_id = (
-        db["sms_incoming"]
-        .insert(
-            {
-                "number": first["number"],
-                "number_kind": kind,
-                "text": text,
-                "sent_at": min(sent) if sent else None,
-                "received_at": max(p["received_at"] for p in parts),
-                "parts": total,
-                "complete": int(complete),
-            }
-        )
-        .last_pk
+    msg_id = inbox.add_message(
+        db,
+        {
+            "number": first["number"],
+            "number_kind": kind,
+            "text": text,
+            "sent_at": min(sent) if sent else None,
+            "received_at": max(p["received_at"] for p in parts),
+            "parts": total,
+            "complete": int(complete),
+        },
     )
-    db.execute(
-        f"UPDATE sms_incoming_parts SET message_id = ? WHERE id IN ({','.join('?' * len(parts))})",
-        [msg_id] + [p["id"] for p in parts],
-    )
+    inbox.link_parts(db, [p["id"] for p in parts], msg_id)
     return msg_id
 
 
@@ -932,17 +809,12 @@ def flush_incomplete(
     cutoff = iso((time.time() if now is None else now) - older_than_s)
     ids = []
     with transaction(db):
-        groups = db.execute(
-            "SELECT group_id, max(total) FROM sms_incoming_parts WHERE message_id IS NULL "
-            "GROUP BY group_id HAVING max(received_at) < ?",
-            [cutoff],
-        ).fetchall()
-        for group_id, total in groups:
-            parts = _dicts(db, "SELECT * FROM sms_incoming_parts WHERE group_id = ? ORDER BY seq", [group_id])
+        for group_id, total in inbox.stale_groups(db, cutoff):
+            parts = inbox.group_parts(db, group_id)
             kind = normalise_caller(parts[0]["number"], country)[1]
             ids.append(_join_parts(db, parts, total, kind, complete=False))
     return ids
 
 
 def list_incoming(db, limit: int = 20) -> list[dict]:
-    return _dicts(db, "SELECT * FROM sms_incoming ORDER BY id DESC LIMIT ?", [int(limit)])
+    return inbox.list_messages(db, limit)

@@ -43,8 +43,10 @@ from typing import Callable
 import serial
 from gsmmodem.exceptions import CmeError, CommandError, TimeoutException
 
-from ..alarms import localise, raise_alarm
+from ..alarms import raise_alarm
 from ..errors import StoreError
+from ..messages import Msg, msg
+from ..store import inbox as store_inbox
 from ..store.db import open_db
 from . import discovery
 from .modem import (
@@ -173,7 +175,8 @@ class ModemSupervisor:
         now = time.time()
         self._health = {
             "state": "absent",
-            "reason": "not started",
+            "reason": str(msg("modem.not_started")),
+            "message": msg("modem.not_started").to_json(),
             "signal": None,
             "registered": False,
             "operator": None,
@@ -224,7 +227,7 @@ class ModemSupervisor:
         self._reset_run_state()
         self._set(
             state="connecting" if self._device else "absent",
-            reason="starting" if self._device else "no modem configured or found yet",
+            reason=msg("modem.starting") if self._device else msg("modem.none_configured"),
         )
         self._thread = threading.Thread(target=self._run, name="modem-supervisor", daemon=True)
         self._thread.start()
@@ -268,6 +271,12 @@ class ModemSupervisor:
 
     # ------------------------------------------------------------------ health and events
     def _set(self, **changes) -> None:
+        if "reason" in changes:
+            # A person reads the reason in the box's language: carried as a message id, with the
+            # English text beside it for the log and ``centralka status``.
+            m = changes["reason"]
+            m = m if isinstance(m, Msg) else msg("modem.detail", detail=str(m))
+            changes["reason"], changes["message"] = str(m), m.to_json()
         with self._lock:
             if "state" in changes and changes["state"] != self._health["state"]:
                 changes["since"] = time.time()
@@ -286,15 +295,14 @@ class ModemSupervisor:
         except Exception:  # the listener's trouble must not stop the modem
             log.exception("modem event %s: listener failed", name)
 
-    def _alarm(self, kind: str, text: str, *, severity: str = "warning", source: str = "gsm") -> None:
+    def _alarm(self, kind: str, text: Msg, *, severity: str = "warning", source: str = "gsm") -> None:
         box = getattr(self.settings, "sections", {}).get("box") or {}
-        text = localise(text, box.get("language", "pl"))  # a person reads it (e-mail, SMS, the UI)
         if self._db is not None:
             try:
-                raise_alarm(self._db, kind, source, text, severity=severity)
+                raise_alarm(self._db, kind, source, text, severity=severity, lang=box.get("language", "pl"))
             except Exception:
                 log.exception("could not store the alarm %s", kind)
-        self._emit("alarm", {"kind": kind, "text": text})
+        self._emit("alarm", {"kind": kind, "text": str(text)})
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -310,14 +318,14 @@ class ModemSupervisor:
             # Calls and health still work; SMS wait in the database for a later start.
             log.exception("modem supervisor: SMS outbox unavailable")
             self._outbox = None
-            self._alarm("sms_outbox", f"the SMS outbox cannot be opened: {exc}", severity="critical")
+            self._alarm("sms_outbox", msg("sms.outbox_broken", error=str(exc)), severity="critical")
         try:
             while not self._stop.is_set():
                 try:
                     self._tick()
                 except Exception as exc:  # a bug here must not end the thread that owns the modem
                     log.exception("modem supervisor step failed")
-                    self._lost(f"internal error: {exc}", hung=False)
+                    self._lost(msg("modem.internal_error", error=str(exc)), hung=False)
                     self._stop.wait(1.0)  # and must not spin if it repeats
                 self._wait(self._sleep_time())
         finally:
@@ -332,10 +340,10 @@ class ModemSupervisor:
             self._fail_jobs()
             if self._db is not None:
                 try:
-                    self._db.conn.close()
+                    self._db.close()
                 except Exception:
                     pass
-            self._set(state="absent" if not self._device else "down", reason="stopped")
+            self._set(state="absent" if not self._device else "down", reason=msg("modem.stopped"))
 
     def _wait(self, timeout: float) -> None:
         try:
@@ -359,11 +367,11 @@ class ModemSupervisor:
                     self._on_urc(item[2])
             elif kind == "fatal":
                 if item[1] == self._gen and self._modem is not None:
-                    self._lost(f"the modem's port failed ({item[2]})", hung=False)
+                    self._lost(msg("modem.port_failed", error=str(item[2])), hung=False)
             elif kind == "job":
                 self._run_job(*item[1:])
         except (TimeoutException, ModemHung, serial.SerialException, OSError) as exc:
-            self._lost(f"no answer from the modem ({type(exc).__name__})", hung=isinstance(exc, TimeoutException))
+            self._lost(msg("modem.no_answer", error=type(exc).__name__), hung=isinstance(exc, TimeoutException))
         except Exception:
             log.exception("modem: handling %s failed", kind)
 
@@ -405,11 +413,11 @@ class ModemSupervisor:
         except PinProblem as exc:
             self._pin_stop(str(exc))
         except ModemHung:
-            self._lost("the modem stopped answering", hung=False)  # its resync failed already
+            self._lost(msg("modem.stopped_answering"), hung=False)  # its resync failed already
         except TimeoutException:
-            self._lost("a command timed out", hung=True)
+            self._lost(msg("modem.command_timed_out"), hung=True)
         except (serial.SerialException, OSError) as exc:
-            self._lost(f"the modem's port failed ({exc})", hung=False)
+            self._lost(msg("modem.port_failed", error=str(exc)), hung=False)
 
     # ------------------------------------------------------------------ connecting and the ladder
     def _locate(self) -> discovery.ModemPorts | None:
@@ -443,7 +451,7 @@ class ModemSupervisor:
                 self._next_attempt = now + self.cfg.probe_s
                 self._set(
                     state="absent",
-                    reason="no modem found" + (f" at {self._device}" if self._device else ""),
+                    reason=msg("modem.not_found_at", device=self._device) if self._device else msg("modem.not_found"),
                     device=self._device,
                     voice_device=self._voice_device,
                     registered=False,
@@ -470,13 +478,13 @@ class ModemSupervisor:
         now = self.clock()
         if step == "cfun":
             if self._device and os.path.exists(self._device) and self._send_reset_command():
-                self._enter_step("cfun", "the modem does not answer: resetting it (AT+CFUN=1,1)")
+                self._enter_step("cfun", msg("modem.resetting_cfun"))
                 return
             step = "usb_reset"
         if step == "usb_reset":
             reset = self._usb_reset or self._default_usb_reset()
             if reset is not None:
-                self._enter_step("usb_reset", "the modem does not answer: resetting its USB device")
+                self._enter_step("usb_reset", msg("modem.resetting_usb"))
                 try:
                     reset()
                 except Exception as exc:
@@ -484,9 +492,7 @@ class ModemSupervisor:
                 return
         self._step = "gone"
         self._next_attempt = now + self.cfg.probe_slow_s
-        reason = (
-            f"the modem is not answering even after a reset; looking for it again every {self.cfg.probe_slow_s:g} s"
-        )
+        reason = msg("modem.gone_looking", seconds=self.cfg.probe_slow_s)
         self._set(
             state="absent" if not (self._device and os.path.exists(self._device)) else "down",
             reason=reason,
@@ -495,13 +501,9 @@ class ModemSupervisor:
         )
         if not self._gone_alarmed:
             self._gone_alarmed = True
-            self._alarm(
-                "modem_gone",
-                "The GSM modem stopped working and did not come back after a reset: no GSM calls or SMS until it does.",
-                severity="critical",
-            )
+            self._alarm("modem_gone", msg("modem.gone"), severity="critical")
 
-    def _enter_step(self, step: str, reason: str) -> None:
+    def _enter_step(self, step: str, reason: Msg) -> None:
         now = self.clock()
         self._step = step
         self._step_deadline = now + self.cfg.reset_wait_s
@@ -532,7 +534,9 @@ class ModemSupervisor:
     def _connect(self, ports: discovery.ModemPorts) -> bool:
         self._gen += 1
         gen = self._gen
-        self._set(state="connecting", reason=f"opening {ports.at}", device=ports.at, voice_device=ports.voice)
+        self._set(
+            state="connecting", reason=msg("modem.opening", device=ports.at), device=ports.at, voice_device=ports.voice
+        )
         modem = Modem(
             ports.at,
             on_urc=lambda lines, g=gen: self._inbox.put(("urc", g, lines)),
@@ -549,13 +553,13 @@ class ModemSupervisor:
         except (ModemError, TimeoutException, CommandError, serial.SerialException, OSError, ValueError) as exc:
             modem.close()
             log.info("modem at %s: %s", ports.at, exc or type(exc).__name__)
-            self._set(reason=f"the modem at {ports.at} does not answer ({exc or type(exc).__name__})")
+            self._set(reason=msg("modem.no_answer_at", device=ports.at, error=str(exc) or type(exc).__name__))
             return False
         self._modem = modem
         self._sender.modem = modem
         self._usb_dev = discovery.usb_device_of(ports.at) or self._usb_dev
         if self._gone_alarmed:
-            self._alarm("modem_back", "The GSM modem is working again.", severity="info")
+            self._alarm("modem_back", msg("modem.back"), severity="info")
         self._ever_connected = True
         self._step, self._gone_alarmed = "reopen", False
         self._sim_busy_since = self._unregistered_since = None
@@ -577,7 +581,7 @@ class ModemSupervisor:
             self._ring_deadline = None
             self._emit("call_ended", {"reason": f"modem lost: {reason}", "direction": call.direction})
 
-    def _lost(self, reason: str, *, hung: bool) -> None:
+    def _lost(self, reason: Msg, *, hung: bool) -> None:
         """The modem failed a command or its port died: first rung of the ladder."""
         modem = self._modem
         if modem is None:
@@ -594,9 +598,9 @@ class ModemSupervisor:
         self._close_modem(reason)
         self._step = "reopen"
         self._next_attempt = self.clock()
-        self._set(state="down", reason=f"{reason}; reconnecting", registered=False, signal=None)
+        self._set(state="down", reason=msg("modem.reconnecting", reason=reason), registered=False, signal=None)
 
-    def _reset_modem(self, reason: str) -> None:
+    def _reset_modem(self, reason: Msg) -> None:
         """The modem answers but is stuck (SIM busy for ever, no network for too long)."""
         log.warning("resetting the modem: %s", reason)
         modem = self._modem
@@ -606,7 +610,7 @@ class ModemSupervisor:
         except (TimeoutException, ModemHung, serial.SerialException, OSError):
             pass
         self._close_modem(reason)
-        self._enter_step("cfun", f"{reason}: resetting the modem (AT+CFUN=1,1)")
+        self._enter_step("cfun", msg("modem.reset_because", reason=reason))
 
     # ------------------------------------------------------------------ SIM PIN
     def _pin_marker(self) -> Path | None:
@@ -621,10 +625,10 @@ class ModemSupervisor:
     def _unlock_sim(self, modem: Modem, state: str) -> None:
         if state == "SIM PIN":
             if not self.pin:
-                raise self._pin_alarm("The SIM card needs its PIN and none is configured (modem.pin).")
+                raise self._pin_alarm(msg("sim.pin_missing"))
             marker = self._pin_marker()
             if marker is not None and marker.exists() and marker.read_text().strip() == self._pin_hash(self.pin):
-                raise self._pin_alarm("The SIM card refused this PIN before; it is not tried again (change modem.pin).")
+                raise self._pin_alarm(msg("sim.pin_refused_before"))
             try:
                 modem.write(f'AT+CPIN="{self.pin}"', timeout=max(10.0, self.cfg.ping_timeout_s))
             except CmeError as exc:
@@ -633,10 +637,7 @@ class ModemSupervisor:
                         marker.write_text(self._pin_hash(self.pin) + "\n")
                     except OSError:
                         log.exception("cannot remember the refused PIN")
-                raise self._pin_alarm(
-                    f"The SIM card refused the PIN (CME error {exc.code}); it is not tried "
-                    "again, because three wrong PINs lock the SIM."
-                ) from exc
+                raise self._pin_alarm(msg("sim.pin_refused", code=exc.code)) from exc
             if marker is not None and marker.exists():
                 marker.unlink(missing_ok=True)
             deadline = time.monotonic() + 15
@@ -647,18 +648,18 @@ class ModemSupervisor:
                 time.sleep(0.2)
             raise ModemError("the SIM took the PIN but did not become ready")
         if state == "SIM PUK":
-            raise self._pin_alarm("The SIM card is locked and needs its PUK code (put it in a phone).")
+            raise self._pin_alarm(msg("sim.puk"))
         if state in ("SIM BUSY", "UNKNOWN") or state.startswith("CME"):
             raise ModemError(f"SIM not ready ({state})")
         if state in ("NO SIM", "SIM FAILURE"):
             raise ModemError("no SIM card" if state == "NO SIM" else "the SIM card failed")
-        raise self._pin_alarm(f"The SIM card asks for {state}; Centralka cannot give it.")
+        raise self._pin_alarm(msg("sim.other_code", code=state))
 
-    def _pin_alarm(self, text: str) -> PinProblem:
+    def _pin_alarm(self, text: Msg) -> PinProblem:
         self._pin_blocked = True
         self._set(state="pin_error", reason=text, registered=False, signal=None)
         self._alarm("modem_pin", text, severity="critical")
-        return PinProblem(text)
+        return PinProblem(str(text))
 
     def _pin_stop(self, reason: str) -> None:
         self._pin_blocked = True
@@ -677,7 +678,7 @@ class ModemSupervisor:
         if sim == "SIM BUSY":
             self._sim_busy_since = self._sim_busy_since or now
             if now - self._sim_busy_since >= self.cfg.sim_busy_reset_s:
-                self._reset_modem(f"the SIM card has been busy for {now - self._sim_busy_since:.0f} s")
+                self._reset_modem(msg("modem.sim_busy_for", seconds=round(now - self._sim_busy_since)))
                 return
         else:
             self._sim_busy_since = None
@@ -696,18 +697,18 @@ class ModemSupervisor:
                 and not self._network_reset_done
             ):
                 self._network_reset_done = True
-                self._reset_modem(f"no network for {lost_for:.0f} s")
+                self._reset_modem(msg("modem.no_network_for", seconds=round(lost_for)))
                 return
         if sim == "SIM BUSY":
-            state, reason = "degraded", "the SIM card is busy"
+            state, reason = "degraded", msg("modem.sim_busy")
         elif sim != "READY":
-            state, reason = "down", f"SIM card: {sim}"
+            state, reason = "down", msg("modem.sim_state", state=sim)
         elif not registered:
-            state, reason = "down", "not registered on the mobile network (no coverage?)"
+            state, reason = "down", msg("modem.no_coverage")
         elif signal is not None and signal < self.cfg.weak_signal:
-            state, reason = "degraded", f"weak signal ({signal}/31)"
+            state, reason = "degraded", msg("modem.weak_signal", signal=signal)
         else:
-            state, reason = "up", f"registered on {operator or 'the network'}"
+            state, reason = "up", msg("modem.registered_on", operator=operator) if operator else msg("modem.registered")
         self._set(
             state=state,
             reason=reason,
@@ -811,9 +812,9 @@ class ModemSupervisor:
             self._modem.delete_stored(index, memory)
 
     def _announce_sms(self, message_id: int) -> None:
-        row = self._db.execute("SELECT number, text FROM sms_incoming WHERE id = ?", [message_id]).fetchone()
+        row = store_inbox.get_message(self._db, message_id)
         if row:
-            self._emit("sms_in", {"message_id": message_id, "number": row[0], "text": row[1]})
+            self._emit("sms_in", {"message_id": message_id, "number": row["number"], "text": row["text"]})
 
     def _report(self, data: dict) -> None:
         sms_id = record_status_report(

@@ -394,3 +394,18 @@ def _describe(exc: OSError) -> str:
     if exc.errno == errno.EIO:
         return "I/O error on the voice port (modem unplugged?)"
     return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+
+
+class VoiceOpener:
+    """A call's audio, opened when the call connects: what ``sip.gsmleg.GsmLeg`` is given instead
+    of knowing about modems (``opener(on_digit, on_lost)`` returns a started-able channel)."""
+
+    def __init__(self, device: str, **options):
+        self.device = device
+        self.options = options
+
+    def __call__(self, on_digit, on_lost) -> VoiceChannel:
+        return VoiceChannel(self.device, on_digit=on_digit, on_lost=on_lost, **self.options)
+
+    def __repr__(self) -> str:
+        return f"VoiceOpener({self.device!r})"

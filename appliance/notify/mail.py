@@ -13,7 +13,7 @@ Three parts, each usable alone:
   the server accepted the message, so a mail outage loses nothing: the rows stay pending and
   are retried with growing pauses. ``run_once`` never raises.
 
-Delivery is at least once: if the box dies between the server's "250 OK" and the UPDATE that
+Delivery is at least once: if the box dies between the server's "250 OK" and the write that
 marks the row, the e-mail goes out again after the restart. The Message-ID is derived from the
 row (not random), so mail clients that fold duplicates (Gmail does) show it once.
 """
@@ -36,8 +36,8 @@ import phonenumbers
 
 from ..alarms import mark_notified, pending_notifications, raise_alarm
 from ..errors import CentralkaError, ConfigError
-from ..flow.announce import pl_noun
-from ..store.db import utcnow
+from ..messages import CATALOG, msg, plural_pl
+from ..store import inbox, notifications
 
 log = logging.getLogger("centralka.mail")
 
@@ -362,32 +362,6 @@ TEXTS = {
     },
 }
 # What a failing stage means, for the alarm a person reads (the full error goes in its detail).
-FAILURE_WHY = {
-    "pl": {
-        "config": "ustawienia poczty są niepełne",
-        "dns": "nie można odnaleźć serwera poczty (DNS)",
-        "connect": "serwer poczty nie przyjmuje połączeń",
-        "timeout": "serwer poczty nie odpowiada",
-        "tls": "nie udało się nawiązać szyfrowanego połączenia (TLS)",
-        "auth": "serwer poczty odrzucił login lub hasło",
-        "sender": "serwer poczty odrzucił adres nadawcy",
-        "recipients": "serwer poczty odrzucił adresy odbiorców",
-        "message": "serwer poczty odrzucił wiadomość",
-        "server": "serwer poczty zgłasza błąd",
-    },
-    "en": {
-        "config": "the mail settings are incomplete",
-        "dns": "the mail server's name does not resolve (DNS)",
-        "connect": "the mail server refuses connections",
-        "timeout": "the mail server does not answer",
-        "tls": "the encrypted connection (TLS) failed",
-        "auth": "the mail server refused the login",
-        "sender": "the mail server refused the sender address",
-        "recipients": "the mail server refused the recipients",
-        "message": "the mail server rejected the message",
-        "server": "the mail server reports an error",
-    },
-}
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
@@ -495,7 +469,7 @@ def _count_words(n: int, lang: str) -> tuple[str, str]:
     if _lang(lang) == "en":
         return "new", "alarm" if n == 1 else "alarms"
     # "1 nowy alarm, 2 nowe alarmy, 5 nowych alarmów": the adjective follows the noun's case.
-    return pl_noun(n, "nowy", "nowe", "nowych"), pl_noun(n, "alarm", "alarmy", "alarmów")
+    return plural_pl(n, "nowy", "nowe", "nowych"), plural_pl(n, "alarm", "alarmy", "alarmów")
 
 
 def alarm_digest(
@@ -548,22 +522,6 @@ def incoming_sms_message(
 
 
 # --- the worker ----------------------------------------------------------------------------------
-def _state(db, key: str) -> str | None:
-    row = db.execute("SELECT value FROM notify_state WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
-
-
-def _set_state(db, key: str, value: str | None) -> None:
-    if value is None:
-        db.execute("DELETE FROM notify_state WHERE key = ?", [key])
-    else:
-        db.execute(
-            "INSERT INTO notify_state (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            [key, value, utcnow()],
-        )
-
-
 class Notifier:
     """E-mails pending alarms and forwards incoming SMS; call :meth:`run_once` every few seconds
     from one thread with its own database connection. Never raises from ``run_once``.
@@ -594,9 +552,9 @@ class Notifier:
         prefix = self.mail.subject_prefix.strip()
         self.prefix = f"{prefix} " if prefix else ""
         self.domain = self.mailer.from_address.rpartition("@")[2]
-        if self.mailer.enabled and _state(db, self.FORWARD_FROM) is None:
-            last = db.execute("SELECT coalesce(max(id), 0) FROM sms_incoming").fetchone()[0]
-            _set_state(db, self.FORWARD_FROM, str(last))
+        if self.mailer.enabled and notifications.get_state(db, self.FORWARD_FROM) is None:
+            last = inbox.last_id(db)
+            notifications.set_state(db, self.FORWARD_FROM, str(last))
             if last:
                 log.info("mail: forwarding incoming SMS from now on; the %d received earlier stay in the web UI", last)
 
@@ -634,13 +592,8 @@ class Notifier:
     def _pending_sms(self) -> list[dict]:
         if not self.mail.forward_sms:
             return []
-        after = int(_state(self.db, self.FORWARD_FROM) or 0)
-        return [
-            dict(r)
-            for r in self.db.query(
-                "SELECT * FROM sms_incoming WHERE forwarded_at IS NULL AND id > ? ORDER BY id", [after]
-            )
-        ]
+        after = int(notifications.get_state(self.db, self.FORWARD_FROM) or 0)
+        return inbox.not_forwarded(self.db, after)
 
     def _pending_alarms(self) -> list[dict]:
         return pending_notifications(self.db) if self.mail.alarms else []
@@ -669,7 +622,7 @@ class Notifier:
                 if not self._send_one(session, msg, f"incoming SMS #{row['id']}"):
                     skipped += 1
                     continue
-                self.db.execute("UPDATE sms_incoming SET forwarded_at = ? WHERE id = ?", [utcnow(), row["id"]])
+                inbox.mark_forwarded(self.db, row["id"])
                 result["sms"] += 1
         result["state"] = "sent" if result["alarms"] or result["sms"] else "failed"
         if skipped:
@@ -709,28 +662,26 @@ class Notifier:
 
     def _maybe_alarm(self, exc: MailError) -> None:
         # One alarm per outage, and only once it has lasted: a short hiccup is retried quietly.
-        since = _state(self.db, self.FAILING_SINCE)
+        since = notifications.get_state(self.db, self.FAILING_SINCE)
         now = self.clock()
         if since is None:
-            _set_state(self.db, self.FAILING_SINCE, repr(now))
+            notifications.set_state(self.db, self.FAILING_SINCE, repr(now))
             since = repr(now)
-        if _state(self.db, self.FAILING_ALARMED) or now - float(since) < float(self.mail.alarm_after_s):
+        if notifications.get_state(self.db, self.FAILING_ALARMED) or now - float(since) < float(
+            self.mail.alarm_after_s
+        ):
             return
-        _set_state(self.db, self.FAILING_ALARMED, "1")
+        notifications.set_state(self.db, self.FAILING_ALARMED, "1")
         lang = _lang(self.lang)
-        why = FAILURE_WHY[lang].get(exc.stage, FAILURE_WHY[lang]["server"])
-        text = (
-            f"E-maile z centralki nie wychodzą: {why} ({self.mailer.where})."
-            if lang == "pl"
-            else f"The box cannot send e-mail: {why} ({self.mailer.where})."
-        )
-        raise_alarm(self.db, "mail_failing", "mail", text, severity="warning", detail=str(exc))
+        stage = exc.stage if f"mail.why.{exc.stage}" in CATALOG else "server"
+        text = msg("mail.failing", why=msg(f"mail.why.{stage}"), server=self.mailer.where)
+        raise_alarm(self.db, "mail_failing", "mail", text, severity="warning", detail=str(exc), lang=lang)
 
     def _recovered(self) -> None:
-        if self.failures or _state(self.db, self.FAILING_SINCE) is not None:
+        if self.failures or notifications.get_state(self.db, self.FAILING_SINCE) is not None:
             log.info("mail: %s accepts e-mail again", self.mailer.where)
-            _set_state(self.db, self.FAILING_SINCE, None)
-            _set_state(self.db, self.FAILING_ALARMED, None)
+            notifications.set_state(self.db, self.FAILING_SINCE, None)
+            notifications.set_state(self.db, self.FAILING_ALARMED, None)
         self.failures = 0
         self.next_try = 0.0
         self.last_error = None

@@ -3,12 +3,13 @@
 ``GsmLeg`` is a :class:`MediaLeg` like a SIP call, so the flow engine plays prompts to it, reads
 its digits and bridges it to an agent without knowing which line it came on. Its audio is a
 ``pj.AudioMediaPort`` whose frame callbacks (on the conference clock thread, 50 per second)
-only move 320-byte frames in and out of the :class:`appliance.gsm.voice.VoiceChannel`'s
-buffers: no waiting, no logging, no exception back into C.
+only move 320-byte frames in and out of a :class:`VoiceStream`'s buffers (the modem's voice
+channel, ``appliance.gsm.voice``, which this package does not import: the glue hands the leg an
+opener): no waiting, no logging, no exception back into C.
 
 Call control (answer, hang up, DTMF) belongs to the modem supervisor, whose methods run on the
 modem thread and return ``concurrent.futures.Future``; this leg never waits for them on the
-asyncio thread. The glue (``appliance.gsmline``) tells the leg what the modem reports, on the
+asyncio thread. The glue (``appliance.gsm.line``) tells the leg what the modem reports, on the
 asyncio thread: ``modem_connected()``, ``modem_ended(reason)``, ``modem_digit(d)``.
 """
 
@@ -20,12 +21,31 @@ import itertools
 import logging
 import os
 import time
+from typing import Callable, Protocol
 
 import pjsua2 as pj
 
 from ..errors import SipError
-from ..gsm.voice import FRAME_BYTES, SILENCE, VoiceChannel
 from .stack import MediaLeg
+
+FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono: the conference port's frame
+SILENCE = bytes(FRAME_BYTES)
+
+
+class VoiceStream(Protocol):
+    """A call's audio outside pjsua2: frames in and out, without ever blocking the caller."""
+
+    def start(self) -> None: ...
+
+    def stop(self, wait: bool = True) -> None: ...
+
+    def read_frame(self) -> bytes: ...
+
+    def write_frame(self, frame: bytes) -> None: ...
+
+
+# Opens a call's audio when it connects: ``opener(on_digit, on_lost)``; None = no audio path.
+VoiceOpener = Callable[[Callable[[str], None], Callable[[str], None]], VoiceStream]
 
 log = logging.getLogger("centralka.sip.gsm")
 
@@ -84,7 +104,7 @@ def _fill_frame(frame, data: bytes) -> None:
 class _VoicePort(pj.AudioMediaPort):
     """The GSM caller in the conference. Runs on the clock thread: nothing here may block."""
 
-    def __init__(self, voice: VoiceChannel | None):
+    def __init__(self, voice: VoiceStream | None):
         super().__init__()
         self.voice = voice
 
@@ -149,11 +169,18 @@ class GsmLeg(MediaLeg):
     line = "gsm"
 
     def __init__(
-        self, stack, direction: str, control, voice_device: str | None, *, remote_number: str, local_number: str = ""
+        self,
+        stack,
+        direction: str,
+        control,
+        open_voice: VoiceOpener | None,
+        *,
+        remote_number: str,
+        local_number: str = "",
     ):
         super().__init__(stack, direction)
         self.control = control
-        self.voice_device = voice_device
+        self.open_voice = open_voice
         self.remote_number = remote_number or ""
         self.local_number = local_number or ""
         self.remote_uri = f"tel:{self.remote_number}" if self.remote_number else "tel:anonymous"
@@ -161,7 +188,7 @@ class GsmLeg(MediaLeg):
         self.local_uri = f"tel:{self.local_number}" if self.local_number else ""
         self.local_user = self.local_number
         self.sip_call_id = f"gsm-{os.getpid()}-{int(time.time())}-{next(_ids)}"
-        self.voice: VoiceChannel | None = None
+        self.voice: VoiceStream | None = None
         self.port: _VoicePort | None = None
         self.connected = False
         self._digits = DigitMerger()
@@ -204,14 +231,14 @@ class GsmLeg(MediaLeg):
         if not self.alive or self.connected:
             return
         self.connected = True
-        if self.voice_device:
-            voice = VoiceChannel(self.voice_device, on_digit=self._digit_from_reader, on_lost=self._lost_from_thread)
+        if self.open_voice is not None:
+            voice = self.open_voice(self._digit_from_reader, self._lost_from_thread)
             try:
                 voice.start()
                 self.voice = voice
             except OSError as exc:
                 # The call stays up (the flow can still send the caller on), but without audio.
-                log.error("GSM call %s: cannot open the voice port %s: %s", self.sip_call_id, self.voice_device, exc)
+                log.error("GSM call %s: cannot open the voice port %s: %s", self.sip_call_id, self.open_voice, exc)
         else:
             log.error("GSM call %s: the modem has no voice port; the call has no audio", self.sip_call_id)
         port = _VoicePort(self.voice)

@@ -18,12 +18,13 @@ def start_call(
     dialled: str,
     sip_call_id: str = "",
     flow: str = "",
+    at: str | None = None,
 ) -> int:
     return (
         db["calls"]
         .insert(
             {
-                "started_at": utcnow(),
+                "started_at": at or utcnow(),
                 "direction": direction,
                 "line": line,
                 "caller_raw": caller_raw,
@@ -39,10 +40,10 @@ def start_call(
     )
 
 
-def add_step(db, call_id: int, step: str, node: str | None = None, detail=None) -> None:
+def add_step(db, call_id: int, step: str, node: str | None = None, detail=None, *, at: str | None = None) -> None:
     if detail is not None and not isinstance(detail, str):
         detail = json.dumps(detail, ensure_ascii=False, sort_keys=True)
-    db["call_steps"].insert({"call_id": call_id, "at": utcnow(), "step": step, "node": node, "detail": detail})
+    db["call_steps"].insert({"call_id": call_id, "at": at or utcnow(), "step": step, "node": node, "detail": detail})
 
 
 def update_call(db, call_id: int, **fields) -> None:

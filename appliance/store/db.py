@@ -8,20 +8,20 @@ core's writes.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from ..clock import stamp
 from ..errors import StoreError
 
 migrations = Migrations("centralka")
 
 
 def utcnow() -> str:
-    """Timestamps are UTC ISO-8601 with milliseconds; they sort as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """Timestamps are UTC ISO-8601 with milliseconds; they sort as text (appliance.clock.stamp)."""
+    return stamp()
 
 
 @migrations()
@@ -265,12 +265,34 @@ def m008_outbound(db):
 
 
 @migrations()
-def m008_notify(db):
+def m009_notify(db):
     # E-mail notifications (appliance/notify/mail.py). sms_incoming.forwarded_at exists since
     # m006; this keeps the notifier's own small facts across restarts: from which incoming SMS
     # on forwarding started (switching mail on must not e-mail a year of old texts) and since
     # when the mail server has been failing (one alarm per outage).
     db["notify_state"].create({"key": str, "value": str, "updated_at": str}, pk="key")
+
+
+@migrations()
+def m010_alarm_messages(db):
+    # An alarm's text by message id and parameters (appliance/messages.py), beside the text in
+    # the box's language: the web UI can show it in the admin's language.
+    db["alarms"].add_column("message", str)
+
+
+# Migrations renamed after boxes had applied them under the old name (sqlite-utils records a
+# migration by its name). Two were once both numbered m008; the later is m009 now.
+RENAMED = {"m008_notify": "m009_notify"}
+
+
+def _follow_renames(db) -> None:
+    if not db[migrations.migrations_table].exists():
+        return
+    for old, new in RENAMED.items():
+        db.execute(
+            f"UPDATE {migrations.migrations_table} SET name = ? WHERE migration_set = ? AND name = ?",
+            [new, migrations.name, old],
+        )
 
 
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
@@ -286,6 +308,7 @@ def open_db(path: str | Path | None) -> sqlite_utils.Database:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         db = sqlite_utils.Database(conn)
+        _follow_renames(db)
         migrations.apply(db)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"database {path or ':memory:'}: {exc}") from exc

@@ -27,8 +27,8 @@ from pathlib import Path
 import pjsua2 as pj
 
 from ..media.prompts import PromptLibrary
-from .screen import FloodGate
-from .stack import PARK_S, SipStack
+from ..sip.screen import FloodGate
+from ..sip.stack import PARK_S, SipStack
 
 log = logging.getLogger("centralka.phone")
 

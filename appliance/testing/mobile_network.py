@@ -1,6 +1,6 @@
 """The demo's mobile network: the emulated modem's radio side, driven from the command line.
 
-``make demo`` (without ``$CENTRALKA_MODEM``) plugs an emulated modem (appliance/gsm/emulator.py)
+``make demo`` (without ``$CENTRALKA_MODEM``) plugs an emulated modem (appliance/testing/modem/)
 into the box; the box's modem supervisor talks AT to it exactly as to a USB stick. This module
 is the other side — a patient's mobile phone and the network — reachable on a unix socket so
 ``centralka demo-gsm …`` can:
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import jsonline
-from .errors import CentralkaError
-from .media.prompts import write_wav_atomic
+from .. import jsonline
+from ..errors import CentralkaError
+from ..media.prompts import write_wav_atomic
 
 log = logging.getLogger("centralka.demo")
 

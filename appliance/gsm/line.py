@@ -2,7 +2,8 @@
 
 Glue between the modem supervisor (its own thread: AT commands, SMS outbox, recovery ladder),
 the core's event loop (flow sessions, lines) and the media bridge (``sip.gsmleg.GsmLeg``, which
-puts the modem's voice channel into the pjsua2 conference):
+puts the modem's voice channel into the pjsua2 conference; sip/ knows nothing of the modem: the
+leg gets the supervisor as its call control and :class:`appliance.gsm.voice.VoiceOpener` as its audio):
 
 * an incoming GSM call becomes a ``GsmLeg`` and runs through the same flow as a SIP call;
 * outbound calls over GSM are a dialer of :class:`appliance.lines.Lines`;
@@ -18,8 +19,9 @@ import asyncio
 import logging
 import os
 
-from .lines import LineFailed
-from .store.db import utcnow
+from ..lines import LineFailed
+from ..messages import Msg, msg
+from .voice import VoiceOpener
 
 log = logging.getLogger("centralka.gsm")
 
@@ -37,9 +39,9 @@ MISSING_ALARM_S = 120  # a configured modem not found this long after start is r
 
 
 class GsmLine:
-    def __init__(self, core):
-        self.core = core
-        self.settings = core.settings
+    def __init__(self, services):
+        self.services = services
+        self.settings = services.settings
         self.supervisor = None
         self.voice: str | None = None  # the configured voice port (the supervisor may find another)
         self.leg = None  # the modem carries one voice call at a time
@@ -48,7 +50,7 @@ class GsmLine:
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        from .gsm.supervisor import ModemSupervisor
+        from .supervisor import ModemSupervisor
 
         self.loop = asyncio.get_running_loop()
         modem = self.settings.modem
@@ -71,7 +73,7 @@ class GsmLine:
             on_event=self._from_modem_thread,
         )
         self.supervisor.start()
-        self.core.lines.set_dialer("gsm", self.dial)
+        self.services.lines.set_dialer("gsm", self.dial)
         if configured:
             # A modem the admin named that never shows up is a fault to report, not "no modem".
             self.loop.call_later(float(modem.get("missing_alarm_s", MISSING_ALARM_S)), self._check_missing, configured)
@@ -79,7 +81,7 @@ class GsmLine:
     def _check_missing(self, configured: str) -> None:
         h = self.health() or {}
         if self.loop is not None and h.get("state") == "absent":
-            self.core.lines.update("gsm", "down", f"no modem found at {configured}")
+            self.services.lines.update("gsm", "down", msg("modem.not_found_at", device=configured))
 
     async def stop(self) -> None:
         self.loop = None  # a box shutting down is not a line going down: no more events, no alarms
@@ -124,44 +126,45 @@ class GsmLine:
 
     def _health(self, h: dict) -> None:
         state = h.get("state", "absent")
-        reason = h.get("reason") or ""
-        if state != self._last_health:  # (not every signal change while degraded)
-            self._last_health = state
-            self.core.db["line_events"].insert({"at": utcnow(), "line": "gsm", "state": state, "detail": reason})
-        self.core.lines.update("gsm", _LINE_STATE.get(state, "down"), reason)
+        reason = Msg.from_json(h.get("message")) or h.get("reason") or ""
+        changed = state != self._last_health  # (not every signal change while degraded)
+        self._last_health = state
+        self.services.lines.modem_state(state, _LINE_STATE.get(state, "down"), reason, changed=changed)
 
     def _ring(self, data: dict) -> None:
-        from .sip.gsmleg import GsmLeg
+        from ..sip.gsmleg import GsmLeg
 
         if self.leg is not None and self.leg.alive:
             return  # the network repeats RING for the call we already have
         caller = str(data.get("caller") or "")
         leg = GsmLeg(
-            self.core.stack,
+            self.services.stack,
             "in",
             self.supervisor,
-            self._voice_device(),
+            self._voice(),
             remote_number=caller,
             local_number=str((self.settings.sections.get("modem") or {}).get("number", "")),
         )
         self.leg = leg
-        self.core.on_incoming(leg, "gsm")
+        self.services.incoming(leg, "gsm")
 
-    def _voice_device(self) -> str | None:
+    def _voice(self) -> VoiceOpener | None:
         # After a USB reset the modem may be back under another name: the supervisor knows.
         h = self.health() or {}
-        return h.get("voice_device") or self.voice
+        device = h.get("voice_device") or self.voice
+        return VoiceOpener(device) if device else None
 
     # --- outbound (a dialer of Lines) ------------------------------------------------------------
     async def dial(self, e164: str):
-        from .sip.gsmleg import GsmLeg
+        from ..sip.gsmleg import GsmLeg
 
         h = self.health() or {}
         if h.get("state") not in ("up", "degraded"):
-            raise LineFailed(f"the GSM modem is {h.get('state', 'absent')}: {h.get('reason') or 'no modem'}")
+            reason = Msg.from_json(h.get("message")) or h.get("reason") or msg("modem.not_found")
+            raise LineFailed(msg("gsm.not_ready", reason=reason))
         if self.leg is not None and self.leg.alive:
-            raise LineFailed("the GSM modem is already on a call")
-        leg = GsmLeg(self.core.stack, "out", self.supervisor, self._voice_device(), remote_number=e164)
+            raise LineFailed(msg("gsm.busy"))
+        leg = GsmLeg(self.services.stack, "out", self.supervisor, self._voice(), remote_number=e164)
         self.leg = leg
         try:
             await asyncio.wait_for(asyncio.wrap_future(self.supervisor.dial(e164)), DIAL_ACCEPT_TIMEOUT_S)
@@ -171,6 +174,6 @@ class GsmLine:
             # A dial that timed out here may still be placed by the modem: hang it up (the job
             # runs after the dial), or the patient would answer to silence.
             self.supervisor.hangup()
-            raise LineFailed(f"the modem did not dial: {exc or type(exc).__name__}") from exc
+            raise LineFailed(msg("gsm.dial_failed", error=str(exc) or type(exc).__name__)) from exc
         leg.ringing.set()
         return leg

@@ -16,16 +16,19 @@ import socket
 import sys
 from pathlib import Path
 
-from .config import load_settings
-from .errors import CentralkaError
-from .proc import die_with_parent
-from .store.db import open_db, utcnow
-from .store.flows import save_flow
-from .store.phones import set_phone
+from ..config import load_settings
+from ..errors import CentralkaError
+from ..proc import die_with_parent
+from ..store.agents import clear_states as clear_agent_states
+from ..store.db import open_db
+from ..store.flows import save_flow
+from ..store.phones import set_phone
+from ..store.staff import save_text as save_staff_text
 
 log = logging.getLogger("centralka.demo")
 
 DEMO_DIR = Path("var/demo")
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # appliance/data
 # What each simulated phone says when it answers, so a caller can tell who picked up.
 DEMO_PHONES = {
     "operator": "Tu operator przychodni. W czym mogę pomóc?",
@@ -67,7 +70,7 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem:
 
 
 def demo_flow_text(phones: str) -> str:
-    template = (Path(__file__).with_name("data") / "demo_flow.toml").read_text(encoding="utf-8")
+    template = (DATA_DIR / "demo_flow.toml").read_text(encoding="utf-8")
     return template.replace("{phones}", phones)
 
 
@@ -75,7 +78,7 @@ async def start_phones(port: int, record_dir: Path | None = None, answer_after: 
     cmd = [
         sys.executable,
         "-m",
-        "appliance.sip.phone",
+        "appliance.testing.phone",
         "--port",
         str(port),
         "--user",
@@ -100,7 +103,7 @@ AGENT_PHONES = {"201": "Rejestracja, stanowisko pierwsze. Słucham?", "202": "Re
 
 
 def demo_staff_text() -> str:
-    return (Path(__file__).with_name("data") / "demo_staff.toml").read_text(encoding="utf-8")
+    return (DATA_DIR / "demo_staff.toml").read_text(encoding="utf-8")
 
 
 async def start_agent_phone(ext: str, password: str, registrar: str, answer_after: float):
@@ -108,7 +111,7 @@ async def start_agent_phone(ext: str, password: str, registrar: str, answer_afte
     cmd = [
         sys.executable,
         "-m",
-        "appliance.sip.phone",
+        "appliance.testing.phone",
         "--port",
         str(free_udp_port()),
         "--user",
@@ -157,7 +160,7 @@ async def _log_phone_events(proc):
 
 
 async def _demo():
-    from .core import Core
+    from ..core import Core
 
     sip_port = int(os.environ.get("CENTRALKA_SIP_PORT") or 5060)
     if not port_is_free("127.0.0.1", sip_port):
@@ -169,8 +172,8 @@ async def _demo():
     if not modem:
         # No real modem named: the demo plugs in an emulated one (a Huawei E173 on ptys) and
         # plays the mobile network itself (`centralka demo-gsm`).
-        from .demo_gsm import RadioServer
-        from .gsm.emulator import ModemEmulator
+        from .mobile_network import RadioServer
+        from .modem import ModemEmulator
 
         emulator = ModemEmulator(os.environ.get("CENTRALKA_DEMO_MODEM", "huawei"), callee_answer_delay=4.0)
         modem = f"{emulator.device},{emulator.voice_device}"
@@ -186,10 +189,10 @@ async def _demo():
     try:
         db = open_db(settings.db_path)
         save_flow(db, "demo", demo_flow_text(f"127.0.0.1:{phones_port}"), activate=True)
-        db["staff"].insert({"text": demo_staff_text(), "updated_at": utcnow()})
+        save_staff_text(db, demo_staff_text())
         passwords = {ext: set_phone(db, ext, f"Rejestracja {ext[-1]}") for ext in AGENT_PHONES}
-        db["agent_state"].delete_where()  # the demo starts with everyone at their desk
-        db.conn.close()
+        clear_agent_states(db)  # the demo starts with everyone at their desk
+        db.close()
         core = Core(settings)
 
         def ready(c):

@@ -23,12 +23,16 @@ Where the replies come from, per profile:
   ``+CMGR`` layouts, string parameters following ``+CSCS``).
 
 Nothing here was checked against the three physical modems; hw-tests/ is where that happens.
+
+This file is the machinery the three share: ptys, plugging, the command line parser and
+dispatch, 27.007/27.005 commands, calls, SMS storage, faults, the voice port. What one model
+does differently lives in its profile file (huawei.py, simcom.py, quectel.py; hooks described
+in profile.py); the PDU codec is pdu.py, the voice audio and DTMF pcm.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import array
 import collections
 import datetime as _dt
 import errno
@@ -47,433 +51,21 @@ import time
 import tty
 from dataclasses import dataclass
 
+from .huawei import HUAWEI
+from .pcm import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE, dtmf_pcm, pcm16
+from .pdu import decode_submit_pdu, encode_deliver_pdus, encode_status_report_pdu
+from .profile import AtError, Call, Final, int_arg, unquote
+from .quectel import QUECTEL
+from .simcom import SIMCOM
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 8000
-FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono
-FRAME_SECONDS = 0.020
 CTRL_Z = 0x1A
 ESC = 0x1B
 
 FAULT_KINDS = ("no_reply", "late_reply", "unplug", "pin_required", "network_lost", "sim_busy")
 
-
-# --------------------------------------------------------------------------------------------
-# SMS PDU codec (3GPP TS 23.040 / 23.038), written independently of gsmmodem.pdu on purpose.
-
-# GSM 03.38 default alphabet, index = septet value. 0x1B is the escape to the extension table.
-GSM7_BASIC = (
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM7_EXTENSION = {
-    0x0A: "\x0c",
-    0x14: "^",
-    0x28: "{",
-    0x29: "}",
-    0x2F: "\\",
-    0x3C: "[",
-    0x3D: "~",
-    0x3E: "]",
-    0x40: "|",
-    0x65: "€",
-}
-_GSM7_INDEX = {ch: i for i, ch in enumerate(GSM7_BASIC) if i != 0x1B}
-_GSM7_EXT_INDEX = {ch: code for code, ch in GSM7_EXTENSION.items()}
-_SEMI_OCTET = "0123456789*#abc"
-
-
-def gsm7_septets(text: str) -> list[int]:
-    """Septets for ``text`` in the GSM 7-bit alphabet; ValueError when a character has none."""
-    out = []
-    for ch in text:
-        if ch in _GSM7_INDEX:
-            out.append(_GSM7_INDEX[ch])
-        elif ch in _GSM7_EXT_INDEX:
-            out += [ESC, _GSM7_EXT_INDEX[ch]]
-        else:
-            raise ValueError(f"{ch!r} is not in the GSM 7-bit alphabet")
-    return out
-
-
-def gsm7_text(septets: list[int]) -> str:
-    out, escaped = [], False
-    for s in septets:
-        if escaped:
-            # 23.038: an unknown extension code shows as the basic character.
-            out.append(GSM7_EXTENSION.get(s, GSM7_BASIC[s]))
-            escaped = False
-        elif s == ESC:
-            escaped = True
-        else:
-            out.append(GSM7_BASIC[s])
-    return "".join(out)
-
-
-def pack7(septets: list[int], fill_bits: int = 0) -> bytes:
-    """Pack septets LSB first, starting ``fill_bits`` into the first octet."""
-    value = 0
-    for i, s in enumerate(septets):
-        value |= (s & 0x7F) << (fill_bits + 7 * i)
-    nbytes = (fill_bits + 7 * len(septets) + 7) // 8
-    return value.to_bytes(nbytes, "little")
-
-
-def unpack7(data: bytes, count: int, fill_bits: int = 0) -> list[int]:
-    value = int.from_bytes(data, "little")
-    return [(value >> (fill_bits + 7 * i)) & 0x7F for i in range(count)]
-
-
-def _encode_address(number: str) -> bytes:
-    """TP-OA/TP-DA/TP-RA: digit count, type of address, semi-octets (or packed alphanumerics)."""
-    if number.startswith("+") and number[1:].isdigit():
-        digits, toa = number[1:], 0x91
-    elif number.isdigit():
-        digits, toa = number, 0x81
-    else:
-        packed = pack7(gsm7_septets(number))
-        return bytes([(len(gsm7_septets(number)) * 7 + 3) // 4, 0xD0]) + packed
-    return bytes([len(digits), toa]) + _semi_octets(digits)
-
-
-def _semi_octets(digits: str) -> bytes:
-    if len(digits) % 2:
-        digits += "F"
-    return bytes(int(digits[i + 1] + digits[i], 16) for i in range(0, len(digits), 2))
-
-
-def _decode_address(length: int, toa: int, raw: bytes) -> str:
-    if toa & 0x70 == 0x50:
-        return gsm7_text(unpack7(raw, length * 4 // 7))
-    digits = []
-    for octet in raw:
-        for nibble in (octet & 0x0F, octet >> 4):
-            if nibble == 0x0F:
-                break
-            digits.append(_SEMI_OCTET[nibble])
-    number = "".join(digits)[:length]
-    return "+" + number if toa & 0x70 == 0x10 else number
-
-
-def _smsc_field(number: str | None) -> bytes:
-    if not number:
-        return b"\x00"
-    digits = number.lstrip("+")
-    body = bytes([0x91 if number.startswith("+") else 0x81]) + _semi_octets(digits)
-    return bytes([len(body)]) + body
-
-
-def _encode_timestamp(when: _dt.datetime) -> bytes:
-    offset = when.utcoffset() or _dt.timedelta(0)
-    quarters = int(offset.total_seconds() // 900)
-    digits = when.strftime("%y%m%d%H%M%S")
-    octets = bytearray(_semi_octets(digits))
-    tens, units = divmod(abs(quarters), 10)
-    # 23.040 9.2.3.11: the sign is bit 3 of the tens semi-octet, which sits in the low nibble.
-    octets.append((units << 4) | tens | (0x08 if quarters < 0 else 0))
-    return bytes(octets)
-
-
-def _alphabet(dcs: int) -> str:
-    if dcs & 0xC0 == 0x00:
-        return ("gsm7", "8bit", "ucs2", "gsm7")[(dcs >> 2) & 0x03]
-    if dcs & 0xF0 == 0xF0:
-        return "8bit" if dcs & 0x04 else "gsm7"
-    if dcs & 0xF0 == 0xE0:
-        return "ucs2"
-    return "gsm7"
-
-
-def _parse_udh(header: bytes) -> dict:
-    udh: dict = {"raw": header.hex().upper()}
-    i = 0
-    while i + 1 < len(header):
-        iei, length = header[i], header[i + 1]
-        data = header[i + 2 : i + 2 + length]
-        if iei == 0x00 and length == 3:
-            udh.update(ref=data[0], parts=data[1], seq=data[2])
-        elif iei == 0x08 and length == 4:
-            udh.update(ref=(data[0] << 8) | data[1], parts=data[2], seq=data[3])
-        i += 2 + length
-    return udh
-
-
-def decode_submit_pdu(pdu_hex: str) -> dict:
-    """Decode an SMS-SUBMIT PDU as written after AT+CMGS (SMSC field included).
-
-    Raises ValueError for anything a real SMSC would reject: wrong type, user data length that
-    disagrees with the octets present, a header that runs past the data.
-    """
-    data = bytes.fromhex(pdu_hex)
-    pos = 1 + data[0]
-    first = data[pos]
-    if first & 0x03 != 0x01:
-        raise ValueError(f"not an SMS-SUBMIT (first octet {first:02X})")
-    reference = data[pos + 1]
-    da_len, toa = data[pos + 2], data[pos + 3]
-    pos += 4
-    raw_len = (da_len + 1) // 2
-    number = _decode_address(da_len, toa, data[pos : pos + raw_len])
-    pos += raw_len
-    pid, dcs = data[pos], data[pos + 1]
-    pos += 2
-    vpf = (first >> 3) & 0x03
-    pos += {0: 0, 2: 1}.get(vpf, 7)
-    udl = data[pos]
-    ud = data[pos + 1 :]
-    encoding = _alphabet(dcs)
-    header_len, udh = 0, None
-    if first & 0x40:
-        header_len = ud[0] + 1
-        if header_len > len(ud):
-            raise ValueError("user data header runs past the data")
-        udh = _parse_udh(ud[1:header_len])
-    if encoding == "gsm7":
-        if len(ud) != (udl * 7 + 7) // 8:
-            raise ValueError(f"UDL {udl} septets needs {(udl * 7 + 7) // 8} octets, got {len(ud)}")
-        header_septets = (header_len * 8 + 6) // 7
-        fill = header_septets * 7 - header_len * 8
-        text = gsm7_text(unpack7(ud[header_len:], udl - header_septets, fill))
-    else:
-        if len(ud) != udl:
-            raise ValueError(f"UDL {udl} octets, got {len(ud)}")
-        body = ud[header_len:]
-        text = body.decode("utf-16-be", "surrogatepass") if encoding == "ucs2" else body.decode("latin-1")
-    return {
-        "pdu_hex": pdu_hex.upper(),
-        "number": number,
-        "text": text,
-        "udh": udh,
-        "encoding": encoding,
-        "request_status_report": bool(first & 0x20),
-        "reject_duplicates": bool(first & 0x04),
-        "reference": reference,
-        "protocol_id": pid,
-        "dcs": dcs,
-        "flash": dcs & 0xD3 == 0x10,
-        "tpdu_length": len(data) - 1 - data[0],
-    }
-
-
-def _split_units(units: list, per_part: int, parts: int) -> list[list]:
-    """Cut ``units`` into ``parts`` pieces of at most ``per_part``, never inside a pair."""
-    size = max(1, -(-len(units) // parts))
-    chunks, start = [], 0
-    while start < len(units):
-        end = min(start + size, len(units))
-        # Keep an ESC with its extension code, a high surrogate with its low one.
-        if end < len(units) and units[end - 1] in (ESC, "hi"):
-            end -= 1
-        chunks.append(units[start:end])
-        start = end
-    if len(chunks) != parts or any(len(c) > per_part for c in chunks):
-        raise ValueError(f"text does not fit in {parts} part(s) of {per_part}")
-    return chunks
-
-
-def encode_deliver_pdus(
-    sender: str, text: str, *, smsc: str | None, when: _dt.datetime, parts: int = 1, ref: int = 0
-) -> list[str]:
-    """SMS-DELIVER PDUs (hex, SMSC field included) the way a network hands them to the modem."""
-    try:
-        septets = gsm7_septets(text)
-        ucs2 = False
-    except ValueError:
-        ucs2 = True
-    if ucs2:
-        # Characters outside the BMP (emoji) travel as UTF-16 surrogate pairs, two units each.
-        raw = text.encode("utf-16-be", "surrogatepass")
-        units = [raw[i : i + 2] for i in range(0, len(raw), 2)]
-        marks = ["hi" if 0xD8 <= unit[0] <= 0xDB else 0 for unit in units]
-        chunks = _split_units(marks, 67 if parts > 1 else 70, parts)
-        pieces, k = [], 0
-        for chunk in chunks:
-            pieces.append(b"".join(units[k : k + len(chunk)]))
-            k += len(chunk)
-    else:
-        chunks = _split_units(septets, 153 if parts > 1 else 160, parts)
-    pdus = []
-    for seq, chunk in enumerate(chunks, start=1):
-        first = 0x04  # TP-MMS: no more messages waiting
-        header = b""
-        if parts > 1:
-            first |= 0x40
-            header = bytes([5, 0x00, 3, ref & 0xFF, parts, seq])
-        if ucs2:
-            body = header + pieces[seq - 1]
-            udl, dcs = len(body), 0x08
-        else:
-            header_septets = (len(header) * 8 + 6) // 7
-            fill = header_septets * 7 - len(header) * 8
-            body = header + pack7(chunk, fill)
-            udl, dcs = header_septets + len(chunk), 0x00
-        tpdu = (
-            bytes([first])
-            + _encode_address(sender)
-            + bytes([0x00, dcs])
-            + _encode_timestamp(when)
-            + bytes([udl])
-            + body
-        )
-        pdus.append((_smsc_field(smsc) + tpdu).hex().upper())
-    return pdus
-
-
-def encode_status_report_pdu(
-    mr: int, recipient: str, *, smsc: str | None, sent: _dt.datetime, done: _dt.datetime, status: int
-) -> str:
-    tpdu = (
-        bytes([0x06, mr & 0xFF])
-        + _encode_address(recipient)
-        + _encode_timestamp(sent)
-        + _encode_timestamp(done)
-        + bytes([status])
-    )
-    return (_smsc_field(smsc) + tpdu).hex().upper()
-
-
-# --------------------------------------------------------------------------------------------
-# Model profiles
-
-# 27.007/27.005 commands all three models implement.
-_COMMON = frozenset(
-    """
-+CGMI +CGMM +CGMR +CGSN +CIMI +GMI +GMM +GMR +GSN +GCAP +CFUN +CMEE +CPIN +CSQ +CREG +CGREG
-+COPS +CMGF +CSCS +CNMI +CLIP +CLIR +COLP +CRC +CSMP +CPMS +CSCA +CMGS +CMGR +CMGL +CMGD +CMGW
-+CMSS +CNMA +CSMS +CLCC +CHUP +CNUM +CLVL +CMUT +CUSD +CCFC +CCWA +CHLD +CPBS +CPBR +CPBW
-+CLCK +CPWD +CLAC +CVHU +CCLK +CPAS +CEER +CSSN +CTZR +CTZU +CGDCONT +CGATT +CGACT
-""".split()
-)
-
-
-@dataclass(frozen=True)
-class Profile:
-    key: str
-    manufacturer: str  # AT+CGMI
-    model: str  # AT+CGMM
-    revision: str  # AT+CGMR (SIMCom prefixes it with "+CGMR: ")
-    imei: str
-    usb_name: str  # what udev would put in /dev/serial/by-id/
-    at_port: int  # ttyUSB index of the AT port on a fresh plug
-    voice_port: int  # ttyUSB index of the PCM port
-    commands: frozenset
-    clac: bool  # answers AT+CLAC with a list
-    clac_line_end: str
-    not_supported: str  # final result for a command this model lacks
-    access_tech: int  # <AcT>: 2 UTRAN (3G stick), 7 E-UTRAN (LTE module)
-    charset: str  # +CSCS after power-on
-    charsets: str  # AT+CSCS=? list
-    cpms_test: str
-    clip_tail: str  # what follows "<number>",<type> in +CLIP
-    voice_command: str
-    boot_lines: tuple
-
-
-PROFILES = {
-    # Huawei E173: 3G stick, firmware 11.126.x. The PCUI (AT) port is ttyUSB2 and the voice
-    # port ttyUSB1, as chan_dongle's documentation has them (data=/dev/ttyUSB2,
-    # audio=/dev/ttyUSB1). Unknown commands answer "COMMAND NOT SUPPORT" and +CLAC lists one
-    # command per line ending in a stray CR, both as in the E1752 transcript (same firmware
-    # family) kept in python-gsmmodem's test/fakemodems.py. No +VTS: DTMF goes through ^DTMF.
-    "huawei": Profile(
-        key="huawei",
-        manufacturer="huawei",
-        model="E173",
-        revision="11.126.85.00.209",
-        imei="861234012345677",
-        usb_name="usb-HUAWEI_Technology_HUAWEI_Mobile-if02-port0",
-        at_port=2,
-        voice_port=1,
-        commands=_COMMON
-        | {
-            "^CVOICE",
-            "^DDSETEX",
-            "^DTMF",
-            "^USSDMODE",
-            "^CURC",
-            "^SYSINFO",
-            "^SYSCFG",
-            "^HWVER",
-            "^CARDMODE",
-            "^ICCID",
-            "^SN",
-        },
-        clac=True,
-        clac_line_end="\r",
-        not_supported="COMMAND NOT SUPPORT",
-        access_tech=2,
-        charset="IRA",
-        charsets='+CSCS: ("IRA","UCS2","GSM")',
-        cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=",,,,0",
-        voice_command="^DDSETEX",
-        boot_lines=(),  # the E173 says nothing at power-up on the PCUI port
-    ),
-    # SIMCom SIM7600E-H: LTE module. AT on ttyUSB2, PCM audio on ttyUSB4 (interface 6) after
-    # AT+CPCMREG=1, which it takes only once a call is connected. Answered calls report
-    # "VOICE CALL: BEGIN" / "VOICE CALL: END: <duration>"; a caller who hangs up before we
-    # answer only gives "NO CARRIER". AT+CLAC answers ERROR (python-gsmmodem's own comment:
-    # SIMCom modems "don't support AT+CLAC"), so the library probes commands one by one.
-    # +DDET is a SIM800 command; we assume the SIM7600 lacks it (unverified).
-    "simcom": Profile(
-        key="simcom",
-        manufacturer="SIMCOM INCORPORATED",
-        model="SIMCOM_SIM7600E-H",
-        revision="+CGMR: LE20B04SIM7600M22",
-        imei="867211034567896",
-        usb_name="usb-SimTech__Incorporated_SimTech__Incorporated_0123456789ABCDEF-if02-port0",
-        at_port=2,
-        voice_port=4,
-        commands=_COMMON | {"+VTS", "+CEREG", "+CPCMREG", "+CPCMFRM", "+CICCID", "+CPSI", "+CNMP", "+CSDVC", "+CNSMOD"},
-        clac=False,
-        clac_line_end="",
-        not_supported="ERROR",
-        access_tech=7,
-        charset="IRA",
-        charsets='+CSCS: ("IRA","GSM","UCS2")',
-        cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=',"",0,"",0',
-        voice_command="+CPCMREG",
-        boot_lines=("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
-    ),
-    # Quectel EC25-E: LTE module. AT on ttyUSB2; AT+QPCMV=1,0 streams call PCM on the USB NMEA
-    # port (ttyUSB1), 1,2 on its USB sound card (not emulated). No call-state URCs at all: the
-    # library falls back to polling AT+CLCC for calls it dials. +CLIP as in the EC25 manual.
-    "quectel": Profile(
-        key="quectel",
-        manufacturer="Quectel",
-        model="EC25",
-        revision="EC25EFAR06A06M4G",
-        imei="862412045678905",
-        usb_name="usb-Android_Android-if02-port0",
-        at_port=2,
-        voice_port=1,
-        commands=_COMMON
-        | {
-            "+VTS",
-            "+VTD",
-            "+CEREG",
-            "+QPCMV",
-            "+QCCID",
-            "+QSPN",
-            "+QCFG",
-            "+QURCCFG",
-            "+QINDCFG",
-            "+QTONEDET",
-            "+QAUDMOD",
-        },
-        clac=True,
-        clac_line_end="",
-        not_supported="ERROR",
-        access_tech=7,
-        charset="GSM",
-        charsets='+CSCS: ("GSM","IRA","UCS2")',
-        cpms_test='+CPMS: ("ME","MT","SM","SR"),("ME","MT","SM","SR"),("ME","MT","SM","SR")',
-        clip_tail=',"",0,"",0',
-        voice_command="+QPCMV",
-        boot_lines=("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
-    ),
-}
+PROFILES = {p.key: p for p in (HUAWEI, SIMCOM, QUECTEL)}
 
 # Polish networks: IMSI prefix (MCC+MNC) and the SMS centre each publishes.
 _NETWORKS = {
@@ -482,14 +74,6 @@ _NETWORKS = {
     "Orange": ("26003", "+48501200777"),
     "Play": ("26006", "+48790998250"),
 }
-
-# Commands that need the SIM: "+CME ERROR: 11" while it wants its PIN, 14 while it is busy.
-_SIM_COMMANDS = frozenset(
-    """
-+CIMI +CPMS +CMGS +CMGR +CMGL +CMGD +CMGW +CMSS +CSCA +CNUM +CPBS +CPBR +CPBW +CUSD +CICCID
-+QCCID ^ICCID
-""".split()
-)
 
 _CME_TEXT = {
     3: "operation not allowed",
@@ -506,74 +90,6 @@ _CME_TEXT = {
 
 _MEMORIES = ("SM", "ME", "SR")
 _CAPACITY = {"SM": 30, "ME": 255, "SR": 30}
-
-DTMF_FREQUENCIES = {
-    "1": (697, 1209),
-    "2": (697, 1336),
-    "3": (697, 1477),
-    "A": (697, 1633),
-    "4": (770, 1209),
-    "5": (770, 1336),
-    "6": (770, 1477),
-    "B": (770, 1633),
-    "7": (852, 1209),
-    "8": (852, 1336),
-    "9": (852, 1477),
-    "C": (852, 1633),
-    "*": (941, 1209),
-    "0": (941, 1336),
-    "#": (941, 1477),
-    "D": (941, 1633),
-}
-
-
-def _pcm(samples) -> bytes:
-    pcm = array.array("h", samples)
-    if sys.byteorder == "big":
-        pcm.byteswap()
-    return pcm.tobytes()
-
-
-def dtmf_pcm(digits: str, *, on_ms: int = 100, off_ms: int = 100, level: float = 0.25) -> bytes:
-    """Two-tone DTMF as a GSM caller's phone sends it in-band: 8 kHz 16-bit LE mono."""
-    out = bytearray()
-    amplitude = level * 32767
-    for digit in digits.upper():
-        low, high = DTMF_FREQUENCIES[digit]
-        n_on = SAMPLE_RATE * on_ms // 1000
-        out += _pcm(
-            int(
-                amplitude
-                * (math.sin(2 * math.pi * low * i / SAMPLE_RATE) + math.sin(2 * math.pi * high * i / SAMPLE_RATE))
-            )
-            for i in range(n_on)
-        )
-        out += bytes(2 * (SAMPLE_RATE * off_ms // 1000))
-    return bytes(out)
-
-
-class _AtError(Exception):
-    def __init__(self, kind: str, code: int = 0):
-        super().__init__(kind, code)
-        self.kind, self.code = kind, code
-
-
-class _Final(Exception):
-    """A command ends with something other than OK (NO CARRIER, the CMGS prompt, nothing)."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
-
-
-@dataclass
-class _Call:
-    id: int
-    direction: int  # 0 mobile originated, 1 mobile terminated (27.007 +CLCC <dir>)
-    state: int  # 0 active, 2 dialing, 3 alerting, 4 incoming
-    number: str
-    ton: int
-    answered_at: float | None = None
 
 
 @dataclass
@@ -690,7 +206,7 @@ class ModemEmulator:
         self.csmp = [17, 167, 0, 0]
         self.cpms = ["SM", "SM", "SM"]
         self.smsc = _NETWORKS.get(self.operator, _NETWORKS["Plus"])[1]
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, Call] = {}
         self._voice_on = False
         self._line = bytearray()
         self._sms_body: bytearray | None = None
@@ -952,7 +468,7 @@ class ModemEmulator:
         body = "".join(f"\r\n{line}\r\n" for line in lines)
         return body + (f"\r\n{final}\r\n" if final else "")
 
-    def _error(self, exc: _AtError) -> str:
+    def _error(self, exc: AtError) -> str:
         if exc.kind == "unknown":
             return self.profile.not_supported
         if exc.kind == "plain" or self.cmee == 0:
@@ -971,9 +487,9 @@ class ModemEmulator:
         try:
             for command in self._split(text[2:]):
                 lines += self._run(command)
-        except _AtError as exc:
+        except AtError as exc:
             return self._frame(lines, self._error(exc))
-        except _Final as final:
+        except Final as final:
             return self._frame(lines, "") + final.text
         return self._frame(lines, "OK")
 
@@ -991,7 +507,7 @@ class ModemEmulator:
                     j += 1
                 m = re.fullmatch(r"([+^$%][A-Za-z0-9]+)(=\?|\?|=(.*))?", body[i:j], re.S)
                 if not m:
-                    raise _AtError("plain")
+                    raise AtError("plain")
                 op = {"=?": "test", "?": "read"}.get(m.group(2) or "", "set" if m.group(2) else "exec")
                 out.append(("ext", m.group(1).upper(), op, ModemEmulator._args(m.group(3) or "")))
                 i = j + 1
@@ -1003,7 +519,7 @@ class ModemEmulator:
             else:
                 m = re.match(r"(&?[A-Za-z])(\d*)(=\d*|\?)?", body[i:])
                 if not m:
-                    raise _AtError("plain")
+                    raise AtError("plain")
                 out.append(("basic", m.group(1).upper(), m.group(2) + (m.group(3) or "")))
                 i += m.end()
         return out
@@ -1024,30 +540,24 @@ class ModemEmulator:
             args.append("".join(current).strip())
         return args
 
-    @staticmethod
-    def _unq(arg: str) -> str:
-        return arg[1:-1] if len(arg) >= 2 and arg[0] == arg[-1] == '"' else arg
-
-    @staticmethod
-    def _int(arg: str, default: int | None = None) -> int:
-        try:
-            return int(arg)
-        except (TypeError, ValueError):
-            if default is not None and arg in ("", None):
-                return default
-            raise _AtError("CME", 50) from None
+    _unq = staticmethod(unquote)
+    _int = staticmethod(int_arg)
 
     def _run(self, command: tuple) -> list[str]:
         if command[0] == "basic":
             return self._basic(command[1], command[2])
         _, name, op, args = command
         if name not in self.profile.commands:
-            raise _AtError("unknown")
-        if name in _SIM_COMMANDS or (name == "+CPIN" and op == "read"):
+            raise AtError("unknown")
+        sim = name in self.profile.sim_commands
+        if sim or (name == "+CPIN" and op == "read"):
             if self._take_fault("sim_busy"):
-                raise _AtError("CME", 14)
-        if name in _SIM_COMMANDS and self.pin_state != "READY":
-            raise _AtError("CME", 12 if self.pin_state == "SIM PUK" else 11)
+                raise AtError("CME", 14)
+        if sim and self.pin_state != "READY":
+            raise AtError("CME", 12 if self.pin_state == "SIM PUK" else 11)
+        own = self.profile.own_handler(name)
+        if own is not None:
+            return own(self, op, args) or []
         handler = getattr(self, "_at_" + re.sub(r"\W", "", name).lower(), None)
         if handler is None:
             return []  # a command the model has and we do not model: accepted quietly
@@ -1068,25 +578,12 @@ class ModemEmulator:
         elif letter == "D":
             self._dial(arg.strip())
         elif letter == "I":
-            return self._identification()
+            return self.profile.identification()
         elif letter in ("V", "Q", "X", "&C", "&D", "&W", "&V", "L", "M", "S", "&S", "&K"):
             pass
         else:
-            raise _AtError("plain")
+            raise AtError("plain")
         return []
-
-    def _identification(self) -> list[str]:
-        p = self.profile
-        if p.key == "quectel":
-            return [p.manufacturer, p.model, f"Revision: {p.revision}"]
-        revision = p.revision.split(": ", 1)[-1]
-        return [
-            f"Manufacturer: {p.manufacturer}",
-            f"Model: {p.model}",
-            f"Revision: {revision}",
-            f"IMEI: {p.imei}",
-            "+GCAP: +CGSM,+DS,+ES",
-        ]
 
     # ---------------------------------------------------------------- identity and status
 
@@ -1119,7 +616,7 @@ class ModemEmulator:
 
     def _at_clac(self, op, args):
         if not self.profile.clac:
-            raise _AtError("plain")
+            raise AtError("plain")
         if op != "exec":
             return []
         basic = [
@@ -1158,7 +655,7 @@ class ModemEmulator:
             return ["+CMEE: (0-2)"]
         value = self._int(args[0] if args else "0")
         if value not in (0, 1, 2):
-            raise _AtError("CME", 50)
+            raise AtError("CME", 50)
         self.cmee = value
         return []
 
@@ -1168,10 +665,10 @@ class ModemEmulator:
         if op == "test":
             return ["+CFUN: (0,1,4),(0-1)"]
         if op != "set" or not args:
-            raise _AtError("CME", 50)
+            raise AtError("CME", 50)
         fun = self._int(args[0])
         if fun not in (0, 1, 4):
-            raise _AtError("CME", 50)
+            raise AtError("CME", 50)
         if len(args) > 1 and self._int(args[1]) == 1:
             # Full reset: OK first, then the USB device drops off the bus and comes back
             # (possibly under a new ttyUSB number) a little later.
@@ -1198,7 +695,7 @@ class ModemEmulator:
             return []
         given = self._unq(args[0])
         if self.pin_state == "READY":
-            raise _AtError("CME", 3)
+            raise AtError("CME", 3)
         if self.pin_state == "SIM PIN":
             if given == self.pin:
                 self.pin_state, self.pin_tries = "READY", 3
@@ -1209,13 +706,13 @@ class ModemEmulator:
             if self.pin_tries <= 0:
                 self.pin_state = "SIM PUK"
                 self._record("event", "third wrong PIN: SIM wants its PUK")
-            raise _AtError("CME", 16)
+            raise AtError("CME", 16)
         # SIM PUK: AT+CPIN="<puk>","<new pin>"
         if len(args) < 2:
-            raise _AtError("CME", 12)
+            raise AtError("CME", 12)
         if given != self.puk:
             self.puk_tries -= 1
-            raise _AtError("CME", 16)
+            raise AtError("CME", 16)
         self.pin = self._unq(args[1])
         self.pin_state, self.pin_tries, self.puk_tries = "READY", 3, 10
         return []
@@ -1252,7 +749,7 @@ class ModemEmulator:
             return [f"{name}: (0-2)"]
         n = self._int(args[0] if args else "0")
         if n not in (0, 1, 2):
-            raise _AtError("CME", 50)
+            raise AtError("CME", 50)
         self.creg[name] = n
         return []
 
@@ -1285,7 +782,7 @@ class ModemEmulator:
             return ["+CMGF: (0,1)"]
         value = self._int(args[0] if args else "0")
         if value not in (0, 1):
-            raise _AtError("CME", 50)
+            raise AtError("CME", 50)
         self.cmgf = value
         return []
 
@@ -1296,7 +793,7 @@ class ModemEmulator:
             return [self.profile.charsets]
         wanted = self._unq(args[0]) if args else ""
         if f'"{wanted}"' not in self.profile.charsets:
-            raise _AtError("CME", 4)
+            raise AtError("CME", 4)
         self.cscs = wanted
         return []
 
@@ -1310,7 +807,7 @@ class ModemEmulator:
             if arg != "":
                 values[i] = self._int(arg)
         if not (0 <= values[0] <= 3 and 0 <= values[1] <= 3 and 0 <= values[3] <= 2):
-            raise _AtError("CMS", 303)
+            raise AtError("CMS", 303)
         self.cnmi = values
         return []
 
@@ -1347,7 +844,7 @@ class ModemEmulator:
     def _at_csca(self, op, args):
         if op == "read":
             if not self.smsc:
-                raise _AtError("CMS", 330)
+                raise AtError("CMS", 330)
             return [f'+CSCA: "{self._te(self.smsc)}",145']
         if op == "set" and args:
             self.smsc = self._from_te(self._unq(args[0]))
@@ -1376,7 +873,7 @@ class ModemEmulator:
             return ["+CPMS: " + ",".join(fields)]
         wanted = [self._unq(a) for a in args if a]
         if not wanted or any(f'"{w}"' not in self.profile.cpms_test for w in wanted):
-            raise _AtError("CMS", 302)
+            raise AtError("CMS", 302)
         for i, name in enumerate(wanted[:3]):
             self.cpms[i] = name
         return ["+CPMS: " + ",".join(self._cpms_counts())]
@@ -1397,10 +894,10 @@ class ModemEmulator:
         if op != "set" or not args:
             return []
         if self.cmgf == 1:
-            raise _AtError("CMS", 303)  # text-mode reading is not emulated
+            raise AtError("CMS", 303)  # text-mode reading is not emulated
         entry = self._memory(self.cpms[0]).get(self._int(args[0]))
         if entry is None:
-            raise _AtError("CMS", 321)
+            raise AtError("CMS", 321)
         lines = [f"+CMGR: {entry.stat},,{self._tpdu_length(entry.pdu)}", entry.pdu]
         if entry.stat == 0:
             entry.stat = 1
@@ -1410,7 +907,7 @@ class ModemEmulator:
         if op == "test":
             return ["+CMGL: (0-4)"]
         if self.cmgf == 1:
-            raise _AtError("CMS", 303)
+            raise AtError("CMS", 303)
         wanted = self._int(args[0] if args else "0")
         lines = []
         for index, entry in sorted(self._memory(self.cpms[0]).items()):
@@ -1424,7 +921,7 @@ class ModemEmulator:
         if op == "test":
             return ["+CMGD: (0-254),(0-4)"]
         if op != "set" or not args:
-            raise _AtError("CMS", 302)
+            raise AtError("CMS", 302)
         slots = self._memory(self.cpms[0])
         index = self._int(args[0])
         flag = self._int(args[1]) if len(args) > 1 and args[1] else 0
@@ -1436,7 +933,7 @@ class ModemEmulator:
             4: set(slots),
         }.get(flag)
         if doomed is None:
-            raise _AtError("CMS", 302)
+            raise AtError("CMS", 302)
         for i in doomed:
             del slots[i]
         return []
@@ -1447,7 +944,7 @@ class ModemEmulator:
         if op == "test":
             return []
         if op != "set" or not args:
-            raise _AtError("CMS", 302)
+            raise AtError("CMS", 302)
         if self.cmgf == 0:
             self._cmgs_length = self._int(args[0])
             self._cmgs_number = None
@@ -1455,7 +952,7 @@ class ModemEmulator:
             self._cmgs_number = self._from_te(self._unq(args[0]))
         self._sms_body = bytearray()
         # The prompt: CR LF "> " and no final result until the message ends with Ctrl-Z.
-        raise _Final("\r\n> ")
+        raise Final("\r\n> ")
 
     def _finish_cmgs(self, body: bytes) -> None:
         text = body.decode("latin-1")
@@ -1479,10 +976,10 @@ class ModemEmulator:
                     raise ValueError(f"AT+CMGS={self._cmgs_length} but the TPDU has {entry['tpdu_length']} octets")
             except (ValueError, IndexError) as exc:
                 self._record("event", f"bad PDU: {exc}")
-                self._write(f"\r\n{self._error(_AtError('CMS', 304))}\r\n")
+                self._write(f"\r\n{self._error(AtError('CMS', 304))}\r\n")
                 return
         if not self._registered():
-            self._write(f"\r\n{self._error(_AtError('CMS', 331))}\r\n")
+            self._write(f"\r\n{self._error(AtError('CMS', 331))}\r\n")
             return
         if self.send_delay:
             time.sleep(self.send_delay)  # the radio is busy; the modem queues what comes next
@@ -1513,37 +1010,18 @@ class ModemEmulator:
     def _answer(self) -> None:
         call = next((c for c in self._calls.values() if c.state == 4), None)
         if call is None:
-            raise _Final("\r\nNO CARRIER\r\n")
+            raise Final("\r\nNO CARRIER\r\n")
         call.state, call.answered_at = 0, time.monotonic()
         self._record("event", f"call {call.id} answered")
-        self._after_reply += self._connected_urcs(call)
+        self._after_reply += self.profile.connected_urcs(call)
 
-    def _connected_urcs(self, call: _Call) -> list[str]:
-        if self.profile.key == "huawei":
-            return [f"^CONN:{call.id},0"]
-        if self.profile.key == "simcom":
-            return ["VOICE CALL: BEGIN"]
-        return []
-
-    def _ended_urcs(self, call: _Call, *, remote: bool) -> list[str]:
-        duration = int(time.monotonic() - call.answered_at) if call.answered_at else 0
-        if self.profile.key == "huawei":
-            # ^CEND:<call id>,<duration>,<end status>,<cc cause>; 16 = normal clearing.
-            return [f"^CEND:{call.id},{duration},104,16"]
-        lines = []
-        if self.profile.key == "simcom" and call.answered_at:
-            lines.append(f"VOICE CALL: END: {duration:06d}")
-        if remote:
-            lines.append("NO CARRIER")
-        return lines
-
-    def _end_call(self, call: _Call, *, remote: bool) -> list[str]:
+    def _end_call(self, call: Call, *, remote: bool) -> list[str]:
         self._calls.pop(call.id, None)
-        if not any(c.state == 0 for c in self._calls.values()) and self.profile.key != "quectel":
-            # ^DDSETEX and +CPCMREG last one call; Quectel's +QPCMV setting stays.
+        if not self.in_call() and self.profile.voice_lasts_one_call:
             self._voice_on = False
         self._record("event", f"call {call.id} ended ({'remote' if remote else 'local'})")
-        return self._ended_urcs(call, remote=remote)
+        duration = int(time.monotonic() - call.answered_at) if call.answered_at else 0
+        return self.profile.ended_urcs(call, duration=duration, remote=remote)
 
     def _local_hangup(self) -> None:
         for call in list(self._calls.values()):
@@ -1553,88 +1031,58 @@ class ModemEmulator:
         voice = dial_string.endswith(";")
         number = dial_string.rstrip(";").strip()
         if not voice or not self._registered() or not number:
-            raise _Final("\r\nNO CARRIER\r\n")
-        call = _Call(self._new_call_id(), 0, 2, number, 145 if number.startswith("+") else 129)
+            raise Final("\r\nNO CARRIER\r\n")
+        call = Call(self._new_call_id(), 0, 2, number, 145 if number.startswith("+") else 129)
         self._calls[call.id] = call
         self.dialled.append(number)
         self._record("event", f"dialling {number} as call {call.id}")
-        if self.profile.key == "huawei":
-            self._after_reply.append(f"^ORIG:{call.id},0")
+        self._after_reply += self.profile.dialling_urcs(call)
         delay = self.callee_answer_delay
         self._later(0.3 if delay is None else min(0.3, delay), self._callee_alerting, call)
 
-    def _callee_alerting(self, call: _Call) -> None:
+    def _callee_alerting(self, call: Call) -> None:
         with self._lock:
             if self._calls.get(call.id) is not call:
                 return
             call.state = 3
-            if self.profile.key == "huawei":
-                self._urc(f"^CONF:{call.id}")
+            urcs = self.profile.alerting_urcs(call)
+            if urcs:
+                self._urc(*urcs)
             if self.callee_answer_delay is not None:
                 self._later(max(0.0, self.callee_answer_delay - 0.3), self._callee_answers, call)
 
-    def _callee_answers(self, call: _Call) -> None:
+    def _callee_answers(self, call: Call) -> None:
         with self._lock:
             if self._calls.get(call.id) is not call:
                 return
             call.state, call.answered_at = 0, time.monotonic()
-            urcs = self._connected_urcs(call)
+            urcs = self.profile.connected_urcs(call)
             if urcs:
                 self._urc(*urcs)
 
     def _at_vts(self, op, args):
         if op == "test":
             return ["+VTS: (0-9,*,#,A,B,C,D)"]
-        if not any(c.state == 0 for c in self._calls.values()):
-            raise _AtError("CME", 3)
+        if not self.in_call():
+            raise AtError("CME", 3)
         self.dtmf_sent.extend(self._unq(args[0]) if args else "")
         return []
 
-    def _at_dtmf(self, op, args):  # Huawei AT^DTMF=<call id>,<digit>
-        if op != "set" or len(args) < 2:
-            return []
-        if not any(c.state == 0 for c in self._calls.values()):
-            raise _AtError("CME", 3)
-        self.dtmf_sent.append(self._unq(args[1]))
-        return []
+    # ---------------------------------------------------------------- for the profiles' own commands
 
-    # ---------------------------------------------------------------- voice channel switches
+    def in_call(self) -> bool:
+        """A call is connected (27.007 state 0, active)."""
+        return any(c.state == 0 for c in self._calls.values())
 
-    def _at_cvoice(self, op, args):
-        if op == "read":
-            # voice enabled, 8000 Hz, 16 bit, 20 ms frames (what chan_dongle checks for)
-            return ["^CVOICE:0,8000,16,20"]
-        return []
+    @property
+    def voice_on(self) -> bool:
+        """The model's voice switch (^DDSETEX, +CPCMREG, +QPCMV) is on."""
+        return self._voice_on
 
-    def _at_ddsetex(self, op, args):
-        if op == "set" and args and args[0] == "2":
-            self._voice_on = True
-            self._record("event", "voice on (^DDSETEX=2)")
-        return []
-
-    def _at_qpcmv(self, op, args):
-        if op == "read":
-            return ["+QPCMV: 1,0" if self._voice_on else "+QPCMV: 0"]
-        if op == "test":
-            return ["+QPCMV: (0,1),(0-2)"]
-        enable = self._int(args[0] if args else "0")
-        port = self._int(args[1]) if len(args) > 1 else 0
-        # Port 0 is the USB NMEA port (our voice pty); 2 is the UAC sound card we do not emulate.
-        self._voice_on = enable == 1 and port == 0
-        self._record("event", f"voice {'on' if self._voice_on else 'off'} (+QPCMV)")
-        return []
-
-    def _at_cpcmreg(self, op, args):
-        if op == "read":
-            return [f"+CPCMREG: {1 if self._voice_on else 0}"]
-        if op == "test":
-            return ["+CPCMREG: (0,1)"]
-        enable = self._int(args[0] if args else "0")
-        if enable == 1 and not any(c.state == 0 for c in self._calls.values()):
-            raise _AtError("plain")  # only once a call is connected
-        self._voice_on = enable == 1
-        self._record("event", f"voice {'on' if self._voice_on else 'off'} (+CPCMREG)")
-        return []
+    def switch_voice(self, on: bool, how: str) -> None:
+        """The box set the voice switch with the model's command ``how``."""
+        self._voice_on = on
+        self._record("event", f"voice {'on' if on else 'off'} ({how})")
 
     # ---------------------------------------------------------------- the radio side (tests)
 
@@ -1652,7 +1100,7 @@ class ModemEmulator:
                 caller = "+" + caller
             call = next((c for c in self._calls.values() if c.state == 4), None)
             if call is None:
-                call = _Call(self._new_call_id(), 1, 4, caller, ton)
+                call = Call(self._new_call_id(), 1, 4, caller, ton)
                 self._calls[call.id] = call
                 self._record("event", f"incoming call {call.id} from {caller or 'withheld'}")
             ring = "+CRING: VOICE" if self.crc else "RING"
@@ -1806,7 +1254,7 @@ class ModemEmulator:
     @property
     def voice_streaming(self) -> bool:
         with self._lock:
-            return self._voice_on and any(c.state == 0 for c in self._calls.values())
+            return self._voice_on and self.in_call()
 
     @property
     def voice_received(self) -> bytes:
@@ -1831,7 +1279,7 @@ class ModemEmulator:
         if missing and self.caller_tone_hz:
             step = 2 * math.pi * self.caller_tone_hz / SAMPLE_RATE
             start = self._tone_phase
-            frame += _pcm(int(8000 * math.sin(start + step * i)) for i in range(missing))
+            frame += pcm16(int(8000 * math.sin(start + step * i)) for i in range(missing))
             self._tone_phase = (start + step * missing) % (2 * math.pi)
         elif missing:
             frame += bytes(2 * missing)
@@ -1871,12 +1319,12 @@ class ModemEmulator:
 
 
 # --------------------------------------------------------------------------------------------
-# python -m appliance.gsm.emulator --profile huawei
+# python -m appliance.testing.modem --profile huawei
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m appliance.gsm.emulator",
+        prog="python -m appliance.testing.modem",
         description="Run an emulated USB GSM modem on a pseudo-terminal. Prints the AT device "
         "path, then the voice (PCM) device path, and runs until Ctrl-C.",
     )
@@ -1910,7 +1358,3 @@ def main(argv=None) -> int:
     finally:
         emulator.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

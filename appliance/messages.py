@@ -1,0 +1,268 @@
+"""Texts a person reads — alarms, line and modem states — built from message ids.
+
+Every sentence lives once here, in Polish and English (:data:`CATALOG`), with ``{name}``
+placeholders. Code that has something to say builds a :class:`Msg` (an id and its parameters)
+and whoever shows it renders it in the reader's language: the alarm row in the box's language,
+the log in English, later the web UI in the admin's. A parameter may itself be a ``Msg`` (a
+reason inside a sentence) and is rendered in the same language. ``tests/test_messages.py``
+checks that every id has both languages with the same placeholders, so a sentence reworded in
+one language can never silently stay in the other.
+
+Also here: the one Polish plural rule (:func:`plural_pl`) that prompts, the flow doctor and
+texts share.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from dataclasses import dataclass, field
+
+log = logging.getLogger("centralka.messages")
+
+LANGUAGES = ("pl", "en")
+
+CATALOG: dict[str, dict[str, str]] = {
+    # --- lines ---------------------------------------------------------------------------------
+    "line.trunk": {"pl": "Trunk SIP", "en": "The SIP trunk"},
+    "line.gsm": {"pl": "Modem GSM", "en": "The GSM modem"},
+    "line.state.up": {"pl": "{line} działa", "en": "{line} is up"},
+    "line.state.degraded": {"pl": "{line} działa z problemami", "en": "{line} is degraded"},
+    "line.state.down": {"pl": "{line} nie działa", "en": "{line} is down"},
+    "line.state.absent": {"pl": "{line} jest niedostępny", "en": "{line} is not available"},
+    "line.because": {"pl": "{sentence}: {reason}", "en": "{sentence}: {reason}"},
+    "line.not_configured": {"pl": "nie skonfigurowano", "en": "not configured"},
+    "trunk.registered": {"pl": "zarejestrowany ({detail})", "en": "registered ({detail})"},
+    "trunk.registration_failed": {
+        "pl": "rejestracja nie powiodła się: {detail}",
+        "en": "registration failed: {detail}",
+    },
+    "trunk.registering": {"pl": "trwa rejestracja", "en": "registering"},
+    "trunk.state": {"pl": "{detail}", "en": "{detail}"},
+    "trunk.refused_call": {"pl": "trunk odrzucił połączenie: {detail}", "en": "the trunk refused the call: {detail}"},
+    "trunk.nothing_rang": {"pl": "nic nie zadzwoniło w ciągu {seconds} s", "en": "nothing rang within {seconds} s"},
+    "outbound.failed": {
+        "pl": "połączenie wychodzące nie powiodło się: {detail}",
+        "en": "outbound call failed: {detail}",
+    },
+    "outbound.went_through": {"pl": "połączenie wychodzące przeszło", "en": "an outbound call went through"},
+    # --- the GSM modem -------------------------------------------------------------------------
+    "modem.not_started": {"pl": "nie uruchomiony", "en": "not started"},
+    "modem.starting": {"pl": "uruchamianie", "en": "starting"},
+    "modem.none_configured": {
+        "pl": "nie skonfigurowano ani nie znaleziono modemu",
+        "en": "no modem configured or found yet",
+    },
+    "modem.stopped": {"pl": "zatrzymany", "en": "stopped"},
+    "modem.not_found": {"pl": "nie znaleziono modemu", "en": "no modem found"},
+    "modem.not_found_at": {"pl": "nie znaleziono modemu pod {device}", "en": "no modem found at {device}"},
+    "modem.opening": {"pl": "otwieranie {device}", "en": "opening {device}"},
+    "modem.no_answer_at": {
+        "pl": "modem pod {device} nie odpowiada ({error})",
+        "en": "the modem at {device} does not answer ({error})",
+    },
+    "modem.resetting_cfun": {
+        "pl": "modem nie odpowiada: reset (AT+CFUN=1,1)",
+        "en": "the modem does not answer: resetting it (AT+CFUN=1,1)",
+    },
+    "modem.resetting_usb": {
+        "pl": "modem nie odpowiada: reset jego urządzenia USB",
+        "en": "the modem does not answer: resetting its USB device",
+    },
+    "modem.gone_looking": {
+        "pl": "modem nie odpowiada nawet po resecie; szukam go co {seconds} s",
+        "en": "the modem is not answering even after a reset; looking for it again every {seconds} s",
+    },
+    "modem.reconnecting": {"pl": "{reason}; ponowne łączenie", "en": "{reason}; reconnecting"},
+    "modem.port_failed": {"pl": "port modemu przestał działać ({error})", "en": "the modem's port failed ({error})"},
+    "modem.registered_on": {"pl": "zarejestrowany w sieci {operator}", "en": "registered on {operator}"},
+    "modem.not_registered": {"pl": "brak rejestracji w sieci", "en": "not registered on the network"},
+    "modem.weak_signal": {"pl": "słaby sygnał ({signal}/31)", "en": "weak signal ({signal}/31)"},
+    "modem.detail": {"pl": "{detail}", "en": "{detail}"},
+    "modem.gone": {
+        "pl": "Modem GSM przestał odpowiadać i nie wrócił po resecie: do tego czasu nie ma połączeń ani SMS-ów "
+        "przez GSM.",
+        "en": "The GSM modem stopped working and did not come back after a reset: no GSM calls or SMS until it does.",
+    },
+    "modem.back": {"pl": "Modem GSM znów działa.", "en": "The GSM modem is working again."},
+    "sim.pin_missing": {
+        "pl": "Karta SIM wymaga kodu PIN, a w ustawieniach go nie ma (modem.pin).",
+        "en": "The SIM card needs its PIN and none is configured (modem.pin).",
+    },
+    "sim.pin_refused_before": {
+        "pl": "Karta SIM odrzuciła już ten PIN; nie jest wpisywany ponownie (zmień modem.pin).",
+        "en": "The SIM card refused this PIN before; it is not tried again (change modem.pin).",
+    },
+    "sim.pin_refused": {
+        "pl": "Karta SIM odrzuciła PIN (błąd CME {code}); nie jest wpisywany ponownie, bo trzy błędne PIN-y "
+        "blokują kartę.",
+        "en": "The SIM card refused the PIN (CME error {code}); it is not tried again, because three wrong PINs "
+        "lock the SIM.",
+    },
+    "sim.puk": {
+        "pl": "Karta SIM jest zablokowana i wymaga kodu PUK (włóż ją do telefonu).",
+        "en": "The SIM card is locked and needs its PUK code (put it in a phone).",
+    },
+    "sim.other_code": {
+        "pl": "Karta SIM żąda kodu {code}; Centralka nie może go podać.",
+        "en": "The SIM card asks for {code}; Centralka cannot give it.",
+    },
+    "modem.reset_because": {
+        "pl": "{reason}: reset modemu (AT+CFUN=1,1)",
+        "en": "{reason}: resetting the modem (AT+CFUN=1,1)",
+    },
+    "modem.internal_error": {"pl": "błąd wewnętrzny: {error}", "en": "internal error: {error}"},
+    "modem.no_answer": {"pl": "modem nie odpowiada ({error})", "en": "no answer from the modem ({error})"},
+    "modem.stopped_answering": {"pl": "modem przestał odpowiadać", "en": "the modem stopped answering"},
+    "modem.command_timed_out": {"pl": "polecenie do modemu przekroczyło czas", "en": "a command timed out"},
+    "modem.sim_busy_for": {
+        "pl": "karta SIM jest zajęta od {seconds} s",
+        "en": "the SIM card has been busy for {seconds} s",
+    },
+    "modem.no_network_for": {"pl": "brak sieci od {seconds} s", "en": "no network for {seconds} s"},
+    "modem.sim_busy": {"pl": "karta SIM jest zajęta", "en": "the SIM card is busy"},
+    "modem.sim_state": {"pl": "karta SIM: {state}", "en": "SIM card: {state}"},
+    "modem.no_coverage": {
+        "pl": "brak rejestracji w sieci komórkowej (brak zasięgu?)",
+        "en": "not registered on the mobile network (no coverage?)",
+    },
+    "modem.registered": {"pl": "zarejestrowany w sieci", "en": "registered on the network"},
+    "gsm.not_ready": {"pl": "modem GSM nie jest gotowy: {reason}", "en": "the GSM modem is not ready: {reason}"},
+    "gsm.busy": {"pl": "modem GSM prowadzi już rozmowę", "en": "the GSM modem is already on a call"},
+    "gsm.dial_failed": {"pl": "modem nie wybrał numeru: {error}", "en": "the modem did not dial: {error}"},
+    # --- SMS -----------------------------------------------------------------------------------
+    "sms.outbox_broken": {
+        "pl": "nie można otworzyć kolejki SMS: {error}",
+        "en": "the SMS outbox cannot be opened: {error}",
+    },
+    "sms.uncertain": {
+        "pl": "centralka zatrzymała się, gdy ten SMS był przekazywany do modemu: mógł zostać wysłany albo nie; nie "
+        "jest wysyłany ponownie automatycznie (nigdy dwa razy) — wyślij go ponownie albo anuluj",
+        "en": "the box stopped while this SMS was being handed to the modem: it may or may not have been sent; not "
+        "resent automatically (never twice) — resend or cancel it",
+    },
+    "sms.uncertain_because": {
+        "pl": "{reason}; SMS nie jest wysyłany ponownie automatycznie (nigdy dwa razy) — wyślij go ponownie "
+        "albo anuluj",
+        "en": "{reason}; not resent automatically (never twice) — resend or cancel it",
+    },
+    "sms.uncertain_partial": {
+        "pl": "wysłane części: {sent} z {parts}; {reason}; SMS nie jest wysyłany ponownie automatycznie (nigdy dwa "
+        "razy) — wyślij go ponownie albo anuluj",
+        "en": "{sent} of {parts} part(s) went out; {reason}; not resent automatically (never twice) — resend or "
+        "cancel it",
+    },
+    # --- e-mail --------------------------------------------------------------------------------
+    "mail.failing": {
+        "pl": "E-maile z centralki nie wychodzą: {why} ({server}).",
+        "en": "The box cannot send e-mail: {why} ({server}).",
+    },
+    "mail.why.config": {"pl": "ustawienia poczty są niepełne", "en": "the mail settings are incomplete"},
+    "mail.why.dns": {
+        "pl": "nie można odnaleźć serwera poczty (DNS)",
+        "en": "the mail server's name does not resolve (DNS)",
+    },
+    "mail.why.connect": {"pl": "serwer poczty nie przyjmuje połączeń", "en": "the mail server refuses connections"},
+    "mail.why.timeout": {"pl": "serwer poczty nie odpowiada", "en": "the mail server does not answer"},
+    "mail.why.tls": {
+        "pl": "nie udało się nawiązać szyfrowanego połączenia (TLS)",
+        "en": "the encrypted connection (TLS) failed",
+    },
+    "mail.why.auth": {"pl": "serwer poczty odrzucił login lub hasło", "en": "the mail server refused the login"},
+    "mail.why.sender": {
+        "pl": "serwer poczty odrzucił adres nadawcy",
+        "en": "the mail server refused the sender address",
+    },
+    "mail.why.recipients": {
+        "pl": "serwer poczty odrzucił adresy odbiorców",
+        "en": "the mail server refused the recipients",
+    },
+    "mail.why.message": {"pl": "serwer poczty odrzucił wiadomość", "en": "the mail server rejected the message"},
+    "mail.why.server": {"pl": "serwer poczty zgłasza błąd", "en": "the mail server reports an error"},
+}
+
+
+@dataclass(frozen=True)
+class Msg:
+    """A sentence by id. ``str(msg)`` is English (for logs); :meth:`text` renders any language."""
+
+    id: str
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.id not in CATALOG:
+            raise KeyError(f"no message {self.id!r} in appliance.messages.CATALOG")
+
+    def text(self, lang: str = "pl") -> str:
+        return render(self.id, lang, **self.params)
+
+    def __str__(self) -> str:
+        return self.text("en")
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "params": {k: _jsonable(v) for k, v in self.params.items()}}
+
+    @classmethod
+    def from_json(cls, data) -> Msg | None:
+        if not isinstance(data, dict) or data.get("id") not in CATALOG:
+            return None
+        params = {k: cls.from_json(v) or v if isinstance(v, dict) else v for k, v in (data.get("params") or {}).items()}
+        return cls(data["id"], params)
+
+
+def msg(message_id: str, **params) -> Msg:
+    return Msg(message_id, params)
+
+
+def render(message_id: str, lang: str = "pl", **params) -> str:
+    lang = lang if lang in LANGUAGES else "pl"
+    template = CATALOG[message_id][lang]
+    values = {k: (v.text(lang) if isinstance(v, Msg) else _plain(v)) for k, v in params.items()}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError) as exc:
+        # A parameter missing is a defect, but the alarm must still reach a person.
+        log.error("message %s: parameter %s missing", message_id, exc)
+        return template
+
+
+def text_of(value, lang: str = "pl") -> str:
+    """A ``Msg`` in ``lang``; anything else (a raw detail from a modem or a server) as it is."""
+    if isinstance(value, Msg):
+        return value.text(lang)
+    return "" if value is None else str(value)
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _jsonable(value):
+    if isinstance(value, Msg):
+        return value.to_json()
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+# --- Polish numbers ------------------------------------------------------------------------------
+def plural_form(n: int) -> str:
+    """Polish plural category of a count: "one" only for exactly 1; "few" when the last digit is
+    2–4 and the last two are not 12–14; otherwise "many" (0, 5–21, 25–31, 111–114 …)."""
+    n = abs(int(n))
+    if n == 1:
+        return "one"
+    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
+        return "few"
+    return "many"
+
+
+def plural_pl(n: int, one: str, few: str, many: str) -> str:
+    """The noun form for ``n``: ``plural_pl(5, "osoba", "osoby", "osób")`` → "osób"."""
+    return {"one": one, "few": few, "many": many}[plural_form(n)]
