@@ -266,6 +266,22 @@ class Box:
 
         return journey(self.db(), call_id)
 
+    def wait_step(self, step: str, timeout: float = 20, count: int = 1, **detail) -> dict:
+        """The newest call's ``count``-th journey step ``step`` whose detail has ``detail`` (e.g.
+        ``wait_step("play", prompt="menu")``: the box has started playing the menu)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            calls = self.calls()
+            seen = 0
+            for row in self.journey(calls[-1]["id"]) if calls else []:
+                got = json.loads(row["detail"]) if row["detail"] else {}
+                if row["step"] == step and all(got.get(k) == v for k, v in detail.items()):
+                    seen += 1
+                    if seen == count:
+                        return row
+            time.sleep(0.05)
+        raise AssertionError(f"no step {step!r} {detail} within {timeout} s\n" + self.log())
+
     def wait_call_ended(self, call_id: int | None = None, timeout: float = 15) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

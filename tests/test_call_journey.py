@@ -20,6 +20,13 @@ def staff_voice(workdir, user):
     )
 
 
+def into_the_menu(box, count: int = 1):
+    """Two seconds into the menu prompt (its ``count``-th playing), where a caller who knows the
+    key presses it; enough of the prompt for the recording to show it was heard (and cut)."""
+    box.wait_step("play", prompt="menu", count=count)
+    time.sleep(2.0)
+
+
 def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.8):
     """What the caller heard, in order: prompt names and ``staff:<user>`` for a staff voice."""
     refs = {n: box.prompt_file(n) for n in names}
@@ -30,11 +37,11 @@ def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.8):
 def test_key_2_reaches_the_department_and_caller_hears_them(box, staff, caller, workdir):
     caller.call(box.uri("48221234567"))
     caller.wait("confirmed")
-    time.sleep(4.5)  # the greeting (about 3 s) and the start of the menu
+    into_the_menu(box)
     caller.press("2")
     assert staff.wait("incoming", timeout=20)["user"] == "poradnia"
     staff.wait("confirmed")
-    time.sleep(3)
+    staff.wait("said", timeout=20)  # the department said who they are
     caller.hangup()
     caller.wait("disconnected")
     call = box.wait_call_ended()
@@ -60,9 +67,9 @@ def operator_answers(staff, caller):
     ring = staff.wait("incoming", timeout=40)
     assert ring["user"] == "operator", f"{ring['user']} rang instead of the operator"
     staff.wait("confirmed")
-    # Long enough to hear the whole of the operator's phrase (about 3 s), also when the phone's
-    # playback starts late on a machine loaded by the parallel suite (seen once at 4.5 s).
-    time.sleep(6.0)
+    # The operator's phone has played its phrase through once; a moment more for it to arrive.
+    staff.wait("said", timeout=20, user="operator")
+    time.sleep(0.5)
     caller.hangup()
     caller.wait("disconnected")
 
@@ -86,9 +93,10 @@ def test_no_key_pressed_goes_to_operator_without_long_silence(box, staff, caller
 def test_wrong_keys_get_one_repeat_then_the_operator(box, staff, caller, workdir):
     caller.call(box.uri())
     caller.wait("confirmed")
-    time.sleep(4)
+    into_the_menu(box)
     caller.press("7")
-    time.sleep(2.5)
+    box.wait_step("invalid")
+    into_the_menu(box, count=2)  # the menu again after "wrong choice"
     caller.press("8")
     operator_answers(staff, caller)
     call = box.wait_call_ended()
@@ -106,7 +114,7 @@ def test_post_dial_digits_during_greeting_reach_extension_555(box, staff, caller
     ring = staff.wait("incoming", timeout=20)
     assert ring["user"] == "555"
     staff.wait("confirmed")
-    time.sleep(3)
+    staff.wait("said", timeout=20)
     caller.hangup()
     caller.wait("disconnected")
     call = box.wait_call_ended()
@@ -120,7 +128,7 @@ def test_post_dial_digits_during_greeting_reach_extension_555(box, staff, caller
 def test_dtmf_by_sip_info_is_understood(box, staff, caller):
     caller.call(box.uri())
     caller.wait("confirmed")
-    time.sleep(4)
+    into_the_menu(box)
     caller.press("2", method="info")
     assert staff.wait("incoming", timeout=20)["user"] == "poradnia"
     caller.hangup()
@@ -138,7 +146,7 @@ def test_dead_destination_phone_ends_at_the_operator(make_box, staff, caller, wo
     poradnia.kill()  # the department's phone is unplugged
     caller.call(box.uri())
     caller.wait("confirmed")
-    time.sleep(4)
+    into_the_menu(box)
     caller.press("2")
     operator_answers(staff, caller)
     call = box.wait_call_ended()

@@ -315,6 +315,18 @@ def open_db(path: str | Path | None) -> sqlite_utils.Database:
     return db
 
 
+def one(db, sql: str, params=()):
+    """The first row of a query as a tuple (None when there is none)."""
+    return db.execute(sql, list(params)).fetchone()
+
+
+def dicts(db, sql: str, params=()) -> list[dict]:
+    """Every row of a query as a dict keyed by column name."""
+    cur = db.execute(sql, list(params))
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
 class transaction:
     """``with transaction(db):`` — all statements inside commit together or not at all.
 

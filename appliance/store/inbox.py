@@ -8,17 +8,9 @@ inside ``transaction(db)``.
 
 from __future__ import annotations
 
+from .db import dicts as _dicts
+from .db import one as _one
 from .db import utcnow
-
-
-def _one(db, sql: str, params=()):
-    return db.execute(sql, list(params)).fetchone()
-
-
-def _dicts(db, sql: str, params=()) -> list[dict]:
-    cur = db.execute(sql, list(params))
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 # --- whole messages (sms_incoming) ----------------------------------------------------------------

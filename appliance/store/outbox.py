@@ -9,17 +9,9 @@ state change is never half-written); the others are single statements, meant to 
 
 from __future__ import annotations
 
+from .db import dicts as _dicts
+from .db import one as _one
 from .db import transaction
-
-
-def _one(db, sql: str, params=()):
-    return db.execute(sql, list(params)).fetchone()
-
-
-def _dicts(db, sql: str, params=()) -> list[dict]:
-    cur = db.execute(sql, list(params))
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def synchronous(db) -> int:

@@ -8,6 +8,9 @@ commands as JSON lines on stdin and reports events as JSON lines on stdout:
     {"cmd": "dtmf", "digits": "555", "method": "rfc4733"|"info"}
     {"cmd": "hangup"}   {"cmd": "quit"}
 
+Events beside those: ``incoming``, ``calling``, ``dtmf``, ``disconnected``, ``registration`` and,
+once an answered call's ``--say`` phrase has been played through once, ``said``.
+
 As a called phone it answers after ``--answer-after`` seconds (negative: never) and plays
 what ``--say USER=TEXT`` gives for the dialled user, so a caller can tell which phone answered.
 Every call can be recorded (what this phone hears) into ``--record-dir``.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import pjsua2 as pj
 
-from ..media.prompts import PromptLibrary
+from ..media.prompts import PromptLibrary, wav_duration
 from ..sip.screen import FloodGate
 from ..sip.stack import PARK_S, SipStack
 
@@ -143,7 +146,12 @@ class Phone:
             leg.record(rec_path)
         text = self.say.get(leg.local_user) or self.say.get("*")
         if text and leg.audio is not None and leg.direction == "in":
-            leg.play(self.prompts.synthesise(text, "say"), loop=True)
+            phrase = self.prompts.synthesise(text, "say")
+            leg.play(phrase, loop=True)
+            # Tests wait for this instead of guessing how long the phrase takes to be heard.
+            asyncio.get_running_loop().call_later(
+                wav_duration(phrase), lambda: leg.alive and self.emit({"event": "said", "n": n, "user": leg.local_user})
+            )
         self.emit(
             {
                 "event": "confirmed",

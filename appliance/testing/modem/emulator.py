@@ -111,6 +111,7 @@ class ModemEmulator:
         puk: str = "12345678",
         reset_delay: float = 1.0,
         callee_answer_delay: float | None = 3.0,
+        answer_between_polls: bool = False,
         send_delay: float = 0.02,
         caller_tone_hz: float | None = None,
     ):
@@ -122,6 +123,11 @@ class ModemEmulator:
         self.operator, self.signal = operator, signal
         self.reset_delay = reset_delay
         self.callee_answer_delay = callee_answer_delay
+        # The callee picks up once its delay is over, but only just after an AT+CLCC reply went
+        # out: its call-state line then never lands inside a poll's reply (a library defect,
+        # test_urc_during_a_command_is_taken_as_its_reply_defect) — for tests of the normal path.
+        self.answer_between_polls = answer_between_polls
+        self._answer_due: Call | None = None
         self.send_delay = send_delay
         self.caller_tone_hz = caller_tone_hz
 
@@ -997,10 +1003,15 @@ class ModemEmulator:
     def _at_clcc(self, op, args):
         if op != "exec":
             return []
-        return [
+        lines = [
             f'+CLCC: {c.id},{c.direction},{c.state},0,0,"{self._te(c.number)}",{c.ton}'
             for c in sorted(self._calls.values(), key=lambda c: c.id)
         ]
+        call, self._answer_due = self._answer_due, None
+        if call is not None and self._calls.get(call.id) is call:
+            call.state, call.answered_at = 0, time.monotonic()
+            self._after_reply += self.profile.connected_urcs(call)
+        return lines
 
     def _at_chup(self, op, args):
         if op == "exec":
@@ -1054,6 +1065,9 @@ class ModemEmulator:
     def _callee_answers(self, call: Call) -> None:
         with self._lock:
             if self._calls.get(call.id) is not call:
+                return
+            if self.answer_between_polls:
+                self._answer_due = call  # (taken by the next AT+CLCC, after its reply)
                 return
             call.state, call.answered_at = 0, time.monotonic()
             urcs = self.profile.connected_urcs(call)
