@@ -17,7 +17,15 @@ SEVERITIES = ("info", "warning", "critical")
 
 
 def raise_alarm(
-    db, kind: str, source: str, text: Msg, *, severity: str = "warning", detail: str = "", lang: str = "pl"
+    db,
+    kind: str,
+    source: str,
+    text: Msg,
+    *,
+    severity: str = "warning",
+    detail: str = "",
+    lang: str = "pl",
+    at: str | None = None,
 ) -> int:
     """Store one alarm; returns its id. ``kind`` is a short machine word (``line_down``,
     ``line_up``, ``sms_uncertain``, ``modem_pin``...), ``source`` what it is about (``trunk``,
@@ -29,7 +37,9 @@ def raise_alarm(
     if not isinstance(text, Msg):
         # (A plain sentence would stay in whatever language it was written in.)
         raise TypeError(f"alarm {kind}: the text must be an appliance.messages.Msg, not {type(text).__name__}")
-    alarm_id = store_alarms.add(db, kind, source, severity, text.text(lang), detail or None, message=text.to_json())
+    alarm_id = store_alarms.add(
+        db, kind, source, severity, text.text(lang), detail or None, at=at, message=text.to_json()
+    )
     getattr(log, "error" if severity == "critical" else "warning")(
         "alarm #%s [%s] %s: %s", alarm_id, kind, source, text
     )

@@ -137,7 +137,16 @@ class Lines:
             text = msg("line.because", sentence=text, reason=reason)
         kind = {"up": "line_up", "degraded": "line_degraded"}.get(new, "line_down")
         severity = "info" if new in ("up", "absent") else "critical" if self._all_down_after(name, new) else "warning"
-        raise_alarm(self.db, kind, name, text, severity=severity, detail=f"{old} -> {new}", lang=self.lang)
+        raise_alarm(
+            self.db,
+            kind,
+            name,
+            text,
+            severity=severity,
+            detail=f"{old} -> {new}",
+            lang=self.lang,
+            at=self.clock.stamp(),
+        )
 
     def _all_down_after(self, name: str, new: str) -> bool:
         states = {n: h.state for n, h in self.health.items()}

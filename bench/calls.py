@@ -207,11 +207,7 @@ class Box:
         self.flow_text = flow_text if flow_text is not None else demo_flow_text(staff)
         flow_file = workdir / "flow.toml"
         flow_file.write_text(self.flow_text, encoding="utf-8")
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ENV_OVERRIDES and k not in ("CENTRALKA_CONFIG", "CENTRALKA_TEST_RAISE_AT")
-        }
+        self.env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES and k != "CENTRALKA_CONFIG"}
         self.stderr_path = workdir / "box.stderr"
         self.proc = None
         imp = subprocess.run(

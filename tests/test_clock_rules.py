@@ -113,3 +113,31 @@ def test_a_line_reports_since_when_by_the_clock(settings):
     clock.advance(5)
     lines.update("trunk", "down", "registration failed: 408")
     assert lines.snapshot()["trunk"]["since"] == 1_800_000_005
+
+
+def test_after_a_restart_only_alarms_of_the_last_hour_are_texted_and_each_once(tmp_path):
+    from appliance.alarms import raise_alarm
+    from appliance.gsm.outbox import list_outbox
+    from appliance.messages import msg
+    from appliance.notify.worker import AlarmTexter
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[box]\ndata_dir = "{tmp_path}"\n[alarms]\nsms_to = ["+48600123456"]\n')
+    settings = load_settings(cfg, env={})
+    clock = ManualClock("2026-12-03T08:00:00+01:00")
+    db = open_db(None)
+    gone = msg("modem.gone")
+    raise_alarm(db, "modem_gone", "gsm", gone, severity="critical", at=clock.stamp())
+    clock.advance(2 * 3600 - 30 * 60)  # 09:30
+    raise_alarm(db, "modem_gone", "gsm", gone, severity="critical", at=clock.stamp())
+    raise_alarm(db, "line_up", "trunk", msg("line.state.up", line=msg("line.trunk")), severity="info", at=clock.stamp())
+    clock.advance(30 * 60)  # 10:00: the box restarts
+
+    texter = AlarmTexter(settings, clock)
+    texter.start_from(db)
+    assert texter.run_once(db) == 1  # the critical alarm of the last hour (info is not for SMS)
+    texter.start_from(db)  # another restart at once: the same alarms are looked at again
+    texter.run_once(db)
+    sent = list_outbox(db)
+    assert [(s["number"], s["kind"]) for s in sent] == [("+48600123456", "alarm")]  # #2 only, once
+    assert sent[0]["text"].startswith("Centralka: Modem GSM przestał odpowiadać")

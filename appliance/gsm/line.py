@@ -71,6 +71,8 @@ class GsmLine:
             settings=self.settings,
             pin=modem.get("pin") or None,
             on_event=self._from_modem_thread,
+            clock=self.services.clock.monotonic,
+            wall=self.services.clock.time,
         )
         self.supervisor.start()
         self.services.lines.set_dialer("gsm", self.dial)

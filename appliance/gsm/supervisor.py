@@ -156,6 +156,7 @@ class ModemSupervisor:
         on_event: Callable[[str, dict], None] | None = None,
         usb_reset: Callable[[], None] | None = None,
         clock=time.monotonic,
+        wall=time.time,
         discover: Callable[[], "discovery.ModemPorts | None"] | None = None,
     ):
         self.settings = settings
@@ -163,7 +164,8 @@ class ModemSupervisor:
         self.db_path = db_path
         self.pin = pin if pin is not None else (self.cfg.pin or None)
         self.on_event = on_event
-        self.clock = clock
+        self.clock = clock  # monotonic: the recovery ladder's and the poll's schedule
+        self.wall = wall  # wall time: health "since", the outbox's stored times
         self._configured = (device, voice_device)
         self._usb_reset = usb_reset
         self._discover = discover or (lambda: discovery.find_modem(None))
@@ -172,7 +174,7 @@ class ModemSupervisor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._inbox: queue.Queue = queue.Queue()
-        now = time.time()
+        now = self.wall()
         self._health = {
             "state": "absent",
             "reason": str(msg("modem.not_started")),
@@ -279,7 +281,7 @@ class ModemSupervisor:
             changes["reason"], changes["message"] = str(m), m.to_json()
         with self._lock:
             if "state" in changes and changes["state"] != self._health["state"]:
-                changes["since"] = time.time()
+                changes["since"] = self.wall()
             self._health.update(changes)
             snapshot = dict(self._health)
         key = {k: v for k, v in snapshot.items() if k != "last_ok"}
@@ -313,6 +315,7 @@ class ModemSupervisor:
                 self._sender,
                 self.settings,
                 on_alarm=lambda sms_id, text: self._alarm("sms_uncertain", text, source=f"sms #{sms_id}"),
+                clock=self.wall,
             )
         except Exception as exc:
             # Calls and health still work; SMS wait in the database for a later start.
@@ -716,7 +719,7 @@ class ModemSupervisor:
             registered=registered,
             operator=operator,
             sim=sim,
-            last_ok=time.time(),
+            last_ok=self.wall(),
         )
 
     def _ready_for_sms(self) -> bool:

@@ -58,6 +58,7 @@ class AlarmTexter:
                         kind="alarm",
                         settings=self.settings,
                         dedupe_key=f"alarm:{row['id']}:{number}",
+                        now=self.clock.time(),
                     )
                 except SmsRefused as exc:
                     log.warning("alarm #%s not sent by SMS to %s: %s", row["id"], number, exc)
