@@ -49,6 +49,15 @@ def speechlike(seed: int, seconds: float = 1.6) -> np.ndarray:
     return (x / np.max(np.abs(x)) * 12000).astype(np.int16)
 
 
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
 def write_wav(path, samples: np.ndarray) -> str:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -248,7 +257,8 @@ def test_what_the_gsm_caller_says_is_recorded(sip, modem, tmp_path):
     rec = tmp_path / "caller.wav"
     sip.call(leg.record, rec)
     emulator.caller_says(phrase.astype("<i2").tobytes())
-    time.sleep(2.4)
+    assert wait_until(lambda: not emulator.caller_still_speaking(), 15)
+    time.sleep(0.4)  # the last frames through the voice channel's cushion and the bridge
     end(sip, leg)
     samples, rate = read_wav(rec)
     found = find_occurrences((samples, rate), (phrase, RATE))
@@ -302,7 +312,8 @@ def test_gsm_call_bridged_to_a_sip_phone_carries_audio_both_ways(sip, modem, tmp
         sip.call(leg.bridge, agent)
         phrase = speechlike(3)
         emulator.caller_says(phrase.astype("<i2").tobytes())
-        time.sleep(3.5)
+        assert wait_until(lambda: not emulator.caller_still_speaking(), 15), "the modem never sent the phrase"
+        time.sleep(0.6)  # its last frames on their way: the box's buffers, RTP, the phone's jitter buffer
         sip.call(agent.hangup)
         phone.wait("disconnected", timeout=10)
         caller_heard = received(emulator)

@@ -1281,6 +1281,11 @@ class ModemEmulator:
         with self._lock:
             self._caller_audio += pcm
 
+    def caller_still_speaking(self) -> bool:
+        """Audio queued by :meth:`caller_says` has not all gone to the box yet."""
+        with self._lock:
+            return bool(self._caller_audio)
+
     def caller_presses(self, digits: str, *, on_ms: int = 100, off_ms: int = 100) -> None:
         """The caller presses keys: in-band DTMF on the voice channel, as GSM delivers it."""
         self.caller_says(dtmf_pcm(digits, on_ms=on_ms, off_ms=off_ms))
