@@ -183,9 +183,11 @@ def test_delivery_report_lands_on_the_right_sms(rigs):
 
 
 def queue_two_then(rig, fault, **kw):
-    """Two SMS wait in the outbox when the modem breaks; then the box is told to send them."""
-    ids = [rig.queue(PATIENT, "Przypominamy o wizycie jutro."), rig.queue(OTHER, "Prosimy o kontakt z rejestracją.")]
+    """Two SMS wait in the outbox when the modem breaks; then the box is told to send them.
+    (The fault comes first: a supervisor quick enough to send between the queueing and the
+    fault would test the working modem instead.)"""
     rig.emulator.fault(fault, **kw)
+    ids = [rig.queue(PATIENT, "Przypominamy o wizycie jutro."), rig.queue(OTHER, "Prosimy o kontakt z rejestracją.")]
     rig.supervisor.wake()
     return ids
 
@@ -221,13 +223,17 @@ def test_health_is_readable_while_the_modem_hangs(rigs):
     rig.queue(PATIENT, "Test")
     rig.supervisor.wake()
     slowest = 0.0
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # the modem thread sits in AT timeouts meanwhile
+    sampled_until = time.monotonic() + 3  # the modem thread sits in AT timeouts meanwhile
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
         started = time.monotonic()
         health = rig.supervisor.health()
         slowest = max(slowest, time.monotonic() - started)
+        if time.monotonic() >= sampled_until and health["state"] != "up":
+            break
         time.sleep(0.01)
-    assert slowest < 0.05
+    # Never waits for the modem: far below the seconds an AT timeout takes (a margin for load).
+    assert slowest < 0.5
     assert health["state"] in ("down", "connecting", "degraded") and health["reason"]
 
 
