@@ -38,7 +38,6 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "registration failed: {detail}",
     },
     "trunk.registering": {"pl": "trwa rejestracja", "en": "registering"},
-    "trunk.state": {"pl": "{detail}", "en": "{detail}"},
     "trunk.refused_call": {"pl": "trunk odrzucił połączenie: {detail}", "en": "the trunk refused the call: {detail}"},
     "trunk.nothing_rang": {"pl": "nic nie zadzwoniło w ciągu {seconds} s", "en": "nothing rang within {seconds} s"},
     "outbound.failed": {

@@ -27,7 +27,7 @@ from appliance.sip.stack import PARK_S, SipStack
 
 from .audio import find_occurrences
 from .conftest import needs_tools
-from .sipkit import Phone, free_port
+from .sipkit import Phone, free_port, wait_for
 
 RATE = 8000
 
@@ -47,15 +47,6 @@ def speechlike(seed: int, seconds: float = 1.6) -> np.ndarray:
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
     x = x * envelope
     return (x / np.max(np.abs(x)) * 12000).astype(np.int16)
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def write_wav(path, samples: np.ndarray) -> str:
@@ -257,7 +248,7 @@ def test_what_the_gsm_caller_says_is_recorded(sip, modem, tmp_path):
     rec = tmp_path / "caller.wav"
     sip.call(leg.record, rec)
     emulator.caller_says(phrase.astype("<i2").tobytes())
-    assert wait_until(lambda: not emulator.caller_still_speaking(), 15)
+    wait_for(lambda: not emulator.caller_still_speaking(), 15, "the modem sending the whole phrase")
     time.sleep(0.4)  # the last frames through the voice channel's cushion and the bridge
     end(sip, leg)
     samples, rate = read_wav(rec)
@@ -312,7 +303,7 @@ def test_gsm_call_bridged_to_a_sip_phone_carries_audio_both_ways(sip, modem, tmp
         sip.call(leg.bridge, agent)
         phrase = speechlike(3)
         emulator.caller_says(phrase.astype("<i2").tobytes())
-        assert wait_until(lambda: not emulator.caller_still_speaking(), 15), "the modem never sent the phrase"
+        wait_for(lambda: not emulator.caller_still_speaking(), 15, "the modem sending the whole phrase")
         time.sleep(0.6)  # its last frames on their way: the box's buffers, RTP, the phone's jitter buffer
         sip.call(agent.hangup)
         phone.wait("disconnected", timeout=10)

@@ -23,22 +23,9 @@ class CallDesk:
         self.tasks: set[asyncio.Task] = set()
 
     def incoming(self, leg, account_name: str) -> None:
-        svc = self.services
-        caller, kind = normalise_caller(leg.remote_user, svc.settings.box.country)
         line = account_name if account_name in ("trunk", "gsm") else "sip"
-        call_id = store_calls.start_call(
-            svc.db,
-            direction="in",
-            line=line,
-            caller_raw=leg.remote_uri,
-            caller=caller,
-            caller_kind=kind,
-            dialled=leg.local_user,
-            sip_call_id=leg.sip_call_id,
-            flow=svc.flow_name or "",
-            at=svc.clock.stamp(),
-        )
-        session = CallSession(svc, leg, svc.flow, call_id)
+        call_id, caller, kind = self._record(line, leg.remote_uri, leg.remote_user, leg.local_user, leg.sip_call_id)
+        session = CallSession(self.services, leg, self.services.flow, call_id)
         self.sessions[call_id] = session
         log.info("call %d from %s (%s) to %s", call_id, caller, kind, leg.local_user)
         task = asyncio.get_running_loop().create_task(session.run(), name=f"call-{call_id}")
@@ -52,28 +39,28 @@ class CallDesk:
     def refused_at_limit(self, remote_uri: str, local_uri: str, sip_call_id: str) -> None:
         """A caller turned away at the call limit is a missed call: store it like any other."""
         svc = self.services
-        caller, kind = normalise_caller(user_part(remote_uri), svc.settings.box.country)
+        call_id, _, _ = self._record("sip", remote_uri, user_part(remote_uri), user_part(local_uri), sip_call_id)
+        detail = {"code": 486, "reason": "call limit", "limit": svc.stack.max_calls}
+        store_calls.add_step(svc.db, call_id, "rejected", None, detail, at=svc.clock.stamp())
+        store_calls.update_call(svc.db, call_id, ended_at=svc.clock.stamp(), ended_by="box", outcome="rejected")
+
+    def _record(self, line: str, caller_raw: str, caller_user: str, dialled: str, sip_call_id: str):
+        """Store an inbound call; returns its id and the caller as normalised (E.164, kind)."""
+        svc = self.services
+        caller, kind = normalise_caller(caller_user, svc.settings.box.country)
         call_id = store_calls.start_call(
             svc.db,
             direction="in",
-            line="sip",
-            caller_raw=remote_uri,
+            line=line,
+            caller_raw=caller_raw,
             caller=caller,
             caller_kind=kind,
-            dialled=user_part(local_uri),
+            dialled=dialled,
             sip_call_id=sip_call_id,
             flow=svc.flow_name or "",
             at=svc.clock.stamp(),
         )
-        store_calls.add_step(
-            svc.db,
-            call_id,
-            "rejected",
-            None,
-            {"code": 486, "reason": "call limit", "limit": svc.stack.max_calls},
-            at=svc.clock.stamp(),
-        )
-        store_calls.update_call(svc.db, call_id, ended_at=svc.clock.stamp(), ended_by="box", outcome="rejected")
+        return call_id, caller, kind
 
     async def stop(self) -> None:
         """Sessions end once their calls are gone; none may outlive the SIP library."""

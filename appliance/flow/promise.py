@@ -161,7 +161,9 @@ def _time(at: datetime, pl: bool, spoken: bool, *, end: bool = False) -> str:
             words += f" {'zero ' if m < 10 else ''}{number_pl(m)}"
         return words
     if (h, m) == (0, 0):
-        return ("24:00" if end else "0:00") if pl or not spoken else ("midnight")
+        if spoken:  # (English: Polish spoken returned above)
+            return "midnight"
+        return "24:00" if end else "0:00"
     return f"{h}:{m:02d}"
 
 
