@@ -81,13 +81,14 @@ def _write_out(text: str, file: str | None) -> None:
 
 
 # --- commands -------------------------------------------------------------------------------------
-def cmd_run(args, *, faults=None) -> int:
-    """``centralka run``; ``faults`` only from appliance.testing.faults (tests)."""
+def cmd_run(args, *, faults=None, clock=None) -> int:
+    """``centralka run``; ``faults`` and ``clock`` only from appliance.testing.faults (tests)."""
     from . import systemd
+    from .clock import SYSTEM_CLOCK
     from .core import Core
 
     settings = _settings(args)
-    core = Core(settings, faults=faults)
+    core = Core(settings, faults=faults, clock=clock or SYSTEM_CLOCK)
 
     def ready(c):
         st = c.status()
@@ -298,6 +299,127 @@ def cmd_alarms(args) -> int:
     return EXIT_OK
 
 
+def _book(args):
+    from .flow.callbacks import CallbackBook
+    from .services import Services
+
+    settings, db = _box(args)
+    return CallbackBook(Services(settings=settings, db=db)), settings, db
+
+
+def _local(stamp_text: str | None, settings) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from .clock import parse_stamp
+
+    if not stamp_text:
+        return "-"
+    return datetime.fromtimestamp(parse_stamp(stamp_text), ZoneInfo(settings.box.timezone)).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_callbacks(args) -> int:
+    """The callback list: open requests, missed calls, voice messages; one line each."""
+    from .numbers import for_people
+
+    book, settings, db = _book(args)
+    if args.callbacks_cmd == "done":
+        ref = book.done(args.ref, note=args.note or "", by=os.environ.get("USER") or "staff")
+        print(f"{ref} done")
+        return EXIT_OK
+    if args.callbacks_cmd == "call":
+        reply = ask_core(settings, "callback-call", ref=args.ref, agent=args.agent or "", timeout=60)
+        if not reply.get("ok"):
+            print(f"centralka: {reply.get('error')}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"{args.ref}: ringing {reply.get('agent')}, then {reply.get('number')}")
+        return EXIT_OK
+    items = book.items()
+    if args.json:
+        for item in items:
+            print(json.dumps({k: v for k, v in item.items()}, ensure_ascii=False, default=str))
+        return EXIT_OK
+    if not items:
+        print("nothing open: no callback requests, missed calls or voice messages")
+    country = settings.box.country
+    for item in items:
+        d = item["detail"]
+        number = for_people(item["number"], country) or "(withheld)"
+        extra = ""
+        if item["kind"] == "callback":
+            asked = f", asked {d['requests']}×" if (d["requests"] or 1) > 1 else ""
+            extra = f"promised {d['promise'] or '-'}{asked}, tries {d['attempts'] or 0}"
+            if d["escalated_at"]:
+                extra += ", OVERDUE"
+        elif item["kind"] == "missed":
+            extra = f"gave up in the {d['gave_up'] or '?'} after {d['waited_s'] or 0:.0f} s"
+        else:
+            extra = f"{d['seconds'] or 0:.0f} s, {d['path']}"
+        print(
+            f"{item['ref']:<6} {_local(item['at'], settings)}  {number:<16} {item['topic'] or '-':<14} "
+            f"{item['state']:<8} {extra}"
+        )
+    return EXIT_OK
+
+
+def cmd_hours(args) -> int:
+    """The week of a schedule, the state now and the next change; set or lift an override."""
+    from datetime import datetime
+
+    from .flow.hours import DAYS, overridden
+    from .flow.model import load_flow_text
+    from .flow.promise import closed_message
+    from .store import flows as store_flows
+    from .store import hours as store_hours
+
+    settings, db = _box(args)
+    row = store_flows.active_flow(db)
+    if row is None:
+        raise CentralkaError("no call flow in the database: import one with `centralka flow import FILE`")
+    flow = load_flow_text(row["text"], source=f"flow {row['name']!r}", lang=settings.box.language)
+    if not flow.schedules:
+        print(f"the flow {row['name']!r} has no business hours: it is open round the clock")
+        return EXIT_OK
+    name = args.schedule or next(iter(flow.schedules))
+    schedule = flow.schedule(name)
+    from .clock import SYSTEM_CLOCK, stamp
+
+    now = SYSTEM_CLOCK.now().astimezone(schedule.tz)
+    if args.hours_cmd in ("open", "closed"):
+        until = None
+        if args.until:
+            try:
+                until = datetime.fromisoformat(args.until).replace(tzinfo=schedule.tz)
+            except ValueError:
+                raise CentralkaError(f"--until {args.until!r}: write it as YYYY-MM-DD HH:MM") from None
+        by = os.environ.get("USER") or "admin"
+        store_hours.set_override(
+            db, name, args.hours_cmd, until=stamp(until.timestamp()) if until else None, at=SYSTEM_CLOCK.stamp(), by=by
+        )
+        print(f"{name}: {args.hours_cmd} " + (f"until {until:%Y-%m-%d %H:%M}" if until else "until lifted"))
+    elif args.hours_cmd == "lift":
+        print(f"{name}: override lifted" if store_hours.lift(db, name) else f"{name}: no override to lift")
+    schedule = overridden(schedule, store_hours.override(db, name))
+    print(f"schedule {name!r} ({schedule.tz.key}, holidays {schedule.country or 'none'})")
+    for i, day in enumerate(DAYS):
+        hours = ", ".join(str(iv) for iv in sorted(schedule.weekly.get(i, []))) or "closed"
+        print(f"  {day}  {hours}")
+    for offset in range(7):
+        d = now.date().fromordinal(now.date().toordinal() + offset)
+        if schedule.holiday(d) or d in schedule.closures or d in schedule.openings:
+            hours = ", ".join(str(iv) for iv in schedule.intervals_on(d)) or "closed"
+            why = schedule.holiday(d) or ("one-off opening" if d in schedule.openings else "one-off closure")
+            print(f"  {d}  {hours} ({why})")
+    state = "open" if schedule.is_open(now) else "closed"
+    if schedule.override is not None and schedule.override.active(now):
+        state += " (override)"
+    change = schedule.next_change(now)
+    print(f"now {now:%Y-%m-%d %H:%M}: {state}; next change " + (f"{change:%Y-%m-%d %H:%M}" if change else "none"))
+    if not schedule.is_open(now):
+        print(f"callers hear: {closed_message(schedule, now, settings.box.language, spoken=False)}")
+    return EXIT_OK
+
+
 def cmd_migrate(args) -> int:
 
     settings, db = _box(args)
@@ -441,6 +563,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--open", action="store_true", help="only alarms nobody acknowledged")
     s.add_argument("--ack", type=int, metavar="ID", help="acknowledge alarm ID")
     s.set_defaults(func=cmd_alarms)
+
+    cb = sub.add_parser("callbacks", help="callback requests, missed calls and voice messages still open")
+    cb.set_defaults(func=cmd_callbacks, callbacks_cmd="list")
+    cb.add_argument("--json", action="store_true", help="one JSON object per line")
+    cbs = cb.add_subparsers(dest="callbacks_cmd")
+    s = cbs.add_parser("list", help="everything open, oldest first (the default)")
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per line")
+    s = cbs.add_parser("done", help="mark an item done (c12, m7, v3), with a note")
+    s.add_argument("ref")
+    s.add_argument("--note", default="", help="what was done, for the record")
+    s = cbs.add_parser("call", help="ring a receptionist's phone, then the patient (needs the running core)")
+    s.add_argument("ref")
+    s.add_argument("--agent", help="the agent whose phone rings (default: the first free one of the queue)")
+
+    h = sub.add_parser("hours", help="business hours: the week, now, the next change; overrides")
+    h.set_defaults(func=cmd_hours, hours_cmd="show")
+    h.add_argument("--schedule", help="which [schedules.NAME] of the active flow (default: the first)")
+    hs = h.add_subparsers(dest="hours_cmd")
+    for verb in ("open", "closed"):
+        s = hs.add_parser(verb, help=f"{verb} now, until --until or until lifted (manual override)")
+        s.add_argument("--until", help="YYYY-MM-DD HH:MM local time; default: until lifted")
+        s.add_argument("--schedule", default=argparse.SUPPRESS, help="which schedule (default: the first)")
+    s = hs.add_parser("lift", help="remove the manual override: the schedule decides again")
+    s.add_argument("--schedule", default=argparse.SUPPRESS, help="which schedule (default: the first)")
 
     _add_late_command(sub, "demo-gsm", DEMO_GSM_HELP, cmd_demo_gsm)
 

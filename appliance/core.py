@@ -57,6 +57,7 @@ from .media.prompts import PromptLibrary
 from .notify.worker import NotifyWorker
 from .services import Prompts, Services
 from .sip.kamailio import Kamailio
+from .flow.callbacks import CallbackBook
 from .sip.screen import FloodGate, sip_hosts
 from .sip.stack import SipStack
 from .store import flows as store_flows
@@ -146,6 +147,7 @@ class Core:
         s, svc = self.settings, self.services
         s.data_dir.mkdir(parents=True, exist_ok=True)
         svc.db = open_db(s.db_path)
+        svc.callbacks = CallbackBook(svc)
         svc.lines = Lines(svc.db, s, lang=s.box.language, clock=svc.clock)
         self.load_active_flow()
         svc.stack = SipStack(

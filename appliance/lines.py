@@ -29,6 +29,7 @@ from .errors import CallLimitReached, CentralkaError
 from .messages import Msg, msg
 from .store import calls as store_calls
 from .store import lines as store_lines
+from .store import missed as store_missed
 from .store import outbound as store_outbound
 from .tollguard import check_destination
 
@@ -224,6 +225,7 @@ class Lines:
                 self.update(name, "up", msg("outbound.went_through"))
             log.info("outbound %s to %s placed over %s", purpose, e164, name)
             leg.outbound_row = row_id
+            leg.outbound_number = e164
             return leg, name, e164
         tried = "; ".join(f"{a['line']}: {a['error']}" for a in attempts)
         raise NoLineAvailable(f"cannot call {e164}: every line failed ({tried})", attempts)
@@ -241,6 +243,10 @@ class Lines:
         row_id = getattr(leg, "outbound_row", None)
         if row_id is not None:
             self._finish_row(row_id, outcome, detail)
+        number = getattr(leg, "outbound_number", None)
+        if outcome in ("answered", "connected") and number:
+            # R13: someone talked to the number, so its missed calls are settled.
+            store_missed.close_for_number(self.db, number, at=self.clock.stamp(), by="outbound")
 
 
 # --- the SIP trunk as a dialer ----------------------------------------------------------------

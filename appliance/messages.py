@@ -178,6 +178,60 @@ CATALOG: dict[str, dict[str, str]] = {
     },
     "mail.why.message": {"pl": "serwer poczty odrzucił wiadomość", "en": "the mail server rejected the message"},
     "mail.why.server": {"pl": "serwer poczty zgłasza błąd", "en": "the mail server reports an error"},
+    # --- callbacks: what the caller hears (issue 11) ---------------------------------------------
+    "callback.offer": {
+        "pl": "Nasz pracownik oddzwoni {promise} na numer, z którego dzwonisz. Aby potwierdzić, wciśnij {key}.",
+        "en": "We will call you back {promise} on the number you are calling from. To confirm, press {key}.",
+    },
+    "callback.offer_typed": {
+        "pl": "Nasz pracownik oddzwoni {promise}. Aby potwierdzić, wciśnij {key}.",
+        "en": "We will call you back {promise}. To confirm, press {key}.",
+    },
+    "callback.ask_number": {
+        "pl": "Nie widzimy numeru, z którego dzwonisz. Wpisz numer telefonu, pod który mamy oddzwonić, "
+        "i zakończ krzyżykiem.",
+        "en": "We cannot see the number you are calling from. Type the number we should call back, then press hash.",
+    },
+    "callback.read_back": {
+        "pl": "Wpisany numer to: {digits}. Jeśli jest poprawny, wciśnij 1. Aby wpisać go jeszcze raz, wciśnij 2.",
+        "en": "You typed: {digits}. If this is right, press 1. To type it again, press 2.",
+    },
+    "callback.bad_number": {
+        "pl": "Pod ten numer nie możemy oddzwonić.",
+        "en": "We cannot call back that number.",
+    },
+    "callback.confirmed": {
+        "pl": "Dziękujemy. Oddzwonimy {promise}.",
+        "en": "Thank you. We will call you back {promise}.",
+    },
+    "callback.merged": {
+        "pl": "Twoja prośba o oddzwonienie jest już zapisana. Oddzwonimy {promise}.",
+        "en": "Your callback request is already booked. We will call you back {promise}.",
+    },
+    "callback.sms_follows": {"pl": "Potwierdzenie wyślemy SMS-em.", "en": "We will confirm by text message."},
+    "callback.goodbye": {"pl": "Do widzenia.", "en": "Goodbye."},
+    "callback.offer_in_queue": {
+        "pl": "Aby zamówić oddzwonienie, wciśnij {key}.",
+        "en": "To ask for a callback, press {key}.",
+    },
+    "callback.back_in_line": {
+        "pl": "Dobrze, czekasz dalej na swoim miejscu w kolejce.",
+        "en": "All right, you keep your place in the queue.",
+    },
+    "voicemail.start": {
+        "pl": "Nagraj wiadomość po sygnale. Na koniec wciśnij krzyżyk albo odłóż słuchawkę.",
+        "en": "Leave a message after the tone. When you are done, press hash or hang up.",
+    },
+    "voicemail.saved": {
+        "pl": "Dziękujemy, wiadomość została zapisana. Odsłuchamy ją, gdy tylko wrócimy do pracy.",
+        "en": "Thank you, your message is saved. We will listen to it as soon as we are back.",
+    },
+    # --- callbacks: alarms ----------------------------------------------------------------------
+    "callback.overdue": {
+        "pl": "Obietnica oddzwonienia niedotrzymana: {number} ({topic}) czeka od {since}, okno minęło o {until}.",
+        "en": "A callback promise was not kept: {number} ({topic}) has waited since {since}; the window ended at "
+        "{until}.",
+    },
 }
 
 

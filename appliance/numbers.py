@@ -48,3 +48,31 @@ def user_part(uri: str) -> str:
             break
     user = inner.split("@", 1)[0] if "@" in inner else inner
     return user.split(";", 1)[0]
+
+
+def for_people(number: str | None, country: str = "PL") -> str:
+    """A number as people write it: national format for the home country ("600 123 456"),
+    international otherwise ("+49 30 1234567"); anything else as it is."""
+    text = (number or "").strip()
+    try:
+        parsed = phonenumbers.parse(text, None if text.startswith("+") else country)
+    except phonenumbers.NumberParseException:
+        return text
+    if not phonenumbers.is_valid_number(parsed):
+        return text
+    home = phonenumbers.region_code_for_number(parsed) == country
+    fmt = phonenumbers.PhoneNumberFormat.NATIONAL if home else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    return phonenumbers.format_number(parsed, fmt)
+
+
+DIGIT_WORDS = {
+    "pl": ("zero", "jeden", "dwa", "trzy", "cztery", "pięć", "sześć", "siedem", "osiem", "dziewięć"),
+    "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+}
+
+
+def spoken_digits(number: str, country: str = "PL", lang: str = "pl") -> str:
+    """A number read back digit by digit in its usual groups: "sześć zero zero, jeden dwa trzy, …"."""
+    words = DIGIT_WORDS.get(lang, DIGIT_WORDS["pl"])
+    groups = [g for g in re.split(r"[\s\-]+", for_people(number, country).lstrip("+")) if g]
+    return ", ".join(" ".join(words[int(d)] for d in g if d.isdigit()) for g in groups)

@@ -79,6 +79,7 @@ class Services:
     # Where a new inbound leg goes (the core's call desk): ``incoming(leg, line)``.
     incoming: Callable[[Any, str], None] | None = None
     faults: Faults | None = None
+    callbacks: Any = None  # appliance.flow.callbacks.CallbackBook
 
     def resolve_target(self, target: str) -> str:
         """A flow target as a dialable SIP URI: ``ext:201`` is the desk phone registered as 201."""

@@ -186,6 +186,11 @@ class Phone(Proc):
     def hangup(self):
         self.send(cmd="hangup")
 
+    def speak(self, text: str):
+        """Say ``text`` into the call (synthesised by the phone); waits until it has been said."""
+        self.send(cmd="speak", text=text)
+        return self.wait("spoke", timeout=30)
+
     def recording(self, n: int = 1) -> Path:
         return self.record_dir / f"call-{n}.wav"
 
@@ -194,7 +199,14 @@ class Box:
     """``centralka run`` as its own process, with a flow imported through the command line."""
 
     def __init__(
-        self, workdir: Path, flow_text: str, *, env: dict | None = None, settings: str = "", raise_at: str | None = None
+        self,
+        workdir: Path,
+        flow_text: str,
+        *,
+        env: dict | None = None,
+        settings: str = "",
+        raise_at: str | None = None,
+        clock_at: str | None = None,
     ):
         self.dir = workdir
         self.port = free_port()
@@ -213,6 +225,7 @@ class Box:
         self.env.pop("CENTRALKA_CONFIG", None)
         self.env.update(env or {})
         self.raise_at = raise_at
+        self.clock_at = clock_at
         self.stderr_path = workdir / "box.stderr"
         self._launch()
 
@@ -222,8 +235,10 @@ class Box:
 
     def _launch(self):
         # A fault plan runs the same core through the testing wing (appliance.testing.faults).
-        r = self.raise_at
-        runner = ["appliance.testing.faults", "--raise-at", r] if r else ["appliance.cli"]
+        plan = (["--raise-at", self.raise_at] if self.raise_at else []) + (
+            ["--clock-at", self.clock_at] if self.clock_at else []
+        )
+        runner = ["appliance.testing.faults", *plan] if plan else ["appliance.cli"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *runner, "--config", str(self.config), "run"],
             stdout=subprocess.DEVNULL,

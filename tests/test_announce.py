@@ -85,9 +85,14 @@ def test_number_words():
     assert number_pl(5000) == "pięć tysięcy"
 
 
-def test_nothing_for_the_caller_who_is_next():
-    assert position_announcement(0, 30) is None
-    assert position_announcement(0, None, lang="en") is None
+def test_the_caller_who_is_next_hears_they_are_first():
+    # The caller who is next is told so (issue 11), with the wait when one is known.
+    assert position_announcement(0, 30) == (
+        "Jest Pan lub Pani pierwszą osobą w kolejce. Przybliżony czas oczekiwania to mniej niż minutę."
+    )
+    assert position_announcement(0, None, spoken=False) == "Jest Pan/Pani pierwszą osobą w kolejce."
+    assert position_announcement(0, None, lang="en") == "You are first in the queue."
+    assert "mniej osób odbiera" in position_announcement(2, 400, longer=True)
 
 
 def test_less_than_a_minute():

@@ -5,6 +5,7 @@ otherwise); tests elsewhere measure real audio.
 """
 
 import dataclasses
+import datetime
 import re
 from pathlib import Path
 
@@ -37,6 +38,10 @@ RULE_OF = {
     "hangup-not-allowed": "R7",
     "silence-too-long": "R8",
     "too-many-transfers": "R18",
+    "hours-disagree": "R14",
+    "unknown-schedule": "R14",
+    "voicemail-in-hours": "R15",
+    "voicemail-after-wait": "R15",
 }
 
 
@@ -138,6 +143,10 @@ BROKEN = [
     ("bad_key.toml", {}, ("bad-key", "menu"), {"bad-key"}),
     ("extension_clash.toml", {}, ("bad-key", "menu"), {"bad-key"}),
     ("not_supported.toml", {}, ("not-supported", "kolejka"), {"not-supported"}),
+    ("hours_disagree.toml", {}, ("hours-disagree", "oddzwonienie"), {"hours-disagree"}),
+    ("unknown_schedule.toml", {}, ("unknown-schedule", "godziny"), {"unknown-schedule"}),
+    ("voicemail_in_hours.toml", {}, ("voicemail-in-hours", "poczta"), {"voicemail-in-hours"}),
+    ("voicemail_after_wait.toml", {}, ("voicemail-after-wait", "poczta"), {"voicemail-after-wait"}),
 ]
 
 
@@ -588,3 +597,28 @@ def test_queue_timeout_into_a_hangup_is_a_dead_end():
     flow.nodes["koniec"] = Node("koniec", "hangup", {})
     found = errors(check_flow(flow, durations(flow), "pl"))
     assert ("dead-end", "rejestracja") in found
+
+
+def test_business_hours_flow_with_callback_and_voicemail_after_hours_is_accepted():
+    flow = load("hours_good.toml")
+    assert check_flow(flow, durations(flow)) == []
+    assert ("closed", "oddzwonienie") in edges(flow, "godziny")
+    assert ("callback", "oddzwonienie_kolejka") in edges(flow, "kolejka")
+    assert flow.schedule("przychodnia").intervals_on(datetime.date(2026, 12, 4))[0].start == datetime.time(8)
+
+
+def test_the_hours_a_prompt_names_are_read_in_every_usual_form():
+    from appliance.flow.doctor import _hours_in
+
+    assert _hours_in("Pracujemy od 8:00 do 18:00.") == ["8:00", "18:00"]
+    assert _hours_in("w piątek 8.30–12.00") == ["8:30", "12:00"]
+    assert _hours_in("czynne od 8 do 16, w soboty 9-13") == ["8:00", "16:00", "9:00", "13:00"]
+    assert _hours_in("Zadzwoń pod 600 123 456 albo 22 123-45-67") == []
+
+
+def test_a_broken_schedule_is_a_syntax_error_on_its_line():
+    text = (FLOWS / "hours_good.toml").read_text().replace('tue = ["08:00-18:00"]', 'tue = ["8-18"]')
+    with pytest.raises(FlowSyntaxError) as caught:
+        load_flow_text(text, "hours.toml", lang="en")
+    assert caught.value.line == text.splitlines().index("[schedules.przychodnia]") + 1
+    assert "schedules.przychodnia.tue" in str(caught.value)

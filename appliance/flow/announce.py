@@ -159,20 +159,28 @@ def announced_wait_s(wait_s: float) -> float:
     return 30.0 if minutes == 0 else 60.0 * minutes
 
 
-def position_announcement(ahead: int, wait_s: float | None, lang: str = "pl", spoken: bool = True) -> str | None:
-    """The periodic queue announcement (R10), or None for the caller who is next (ahead == 0).
+def position_announcement(
+    ahead: int, wait_s: float | None, lang: str = "pl", spoken: bool = True, *, longer: bool = False
+) -> str:
+    """The periodic queue announcement (R8, R10). The caller who is next hears that they are
+    first in line (issue 11: a lone caller heard only music until an agent answered).
 
     ``wait_s`` None (or not finite) -> only the position sentence; the engine passes None when
-    nobody can answer at all. ``lang`` "en..." gives English, anything else Polish.
+    nobody can answer at all. ``longer``: the estimate rose since the last announcement because
+    fewer people answer now, and the caller is told so. ``lang`` "en..." gives English, anything
+    else Polish.
     """
-    if ahead <= 0:
-        return None
     english = str(lang or "pl").lower().startswith("en")
     has_wait = wait_s is not None and math.isfinite(wait_s)
     minutes = wait_minutes(max(0.0, wait_s)) if has_wait else None
     if english:
-        who = "There is 1 person" if ahead == 1 else f"There are {ahead} people"
-        text = f"{who} ahead of you."
+        if ahead <= 0:
+            text = "You are first in the queue."
+        else:
+            who = "There is 1 person" if ahead == 1 else f"There are {ahead} people"
+            text = f"{who} ahead of you."
+        if longer:
+            text += " The wait is longer now because fewer staff are answering."
         if minutes is not None:
             if minutes == 0:
                 text += " The estimated wait is less than a minute."
@@ -180,7 +188,12 @@ def position_announcement(ahead: int, wait_s: float | None, lang: str = "pl", sp
                 text += f" The estimated wait is about {minutes} minute{'s' if minutes != 1 else ''}."
         return text
     you = "Panem lub Panią" if spoken else "Panem/Panią"
-    text = f"W kolejce {is_are_pl(ahead)} przed {you} {people_ahead_pl(ahead, spoken)}."
+    if ahead <= 0:
+        text = f"Jest {'Pan lub Pani' if spoken else 'Pan/Pani'} pierwszą osobą w kolejce."
+    else:
+        text = f"W kolejce {is_are_pl(ahead)} przed {you} {people_ahead_pl(ahead, spoken)}."
+    if longer:
+        text += " Czas oczekiwania się wydłużył, bo mniej osób odbiera teraz telefony."
     if minutes is not None:
         if minutes == 0:
             text += " Przybliżony czas oczekiwania to mniej niż minutę."

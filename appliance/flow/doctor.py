@@ -106,6 +106,8 @@ class _Doctor:
             self.hangup_not_allowed,
             self.silence_too_long,
             self.queue_rules,
+            self.hours_rules,
+            self.voicemail_rules,
             self.gdpr_mandatory,
             self.too_many_transfers,
             self.warnings,
@@ -278,6 +280,16 @@ class _Doctor:
         start = self.flow.start
         if start not in self.flow.nodes:
             return
+        node = self.flow.nodes[start]
+        if node.type == "time":
+            # Business hours first: the greeting is what each branch plays first.
+            for branch in (node.params.get("open"), node.params.get("closed")):
+                if branch in self.flow.nodes and self.flow.nodes[branch].type == "play":
+                    self._greeting_from(branch)
+            return
+        self._greeting_from(start)
+
+    def _greeting_from(self, start):
         chain = [start]
         # The greeting is everything played before the caller can do anything: the start
         # node and the `play` nodes straight after it, up to the first menu or transfer.
@@ -403,7 +415,7 @@ class _Doctor:
                 continue  # a human, a hang-up (judged by its own rule), or refused already
             missing = [
                 k
-                for k in ("next", "on_timeout", "on_invalid", "on_fail", "on_leave", "on_no_agents")
+                for k in ("next", "on_timeout", "on_invalid", "on_fail", "on_leave", "on_no_agents", "on_decline")
                 if k in node.params and node.params[k] is None
             ]
             for key in missing:
@@ -424,7 +436,12 @@ class _Doctor:
                     "tu przebieg się kończy, a dzwoniący nie trafia do człowieka",
                     "the flow ends here without the caller reaching a human",
                 )
-            fallbacks = {"transfer": ("on_fail",), "queue": ("on_timeout", "on_leave", "on_no_agents")}
+            fallbacks = {
+                "transfer": ("on_fail",),
+                "queue": ("on_timeout", "on_leave", "on_no_agents"),
+                "callback": ("on_decline",),
+                "voicemail": ("next",),
+            }
             for key in fallbacks.get(node.type, ()):
                 if node.params.get(key) not in self.flow.nodes:
                     continue
@@ -505,11 +522,21 @@ class _Doctor:
 
     def silence_too_long(self):
         limit = self.secs(MAX_SILENCE_S)
+        for nid in self.nodes_of("callback"):
+            key = self.flow.nodes[nid].params.get("confirm_key")
+            if key is not None and (len(key) != 1 or key not in PHONE_KEYS):
+                self.error(
+                    "bad-key",
+                    nid,
+                    "R3",
+                    f"„confirm_key” {self.q(key)} nie jest jednym klawiszem telefonu (0-9, *, #)",
+                    f"“confirm_key” {self.q(key)} is not one phone key (0-9, *, #)",
+                )
         for nid in self.order:
             params = self.flow.nodes[nid].params
             kind = self.flow.nodes[nid].type
             timeout = params.get("timeout")
-            if kind == "menu" and timeout is not None and timeout > MAX_SILENCE_S:
+            if kind in ("menu", "callback") and timeout is not None and timeout > MAX_SILENCE_S:
                 self.error(
                     "silence-too-long",
                     nid,
@@ -547,6 +574,35 @@ class _Doctor:
                     f"in the queue the position and wait are announced every {self.secs(every)} s "
                     f"(“announce_every”), at most every {self.secs(MAX_QUEUE_ANNOUNCE_S)} s is allowed",
                 )
+            cb_key = node.params.get("callback_key")
+            if node.params.get("callback") is not None and cb_key is not None:
+                if len(cb_key) != 1 or cb_key not in PHONE_KEYS:
+                    self.error(
+                        "bad-key",
+                        nid,
+                        "R3",
+                        f"„callback_key” {self.q(cb_key)} nie jest jednym klawiszem telefonu (0-9, *, #)",
+                        f"“callback_key” {self.q(cb_key)} is not one phone key (0-9, *, #)",
+                    )
+                elif cb_key == node.params.get("leave_key"):
+                    self.error(
+                        "bad-key",
+                        nid,
+                        "R3",
+                        f"klawisz {self.q(cb_key)} jest jednocześnie „callback_key” i „leave_key”",
+                        f"the key {self.q(cb_key)} is both “callback_key” and “leave_key”",
+                    )
+                target = node.params.get("callback")
+                if target in self.flow.nodes and self.flow.nodes[target].type != "callback":
+                    self.error(
+                        "bad-target",
+                        nid,
+                        "R12",
+                        f"„callback” ma wskazywać węzeł typu callback, a {self.q(target)} ma typ "
+                        f"{self.q(self.flow.nodes[target].type)}",
+                        f"“callback” must name a node of type callback; {self.q(target)} is of type "
+                        f"{self.q(self.flow.nodes[target].type)}",
+                    )
             key = node.params.get("leave_key")
             if key is not None and (len(key) != 1 or key not in PHONE_KEYS):
                 self.error(
@@ -555,6 +611,92 @@ class _Doctor:
                     "R3",
                     f"„leave_key” {self.q(key)} nie jest jednym klawiszem telefonu (0-9, *, #)",
                     f"“leave_key” {self.q(key)} is not one phone key (0-9, *, #)",
+                )
+
+    def hours_rules(self):
+        """R14: schedules exist and parse; what prompts say about hours agrees with them."""
+        for nid in self.order:
+            node = self.flow.nodes[nid]
+            name = node.params.get("schedule") if node.type in ("time", "callback") else None
+            if name is None:
+                if node.type == "callback" and len(self.flow.schedules) > 1:
+                    self.error(
+                        "unknown-schedule",
+                        nid,
+                        "R12",
+                        "przebieg ma kilka godzin pracy: wskaż w „schedule”, które wyznaczają obietnicę oddzwonienia",
+                        "the flow has several schedules: name in “schedule” the one the callback promise follows",
+                    )
+                continue
+            if name not in self.flow.schedules:
+                known = ", ".join(self.q(k) for k in self.flow.schedules) or ("brak" if self.pl else "none")
+                self.error(
+                    "unknown-schedule",
+                    nid,
+                    "R14",
+                    f"godziny pracy {self.q(name)} nie istnieją (są: {known}); dodaj tabelę [schedules.{name}]",
+                    f"the schedule {self.q(name)} does not exist (known: {known}); add a table [schedules.{name}]",
+                )
+                continue
+            if node.type != "time":
+                continue
+            boundaries = _boundaries(self.flow.schedules[name])
+            closed = node.params.get("closed")
+            after = self._walk([closed]) if closed in self.flow.nodes else set()
+            for prompt_node in sorted(after, key=self.order.index):
+                prompt = self.flow.nodes[prompt_node].params.get("prompt")
+                text = self.flow.prompts.get(prompt) if prompt else None
+                wrong = [t for t in _hours_in(text or "") if t not in boundaries]
+                if wrong:
+                    said = ", ".join(wrong)
+                    real = ", ".join(sorted(boundaries, key=_minutes)) or "—"
+                    self.error(
+                        "hours-disagree",
+                        prompt_node,
+                        "R14",
+                        f"zapowiedź {self.q(prompt)} podaje godziny {said}, których nie ma w godzinach "
+                        f"pracy {self.q(name)} ({real}); usuń je z tekstu — godziny i najbliższe otwarcie "
+                        "mówi sam węzeł „time”",
+                        f"the prompt {self.q(prompt)} says {said}, which is not in the schedule {self.q(name)} "
+                        f"({real}); take the hours out — the “time” node says the hours and the next opening itself",
+                    )
+
+    def voicemail_rules(self):
+        """R15: voicemail only after hours, after the closed message, never after a queue wait."""
+        voicemails = [nid for nid in self.nodes_of("voicemail") if nid in self.reachable]
+        if not voicemails or self.flow.start not in self.flow.nodes:
+            return
+
+        def in_hours(label):
+            return label != "closed"
+
+        open_reach = {self.flow.start} | self._walk(
+            [t for label, t in self.succ[self.flow.start] if in_hours(label)], in_hours
+        )
+        after_queue = self._walk([t for q in self.nodes_of("queue") for _, t in self.succ[q]])
+        for nid in voicemails:
+            if self.flow.nodes[self.flow.start].type == "time" and nid == self.flow.start:
+                continue
+            if nid in open_reach:
+                route = self.path_to(self.flow.start, nid, in_hours) or [self.flow.start, nid]
+                self.error(
+                    "voicemail-in-hours",
+                    nid,
+                    "R15",
+                    f"poczta głosowa jest osiągalna w godzinach pracy ({self.path(route)}); ma być "
+                    "tylko po godzinach, za gałęzią „closed” węzła „time”",
+                    f"voicemail can be reached during business hours ({self.path(route)}); it must come "
+                    "only after hours, behind a “time” node's “closed” branch",
+                )
+            elif nid in after_queue:
+                self.error(
+                    "voicemail-after-wait",
+                    nid,
+                    "R15",
+                    "poczta głosowa jest osiągalna z kolejki; po długim czekaniu dzwoniący ma trafić do "
+                    "człowieka albo dostać oddzwonienie, nie pocztę",
+                    "voicemail can be reached from a queue; after a long wait a caller must reach a person "
+                    "or get a callback, not voicemail",
                 )
 
     def gdpr_mandatory(self):
@@ -659,3 +801,41 @@ class _Doctor:
                         f"zapowiedź „{prompt}” zawiera pusty frazes „{found.group(0)}”",
                         f"the prompt “{prompt}” contains the filler phrase “{found.group(0)}”",
                     )
+
+
+_HOURS = re.compile(r"(?<![\d:])([01]?\d|2[0-4])[:.]([0-5]\d)(?![\d:])")
+_HOUR = r"([01]?\d|2[0-4])"
+_HOURS_SPAN = re.compile(rf"\bod\s+{_HOUR}\s+do\s+{_HOUR}\b|\b{_HOUR}\s*-\s*{_HOUR}\b")
+
+
+def _minutes(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+def _hours_in(text: str) -> list[str]:
+    """Times of day a prompt text mentions ("8:00", "8.30", "od 8 do 16"), as H:MM."""
+    found = [f"{int(h)}:{m}" for h, m in _HOURS.findall(text)]
+    rest = _HOURS.sub(" ", text)
+    for match in _HOURS_SPAN.finditer(rest):
+        found += [f"{int(g)}:00" for g in match.groups() if g is not None]
+    return list(dict.fromkeys(found))
+
+
+def _boundaries(table: dict) -> set[str]:
+    """Every start and end of the schedule's hours (weekly and one-off openings), as H:MM."""
+    from appliance.errors import FlowError
+
+    from .hours import Schedule
+
+    try:
+        schedule = Schedule.from_table(table)
+    except FlowError:
+        return set()
+    intervals = [iv for day in schedule.weekly.values() for iv in day]
+    intervals += [iv for day in schedule.openings.values() for iv in day]
+    out = set()
+    for iv in intervals:
+        out.add(f"{iv.start.hour}:{iv.start.minute:02d}")
+        out.add("24:00" if iv.end.hour == 0 and iv.end.minute == 0 else f"{iv.end.hour}:{iv.end.minute:02d}")
+    return out

@@ -17,9 +17,15 @@ import asyncio
 import logging
 
 from ..errors import CallLimitReached, SipError
+from ..messages import msg
 from ..store import calls as store_calls
+from ..store import hours as store_hours
 from .announce import position_announcement
+from .callbacks import GAVE_UP_AT
 from .doctor import MAX_HANDOVERS  # R18: the doctor checks the same bound statically
+from .hours import overridden
+from .offer import offer_callback
+from .promise import closed_message
 
 log = logging.getLogger("centralka.flow")
 
@@ -29,6 +35,9 @@ MEDIA_WAIT_S = 3.0
 ACK_WAIT_S = 34.0  # 64 x T1 (pjsip's 2xx retransmissions), then a margin
 OPERATOR_RETRY_PAUSE_S = 2.0
 DIGITS = set("0123456789*#")
+# Outcomes of a call that reached nobody and left no request: a missed call (R13). A box
+# hang-up after a goodbye to a caller who chose nothing counts too; the staff may call back.
+MISSED_OUTCOMES = ("caller_hangup", "goodbye", "error")
 
 
 class CallerGone(Exception):
@@ -51,6 +60,8 @@ class CallSession:
         self.ended_by = None
         self.outcome = None
         self.connected_to = None
+        self.last_choice = None  # the menu option chosen last: a callback's topic outside a queue
+        self.topic = None  # the queue (or choice) the caller was about, for the missed-call list
         leg.owner = self
 
     # --- journey ---------------------------------------------------------------------------
@@ -101,6 +112,31 @@ class CallSession:
         finally:
             self.leg.stop(player)
         return interruptible and bool(self.leg.digits)
+
+    async def say(self, text: str, name: str, *, node: str | None = None, interruptible: bool = True) -> bool:
+        """Speak a generated sentence (synthesised off the loop, cached by text)."""
+        self._check_alive()
+        if interruptible and self.leg.digits:
+            return True
+        path = await asyncio.get_running_loop().run_in_executor(None, self.services.prompts.synthesise, text, name)
+        return await self.play_path(path, name, interruptible=interruptible, node=node)
+
+    async def read_key(self, timeout: float) -> str | None:
+        """The next key the caller presses (one already pressed counts), or None after ``timeout``."""
+        if not self.leg.digits:
+            await self._wait_any(timeout, digits=True)
+        return self.leg.digits.pop(0) if self.leg.digits else None
+
+    def schedule(self, name: str):
+        """The flow's business hours ``name`` with any manual override a person set."""
+        return overridden(self.flow.schedule(name), store_hours.override(self.services.db, name))
+
+    def hang_up_after_callback(self, node) -> None:
+        """R7 (b): the request is confirmed and the caller heard the goodbye; the box hangs up."""
+        self.step("hangup", node.id, {"by": "box", "after": "callback"})
+        self.ended_by = "box"
+        self.outcome = "callback"
+        self.leg.hangup()
 
     # --- the walk --------------------------------------------------------------------------
     async def run(self):
@@ -180,6 +216,7 @@ class CallSession:
                 return p["on_timeout"]
             if entered in options:
                 self.step("choice", node.id, {"key": entered, "to": options[entered]})
+                self.last_choice = self.topic = options[entered]
                 return options[entered]
             if entered in extensions:
                 self.step("extension", node.id, {"number": entered, "to": extensions[entered]})
@@ -223,13 +260,17 @@ class CallSession:
         return p.get("on_fail") or self.flow.operator
 
     async def node_queue(self, node):
-        """Wait for an agent with hold music and honest announcements (R8–R11)."""
+        """Wait for an agent with hold music and honest announcements (R8–R11); a key asks for a
+        callback at any time, keeping the caller's place (R12)."""
         p = node.params
         queues = self.services.queues
         q = queues.get(p["queue"]) if queues else None
         if q is None:
             raise RuntimeError(f"queue {p['queue']!r} is not configured (centralka staff import)")
         self.step("enter", node.id, {"type": "queue", "queue": p["queue"]})
+        self.topic = p["queue"]
+        callback = self.flow.nodes.get(p.get("callback") or "")
+        callback_key = (p.get("callback_key") or "1") if callback is not None else ""
         if p.get("prompt"):
             await self.play(p["prompt"], interruptible=False, node=node.id)
         if q.cfg.when_no_agents == "leave" and not q.can_serve():
@@ -240,15 +281,28 @@ class CallSession:
         entry = queues.join(q, self)
         music = self.services.hold_music
         reason = "caller_hangup"
+        keys = {k for k in (p.get("leave_key"), callback_key) if k}
         try:
             started = self.clock.monotonic()
             deadline = started + p["max_wait"]
             last_announce = -1e9
             next_announce = started
-            leave_key = p.get("leave_key") or ""
-            self.leg.digits.clear()
+            offer_at = started + p.get("offer_after", 600)
+            # Keys pressed before joining (during the queue's prompt) still count; others go.
+            self.leg.digits[:] = [d for d in self.leg.digits if d in keys]
             while not entry.answered.done():
                 now = self.clock.monotonic()
+                if callback_key and callback_key in self.leg.digits:
+                    self.leg.digits.clear()
+                    if music is not None:
+                        self.leg.unlisten(music)
+                    outcome = await self._offer_from_queue(callback, q, entry)
+                    if outcome == "booked":
+                        reason = "callback"
+                        break
+                    if outcome == "answered":
+                        break
+                    continue
                 if now >= deadline:
                     reason = "timeout"
                     break
@@ -260,22 +314,27 @@ class CallSession:
                     next_announce = now + p["announce_every"]
                     if now - last_announce >= q.cfg.announce_min_gap_s:
                         last_announce = now
-                        await self._announce_position(q, entry, node, music)
+                        offer = callback_key if callback_key and now >= offer_at else ""
+                        await self._announce_position(q, entry, node, music, offer_key=offer, keys=keys)
                     continue
                 if music is not None:
                     self.leg.listen(music)
                 await self._wait_any(
-                    min(deadline, next_announce) - now, digits=bool(leave_key), extra=(asyncio.shield(entry.answered),)
+                    min(deadline, next_announce, offer_at if offer_at > now else deadline) - now,
+                    digits=bool(keys),
+                    extra=(asyncio.shield(entry.answered),),
                 )
-                if leave_key and leave_key in self.leg.digits:
+                if p.get("leave_key") and p["leave_key"] in self.leg.digits:
                     reason = "left_by_key"
                     break
-                self.leg.digits.clear()
+                self.leg.digits[:] = [d for d in self.leg.digits if d == callback_key]
         finally:
             if music is not None:
                 self.leg.unlisten(music)
             if not entry.answered.done():
-                queues.leave(entry, reason if self.leg.alive else "caller_hangup")
+                queues.leave(entry, reason if self.leg.alive or reason == "callback" else "caller_hangup")
+        if reason == "callback" and not entry.answered.done():
+            return None  # booked: the caller heard the goodbye and the box hung up (R7 b)
         if not entry.answered.done():
             self.step("queue_left", node.id, {"reason": reason, "waited_s": round(self.clock.monotonic() - started, 1)})
             return {"timeout": p["on_timeout"], "left_by_key": p["on_leave"]}.get(reason, p["on_no_agents"])
@@ -290,20 +349,90 @@ class CallSession:
             queues.call_ended(entry, agent, self.clock.monotonic() - talk_start)
         return None
 
-    async def _announce_position(self, q, entry, node, music):
-        """Position and estimated wait, grammatical Polish (R10); nothing for the caller who is next."""
+    async def _announce_position(self, q, entry, node, music, *, offer_key: str = "", keys=()):
+        """Position and estimated wait in grammatical Polish (R10), to every caller, the first in
+        line too. The wait said never rises between two announcements to the same caller unless
+        fewer agents serve the queue now — and then the caller is told why."""
         ahead = q.position(entry) - 1
         wait = q.estimate(entry)
-        text = position_announcement(ahead, None if wait == float("inf") else wait, lang=self.flow.language)
-        if not text:
-            return
-        path = await asyncio.get_running_loop().run_in_executor(
-            None, self.services.prompts.synthesise, text, "queue_position"
-        )
+        wait = None if wait == float("inf") else wait
+        serving = q.serving_count()
+        longer = False
+        if wait is not None and entry.said_wait is not None and wait > entry.said_wait:
+            if serving < entry.said_serving:
+                longer = True
+            else:
+                wait = entry.said_wait  # a rise without a reason would only be noise in the model
+        if wait is not None:
+            entry.said_wait, entry.said_serving = wait, serving
+            entry.announced.append((self.clock.monotonic(), wait, ahead + 1))
+        lang = self.flow.language
+        text = position_announcement(ahead, wait, lang=lang, longer=longer)
+        if offer_key:
+            text += " " + msg("callback.offer_in_queue", key=offer_key).text(lang)
         if music is not None:
             self.leg.unlisten(music)
-        self.step("announce", node.id, {"ahead": ahead, "wait_s": None if wait == float("inf") else round(wait)})
-        await self.play_path(path, "queue_position", interruptible=False, node=node.id)
+        self.step(
+            "announce",
+            node.id,
+            {
+                "ahead": ahead,
+                "wait_s": None if wait is None else round(wait),
+                "offer": bool(offer_key),
+                "longer": longer,
+            },
+        )
+        await self.say(text, "queue_position", node=node.id, interruptible=bool(keys))
+
+    async def _offer_from_queue(self, callback, q, entry) -> str:
+        """The callback offer while the caller keeps their place: ``booked``, ``declined``, or
+        ``answered`` (an agent picked up meanwhile: a person beats a promise)."""
+        entry.offering = True
+        self.step("callback_key", callback.id, {"queue": q.cfg.id, "position": q.position(entry)})
+        offer = asyncio.ensure_future(offer_callback(self, callback, queue=q, entry=entry))
+        try:
+            answered = asyncio.ensure_future(asyncio.shield(entry.answered))
+            await asyncio.wait([offer, answered], return_when=asyncio.FIRST_COMPLETED)
+            answered.cancel()
+            if not offer.done() and entry.answered.done() and not entry.booking:
+                offer.cancel()
+                await asyncio.gather(offer, return_exceptions=True)
+                return "answered"
+            outcome = await offer
+        finally:
+            entry.offering = False
+            q.wake.set()
+        if outcome == "declined":
+            await self.say(msg("callback.back_in_line").text(self.flow.language), "back_in_line", node=callback.id)
+        return outcome
+
+    async def node_time(self, node):
+        """Business hours decide the way on; closed, the caller hears the real hours (R14)."""
+        p = node.params
+        schedule = self.schedule(p["schedule"])
+        now = self.clock.now()
+        is_open = schedule.is_open(now)
+        self.step("enter", node.id, {"type": "time", "schedule": p["schedule"], "open": is_open})
+        if not is_open and p.get("announce", True):
+            text = closed_message(schedule, now, self.flow.language)
+            await self.say(text, "closed", node=node.id, interruptible=False)
+        return p["open"] if is_open else p["closed"]
+
+    async def node_callback(self, node):
+        self.step("enter", node.id, {"type": "callback"})
+        # Straight from a queue nobody could serve: the request still belongs to that queue.
+        queues = self.services.queues
+        q = queues.get(self.topic) if queues is not None and self.topic else None
+        if await offer_callback(self, node, queue=q) == "booked":
+            return None
+        return node.params["on_decline"]
+
+    async def node_voicemail(self, node):
+        from .voicemail import take_message
+
+        self.step("enter", node.id, {"type": "voicemail"})
+        await take_message(self, node)
+        return node.params["next"]
 
     async def node_operator(self, node):
         await self.operator(reason="flow", node=node)
@@ -420,6 +549,7 @@ class CallSession:
         self.outcome = outcome
         self.step("connected", node.id, {"target": target, "user": out.remote_user})
         store_calls.update_call(self.services.db, self.call_id, connected_to=target)
+        self._reached_a_person()
         await asyncio.wait(
             [
                 asyncio.ensure_future(asyncio.shield(self.leg.disconnected)),
@@ -456,6 +586,45 @@ class CallSession:
             )
         except Exception:  # noqa: BLE001
             log.exception("call %s: cannot store the end of the call", self.call_id)
+        if self.outcome in MISSED_OUTCOMES:
+            self._missed()
+
+    def _caller(self) -> dict | None:
+        try:
+            return store_calls.get_call(self.services.db, self.call_id)
+        except Exception:  # noqa: BLE001 — a record problem must not end the call differently
+            log.exception("call %s: cannot read the call", self.call_id)
+            return None
+
+    def _missed(self) -> None:
+        """R13: a caller who reached nobody and asked for nothing stays on the list until settled."""
+        book = self.services.callbacks
+        call = self._caller()
+        if book is None or call is None:
+            return
+        node = self.flow.nodes.get(self.node_id or "")
+        try:
+            book.missed(
+                call_id=self.call_id,
+                number=call["caller"] if call["caller_kind"] == "e164" else "",
+                number_kind=call["caller_kind"],
+                started_at=call["started_at"],
+                gave_up=GAVE_UP_AT.get(node.type, node.type) if node is not None else "greeting",
+                node=self.node_id,
+                topic=self.topic,
+            )
+        except Exception:  # noqa: BLE001
+            log.exception("call %s: cannot record the missed call", self.call_id)
+
+    def _reached_a_person(self) -> None:
+        """The caller talks to someone: their earlier missed calls are settled (called again)."""
+        book = self.services.callbacks
+        call = self._caller()
+        if book is not None and call is not None and call["caller_kind"] == "e164":
+            try:
+                book.reached(call["caller"], "called_again")
+            except Exception:  # noqa: BLE001
+                log.exception("call %s: cannot settle missed calls", self.call_id)
 
 
 def _hung_up_remotely(leg) -> bool:

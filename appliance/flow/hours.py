@@ -203,3 +203,19 @@ def _day(text, where: str) -> date:
         return date.fromisoformat(str(text).strip())
     except ValueError as exc:
         raise FlowError(f"{where}: {text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def overridden(schedule: Schedule, row: dict | None) -> Schedule:
+    """``schedule`` with a stored override (``store.hours.override``) applied, or as it is."""
+    import copy
+
+    from ..clock import parse_stamp
+
+    if row is None and schedule.override is None:
+        return schedule
+    result = copy.copy(schedule)  # shares the parsed holidays; the flow's own copy stays as it was
+    result.override = None
+    if row is not None:
+        until = datetime.fromtimestamp(parse_stamp(row["until"]), schedule.tz) if row.get("until") else None
+        result.override = Override(row["state"], until)
+    return result

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from appliance.errors import FlowSyntaxError
 
-NODE_TYPES = ("play", "menu", "transfer", "operator", "hangup", "queue")
+NODE_TYPES = ("play", "menu", "transfer", "operator", "hangup", "queue", "time", "callback", "voicemail")
 # Parsed and written back unchanged, but refused by the doctor until their issues land.
-RESERVED_TYPES = ("time", "callback", "voicemail", "identify")
+RESERVED_TYPES = ("identify",)
 PLAY_ROLES = ("gdpr", "goodbye")
-TOP_LEVEL_KEYS = ("name", "start", "operator", "language", "prompts", "extensions", "nodes")
+TOP_LEVEL_KEYS = ("name", "start", "operator", "language", "prompts", "extensions", "schedules", "nodes")
 
 # A default that stands for "the flow's operator node": R6 says every failure ends at a human.
 _OPERATOR = object()
@@ -72,8 +72,38 @@ NODE_KEYS: dict[str, tuple[_Key, ...]] = {
         _Key("on_timeout", "node", default=_OPERATOR),
         _Key("on_leave", "node", default=_OPERATOR),
         _Key("on_no_agents", "node", default=_OPERATOR),
+        # Issue 11: a callback node reached by a key at any time, offered aloud after a wait.
+        _Key("callback", "node"),
+        _Key("callback_key", "text", default="1"),
+        _Key("offer_after", "seconds", default=600),
     ),
     "hangup": (),
+    # Business hours: a [schedules.NAME] table decides where the caller goes.
+    "time": (
+        _Key("schedule", "text", required=True),
+        _Key("open", "node", required=True),
+        _Key("closed", "node", required=True),
+        # Closed: say so with the real hours and the next opening, generated from the schedule.
+        _Key("announce", "bool", default=True),
+    ),
+    # A callback request: the promise from the schedule, a confirming key, SMS + e-mail, goodbye.
+    "callback": (
+        _Key("prompt", "text"),
+        _Key("schedule", "text"),
+        _Key("topic", "text"),
+        _Key("team", "text"),
+        _Key("confirm_key", "text", default="1"),
+        _Key("timeout", "seconds", default=6),
+        _Key("on_decline", "node", default=_OPERATOR),
+    ),
+    # A voice message after hours (R15): beep, at most max_length, ends on silence or "#".
+    "voicemail": (
+        _Key("prompt", "text"),
+        _Key("max_length", "seconds", default=120),
+        _Key("silence", "seconds", default=5),
+        _Key("team", "text"),
+        _Key("next", "node", default=_OPERATOR),
+    ),
 }
 
 
@@ -95,6 +125,21 @@ class Flow:
     prompts: dict[str, str]
     extensions: dict[str, str]
     nodes: dict[str, Node]
+    # Business hours by name, as written ([schedules.NAME]); ``schedule(name)`` parses one.
+    schedules: dict[str, dict] = field(default_factory=dict)
+
+    def schedule(self, name: str):
+        """The parsed :class:`~appliance.flow.hours.Schedule` ``name`` (FlowError if unknown)."""
+        from .hours import Schedule
+
+        cache = self.__dict__.setdefault("_schedules", {})
+        if name not in cache:
+            if name not in self.schedules:
+                from appliance.errors import FlowError
+
+                raise FlowError(f"no schedule {name!r} in the flow ([schedules.{name}])")
+            cache[name] = Schedule.from_table(self.schedules[name], f"schedules.{name}")
+        return cache[name]
 
 
 def _t(lang: str, pl: str, en: str) -> str:
@@ -215,7 +260,30 @@ class _Loader:
                 "nodes",
             )
         nodes = {nid: self.node(nid, raw, operator) for nid, raw in nodes_raw.items()}
-        return Flow(name, start, operator, language, prompts, extensions, nodes)
+        schedules = self.schedules(data)
+        return Flow(name, start, operator, language, prompts, extensions, nodes, schedules)
+
+    def schedules(self, data):
+        from appliance.errors import FlowError
+
+        from .hours import Schedule
+
+        table = data.get("schedules", {})
+        if not isinstance(table, dict):
+            self.fail("„schedules” musi być tabelą [schedules.NAZWA]", "“schedules” must be tables [schedules.NAME]")
+        for name, raw in table.items():
+            if not isinstance(raw, dict):
+                self.fail(
+                    f"[schedules] „{name}” musi być tabelą [schedules.{name}]",
+                    f"[schedules] “{name}” must be a table [schedules.{name}]",
+                    "schedules",
+                    name,
+                )
+            try:
+                Schedule.from_table(raw, f"schedules.{name}")
+            except FlowError as exc:
+                self.fail(f"godziny pracy: {exc}", f"business hours: {exc}", "schedules", name)
+        return {name: dict(raw) for name, raw in table.items()}
 
     def top_text(self, data, key, default):
         if key not in data:
@@ -460,7 +528,13 @@ def edges(flow: Flow, node_id: str) -> list[tuple[str, str]]:
     elif node.type == "transfer":
         out.append(("on_fail", p.get("on_fail")))
     elif node.type == "queue":
-        out += [(k, p.get(k)) for k in ("on_timeout", "on_leave", "on_no_agents")]
+        out += [(k, p.get(k)) for k in ("on_timeout", "on_leave", "on_no_agents", "callback")]
+    elif node.type == "time":
+        out += [("open", p.get("open")), ("closed", p.get("closed"))]
+    elif node.type == "callback":
+        out.append(("on_decline", p.get("on_decline")))
+    elif node.type == "voicemail":
+        out.append(("next", p.get("next")))
     elif node.type in RESERVED_TYPES:
         # A guess until these types are designed, so that the nodes after them are not
         # reported as unreachable.
@@ -496,6 +570,9 @@ def dump_flow(flow: Flow) -> str:
     out += [f"{_key(k)} = {_value(v)}" for k, v in flow.prompts.items()]
     out += ["", "[extensions]"]
     out += [f"{_key(k, quote=True)} = {_value(v)}" for k, v in flow.extensions.items()]
+    for name, table in flow.schedules.items():
+        out += ["", f"[schedules.{_key(name)}]"]
+        out += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
     for nid in node_order(flow):
         node = flow.nodes[nid]
         out += ["", f"[nodes.{_key(nid)}]", f"type = {_value(node.type)}"]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from .announce import number_pl
 
 WEEKDAY_ACC_PL = ("poniedziałek", "wtorek", "środę", "czwartek", "piątek", "sobotę", "niedzielę")
+WEEKDAY_GEN_PL = ("poniedziałku", "wtorku", "środy", "czwartku", "piątku", "soboty", "niedzieli")
 WEEKDAY_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MONTH_GEN_PL = (
     "stycznia",
@@ -130,7 +131,7 @@ class Promise:
             return f"jutro od {t}" if pl else f"tomorrow from {t}"
         wd = when.weekday()
         if pl:
-            day = f"{'we' if wd == 1 else 'w'} {WEEKDAY_ACC_PL[wd]}"
+            day = _on_pl(wd)
             if days > WEEK_DAYS:
                 number = _day_gen_pl(when.day) if spoken else str(when.day)
                 day += f" {number} {MONTH_GEN_PL[when.month - 1]}"
@@ -140,9 +141,23 @@ class Promise:
             day += f" {when.day} {MONTH_EN[when.month - 1]}"
         return f"{day} from {t}"
 
+    def window(self, schedule=None) -> tuple[datetime, datetime | None]:
+        """The promised window as moments: from when to when the callback must come. Promised
+        from the next opening, it lasts until that opening's closing time (None: open-ended)."""
+        if self.until is not None:
+            return self.now, self.until
+        if self.from_ is None:
+            return self.now, None
+        closes = schedule.closes_at(self.from_) if schedule is not None else None
+        end_of_day = self.from_.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        return self.from_, closes if closes is not None and closes <= end_of_day else end_of_day
+
 
 def promise_for(schedule, now: datetime) -> Promise:
-    """The callback window the box can honestly promise at ``now``."""
+    """The callback window the box can honestly promise at ``now`` (no schedule: always open)."""
+    if schedule is None:
+        end_of_today = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        return Promise(now, until=end_of_today)
     now = now.astimezone(schedule.tz)
     if schedule.is_open(now):
         closes = schedule.closes_at(now)
@@ -150,6 +165,77 @@ def promise_for(schedule, now: datetime) -> Promise:
         # Open past today (round the clock, or into the night): the promise is still "today".
         return Promise(now, until=closes if closes is not None and closes <= end_of_today else end_of_today)
     return Promise(now, from_=schedule.next_opening(now))
+
+
+# --- the closed message ----------------------------------------------------------------------------
+def week_hours(schedule, lang: str = "pl", *, spoken: bool = False) -> str:
+    """The regular week in words: "od poniedziałku do czwartku od 8:00 do 18:00, w piątek od 8:00
+    do 12:00 i od 13:00 do 16:00". Consecutive days with the same hours are joined."""
+    pl = lang != "en"
+    groups: list[list[int]] = []
+    for day in range(7):
+        if groups and schedule.weekly.get(day, []) == schedule.weekly.get(groups[-1][-1], []):
+            groups[-1].append(day)
+        else:
+            groups.append([day])
+    parts = []
+    for days in groups:
+        intervals = sorted(schedule.weekly.get(days[0], []))
+        if not intervals:
+            continue
+        spans = [_span(iv, pl, spoken) for iv in intervals]
+        hours = (" i " if pl else " and ").join(spans)
+        if len(days) == 7:
+            parts.append(f"codziennie {hours}" if pl else f"every day {hours}")
+        elif len(days) == 1:
+            d = days[0]
+            parts.append(f"{_on_pl(d)} {hours}" if pl else f"on {WEEKDAY_EN[d]} {hours}")
+        else:
+            first, last = days[0], days[-1]
+            if pl and len(days) == 2:
+                parts.append(f"{_on_pl(first)} i {_on_pl(last)} {hours}")
+            elif pl:
+                parts.append(f"od {WEEKDAY_GEN_PL[first]} do {WEEKDAY_GEN_PL[last]} {hours}")
+            else:
+                parts.append(f"{WEEKDAY_EN[first]} {'and' if len(days) == 2 else 'to'} {WEEKDAY_EN[last]} {hours}")
+    return ", ".join(parts)
+
+
+def _on_pl(day: int) -> str:
+    return f"{'we' if day == 1 else 'w'} {WEEKDAY_ACC_PL[day]}"
+
+
+def _span(iv, pl: bool, spoken: bool) -> str:
+    start = datetime(2000, 1, 1, iv.start.hour, iv.start.minute)
+    end = datetime(2000, 1, 1, iv.end.hour, iv.end.minute)
+    if pl:
+        return f"od {_time(start, True, spoken)} do {_time(end, True, spoken, end=True)}"
+    return f"{_time(start, False, spoken)} to {_time(end, False, spoken, end=True)}"
+
+
+def closed_message(schedule, now: datetime, lang: str = "pl", *, spoken: bool = True) -> str:
+    """What a caller hears when the schedule is closed: the holiday if it is one, the regular
+    hours and the next opening — all from the schedule, so it cannot disagree with it."""
+    pl = lang != "en"
+    now = now.astimezone(schedule.tz)
+    out = []
+    holiday = schedule.holiday(now.date())
+    if holiday and not schedule.intervals_on(now.date()):
+        out.append(f"Dzisiaj jest święto: {holiday}." if pl else f"Today is a public holiday ({holiday}).")
+    out.append("Przychodnia jest teraz nieczynna." if pl else "The clinic is closed now.")
+    always = all(
+        [(iv.start.hour, iv.start.minute, iv.end.hour, iv.end.minute) for iv in schedule.weekly.get(d, [])]
+        == [(0, 0, 0, 0)]
+        for d in range(7)
+    )
+    hours = week_hours(schedule, lang, spoken=spoken)
+    if hours and not always:
+        out.append(f"Pracujemy {hours}." if pl else f"Our hours are {hours}.")
+    opening = schedule.next_opening(now)
+    if opening is not None:
+        when = Promise(now, from_=opening).spoken(lang) if spoken else Promise(now, from_=opening).text(lang)
+        out.append(f"Zapraszamy {when}." if pl else f"We open again {when}.")
+    return " ".join(out)
 
 
 def _time(at: datetime, pl: bool, spoken: bool, *, end: bool = False) -> str:

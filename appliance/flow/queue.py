@@ -62,8 +62,14 @@ class QueueEntry:
     joined: float
     row_id: int
     answered: asyncio.Future
+    joined_at: str = ""  # wall-clock stamp: the caller's place in line, kept by a callback request
     ringing: bool = False
     done: bool = False
+    offering: bool = False  # hearing the callback offer: keeps the place, is not rung meanwhile
+    booking: bool = False  # confirmed a callback: an agent answering now is too late
+    said_wait: float | None = None  # the last wait announced to this caller
+    said_serving: int = 0  # how many agents served the queue then
+    announced: list = field(default_factory=list)  # (monotonic, wait said, position) per announcement
 
 
 @dataclass
@@ -82,6 +88,11 @@ class QueueRuntime:
         """Is anyone there at all (logged in and not paused), now or after their current call?"""
         now = self.manager.clock.monotonic()
         return any(not a.paused and a.agent.phones and now >= a.unreachable_until for a in self.members())
+
+    def serving_count(self) -> int:
+        """Agents who serve this queue now or after their current call (not paused, reachable)."""
+        now = self.manager.clock.monotonic()
+        return sum(1 for a in self.members() if not a.paused and a.agent.phones and now >= a.unreachable_until)
 
     def position(self, entry: QueueEntry) -> int:
         return self.waiting.index(entry) + 1 if entry in self.waiting else 0
@@ -193,13 +204,15 @@ class QueueManager:
 
     # --- callers ---------------------------------------------------------------------------
     def join(self, q: QueueRuntime, session) -> QueueEntry:
-        row = store_queue.record_join(self.services.db, session.call_id, q.cfg.id, at=self.clock.stamp())
+        at = self.clock.stamp()
+        row = store_queue.record_join(self.services.db, session.call_id, q.cfg.id, at=at)
         entry = QueueEntry(
             session=session,
             queue=q,
             joined=self.clock.monotonic(),
             row_id=row,
             answered=asyncio.get_running_loop().create_future(),
+            joined_at=at,
         )
         q.waiting.append(entry)
         q.wake.set()
@@ -213,7 +226,7 @@ class QueueManager:
             q.waiting.remove(entry)
         waited = self.clock.monotonic() - entry.joined
         store_queue.record_exit(self.services.db, entry.row_id, reason, waited, at=self.clock.stamp())
-        if reason != "no_agents":
+        if reason not in ("no_agents", "callback"):
             # Callers who hang up while waiting shorten the queue for those behind them; a key
             # press or the time limit is not impatience.
             q.stats.observe_wait(waited, abandoned=reason == "caller_hangup")
@@ -265,7 +278,7 @@ class QueueManager:
             try:
                 now = self.clock.monotonic()
                 for entry in list(q.waiting):
-                    if entry.ringing or entry.done:
+                    if entry.ringing or entry.done or entry.offering:
                         continue
                     free = [a for a in q.members() if a.available(now)]
                     chosen = self._choose(q, free)
@@ -313,8 +326,8 @@ class QueueManager:
             for other in legs:
                 if other is not leg:
                     other.hangup()
-            if entry.done or entry.answered.done() or not entry.session.leg.alive:
-                leg.hangup()  # the caller left while the phone was being picked up
+            if entry.done or entry.booking or entry.answered.done() or not entry.session.leg.alive:
+                leg.hangup()  # the caller left (or booked a callback) while the phone was picked up
             else:
                 agent.busy = True
                 agent.call_started = self.clock.time()

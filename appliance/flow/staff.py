@@ -15,6 +15,8 @@ until the web UI arrives:
     wrapup_s = 10                    # after a call the agent gets this long before the next
     announce_min_gap_s = 20          # never two position announcements closer than this
     when_no_agents = "leave"         # leave: take the flow's on_no_agents path; wait: stay queued
+    callback_mode = "auto"           # auto: the box calls back at the caller's place; list: staff do
+    team = "rejestracja"             # whose e-mail a callback request is ([mail] teams); default: the id
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class QueueConfig:
     wrapup_s: float = 10
     announce_min_gap_s: float = 20
     when_no_agents: str = "leave"
+    callback_mode: str = "auto"
+    team: str = ""
 
 
 @dataclass
@@ -61,7 +65,10 @@ _QUEUE_KEYS = {
     "wrapup_s": (int, float),
     "announce_min_gap_s": (int, float),
     "when_no_agents": str,
+    "callback_mode": str,
+    "team": str,
 }
+CALLBACK_MODES = ("auto", "list")
 
 
 def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
@@ -104,6 +111,8 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
             fail(f"queues.{qid}.members: no agent {', '.join(missing)}")
         if raw.get("when_no_agents", "leave") not in ("leave", "wait"):
             fail(f"queues.{qid}.when_no_agents: 'leave' or 'wait'")
+        if raw.get("callback_mode", "auto") not in CALLBACK_MODES:
+            fail(f"queues.{qid}.callback_mode: 'auto' or 'list'")
         for key in ("ring_timeout", "wrapup_s", "announce_min_gap_s"):
             if key in raw and raw[key] < 0:
                 fail(f"queues.{qid}.{key}: must not be negative")
@@ -116,6 +125,8 @@ def load_staff_text(text: str, source: str = "staff.toml") -> Staff:
             wrapup_s=raw.get("wrapup_s", 10),
             announce_min_gap_s=raw.get("announce_min_gap_s", 20),
             when_no_agents=raw.get("when_no_agents", "leave"),
+            callback_mode=raw.get("callback_mode", "auto"),
+            team=str(raw.get("team", qid)),
         )
     return staff
 

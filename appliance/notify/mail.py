@@ -13,16 +13,29 @@ Three parts, each usable alone:
   the server accepted the message, so a mail outage loses nothing: the rows stay pending and
   are retried with growing pauses. ``run_once`` never raises.
 
+E-mails for people (callback requests, voice messages) go through the mail outbox
+(appliance/store/mail_outbox.py): :func:`enqueue_mail` stores one for a team's addresses
+(``[mail] teams``, else ``[mail] recipients``) and ``run_once`` delivers it after the alarms and
+SMS, each row with its own recipients and attachments (the files are read when it is sent). A
+transient error (a 4xx reply, a dropped connection) retries that row with growing pauses of its
+own; a permanent refusal (5xx) marks it ``failed`` with the server's reply and the other rows
+still go; a server that cannot be reached at all is an outage like for alarms (one backoff, one
+alarm). :func:`callback_request_message` and :func:`voicemail_message` write those e-mails.
+
 Delivery is at least once: if the box dies between the server's "250 OK" and the write that
 marks the row, the e-mail goes out again after the restart. The Message-ID is derived from the
-row (not random), so mail clients that fold duplicates (Gmail does) show it once.
+row (not random; for the outbox from its key and creation time), so mail clients that fold
+duplicates (Gmail does) show it once.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import mimetypes
 import random
+import re
 import smtplib
 import socket
 import ssl
@@ -31,13 +44,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
+from pathlib import Path
 
 import phonenumbers
 
 from ..alarms import mark_notified, pending_notifications, raise_alarm
+from ..clock import stamp
 from ..errors import CentralkaError, ConfigError
 from ..messages import CATALOG, msg, plural_pl
-from ..store import inbox, notifications
+from ..store import inbox, mail_outbox, notifications
 
 log = logging.getLogger("centralka.mail")
 
@@ -61,6 +76,41 @@ class MailError(CentralkaError, ConnectionError):
 
 
 # --- sending -------------------------------------------------------------------------------------
+def _addresses(value, where: str) -> list[str]:
+    """A list of e-mail addresses from the settings (one address alone is taken as a list)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of e-mail addresses, got {value!r}")
+    found = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        if not isinstance(item, str) or "@" not in parseaddr(item)[1]:
+            raise ConfigError(f"{where}: {item!r} is not an e-mail address")
+        found.append(item.strip())
+    return found
+
+
+def team_addresses(settings) -> dict[str, list[str]]:
+    """``[mail] teams`` checked: team name -> its addresses (raises ConfigError when malformed)."""
+    teams = settings.mail.get("teams") or {}
+    if not isinstance(teams, dict):
+        raise ConfigError(f'mail.teams: expected a table such as {{ rejestracja = ["a@b.pl"] }}, got {teams!r}')
+    return {str(team): _addresses(value, f"mail.teams.{team}") for team, value in teams.items()}
+
+
+def recipients_for(settings, team: str | None) -> list[str]:
+    """Who gets a team's e-mail: its ``[mail] teams`` entry, else ``[mail] recipients`` (a team
+    with an empty list counts as no entry). Raises ConfigError for a malformed address."""
+    return list(team_addresses(settings).get(team or "") or _addresses(settings.mail.recipients, "mail.recipients"))
+
+
+def subject_prefix(settings) -> str:
+    """``[mail] subject_prefix`` as it starts a subject line: ``"[Centralka] "`` (or nothing)."""
+    prefix = settings.mail.subject_prefix.strip()
+    return f"{prefix} " if prefix else ""
+
+
 def _reply_text(exc: smtplib.SMTPResponseException) -> str:
     text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
     return f"{exc.smtp_code} {' '.join(text.split())}"
@@ -84,17 +134,15 @@ class Mailer:
         self.timeout_s = float(mail.timeout_s)
         self.verify_tls = bool(mail.verify_tls)
         self.ca_file = mail.ca_file.strip()
-        self.recipients = [r.strip() for r in mail.recipients if r.strip()]
-        for r in self.recipients:
-            if "@" not in parseaddr(r)[1]:
-                raise ConfigError(f"mail.recipients: {r!r} is not an e-mail address")
+        self.recipients = _addresses(mail.recipients, "mail.recipients")
+        self.teams = team_addresses(settings)
         sender = mail.from_address.strip() or (self.username if "@" in self.username else "")
         self.from_address = sender or f"centralka@{socket.gethostname()}"
         self.from_name = mail.from_name
         self.where = f"{self.host}:{self.port}"
         if not self.host:
             self.why_disabled = "no mail server (mail.host) is configured"
-        elif not self.recipients:
+        elif not self.recipients and not any(self.teams.values()):
             self.why_disabled = "no recipient (mail.recipients) is configured"
         else:
             self.why_disabled = ""
@@ -108,6 +156,10 @@ class Mailer:
     @property
     def enabled(self) -> bool:
         return not self.why_disabled
+
+    def recipients_for(self, team: str | None) -> list[str]:
+        """The team's addresses (``mail.teams``), else ``mail.recipients``."""
+        return list(self.teams.get(team or "") or self.recipients)
 
     def _loopback(self) -> bool:
         return self.host in ("localhost", "127.0.0.1", "::1")
@@ -233,7 +285,7 @@ class _Session:
             )
             raise MailError(
                 "recipients",
-                f"{m.where} refused every recipient ({detail}); check mail.recipients",
+                f"{m.where} refused every recipient ({detail}); check mail.recipients and mail.teams",
                 transient=all(400 <= c < 500 for c in codes),
                 code=max(codes, default=None),
             ) from exc
@@ -256,6 +308,14 @@ class _Session:
         for rcpt, (code, text) in refused.items():
             log.warning("mail: %s refused recipient %s: %s %s", m.where, rcpt, code, _decode(text))
         return refused
+
+
+def _server_reply(exc: MailError) -> str:
+    """The server's own words in a MailError (``552 5.3.4 Message too big``), else the error."""
+    cause = exc.__cause__
+    if isinstance(cause, smtplib.SMTPResponseException):
+        return _reply_text(cause)
+    return str(exc)
 
 
 def _decode(text) -> str:
@@ -331,6 +391,47 @@ TEXTS = {
         "withheld": "numer zastrzeżony",
         "empty": "(pusta wiadomość)",
         "sources": {"trunk": "łącze SIP (trunk)", "gsm": "modem GSM", "mail": "poczta e-mail"},
+        # Callback requests (R12). The caller's sex is unknown: impersonal forms ("poproszono"),
+        # "osoba dzwoniąca", never "dzwonił"/"prosił".
+        "cb_subject": "{prefix}Oddzwonić: {number}",
+        "cb_subject_topic": "{prefix}Oddzwonić: {number} — {topic}",
+        "cb_intro": "Osoba dzwoniąca prosi o oddzwonienie.",
+        "number": "Numer",
+        "number_kinds": {"mobile": "komórkowy", "fixed": "stacjonarny"},
+        "patient": "Pacjent",
+        "topic": "Temat",
+        "waited": "Oczekiwanie w kolejce",
+        "promise": "Obiecano oddzwonić",
+        "promise_until": "{promise} (najpóźniej {until})",
+        "requests": "Z tego numeru poproszono o oddzwonienie {n} {times}.",
+        "requests_one": "Z tego numeru poproszono o oddzwonienie 1 raz.",
+        "requests_merged": "Prośby połączono w jedną pozycję na liście.",
+        "request_no": "Numer prośby",
+        "typed": (
+            "Ten numer osoba dzwoniąca wpisała na klawiaturze telefonu (jej własny numer był ukryty "
+            "albo nie można na niego oddzwonić) — sprawdź go przed wybraniem."
+        ),
+        "cb_done": "Po rozmowie oznacz prośbę jako załatwioną:",
+        "cb_done_note": "co ustalono",
+        "cb_footer": "Do tego czasu prośba pozostaje na liście oddzwonień w panelu centralki.",
+        # Voice messages (R15).
+        "vm_subject": "{prefix}Wiadomość głosowa od {number} ({length})",
+        "vm_subject_withheld": "{prefix}Wiadomość głosowa z numeru zastrzeżonego ({length})",
+        "vm_intro": "Centralka nagrała wiadomość głosową.",
+        "length": "Długość",
+        "vm_no": "Numer wiadomości",
+        "vm_attached": "Nagranie jest w załączniku. Zawiera dane osobowe: nie przesyłaj go poza przychodnię.",
+        "vm_call_back": "Aby oddzwonić, wybierz numer {number}.",
+        "vm_footer": "Wiadomość pozostaje w panelu centralki, dopóki ktoś nie oznaczy jej jako załatwionej.",
+        # Said by the notifier when it sends an e-mail from the outbox.
+        "attachment_lost": "Uwaga: załącznik „{name}” zaginął — nie udało się odczytać pliku {path} ({why}).",
+        "attachment_refused": (
+            "Uwaga: serwer poczty nie przyjął tej wiadomości z załącznikiem „{name}” ({reply}), "
+            "więc wysłano ją bez niego."
+        ),
+        "file_missing": "plik nie istnieje",
+        "file_denied": "brak uprawnień do pliku",
+        "hours": "godz.",
     },
     "en": {
         "severity": {"critical": "critical alarm", "warning": "warning", "info": "notice"},
@@ -359,6 +460,43 @@ TEXTS = {
         "withheld": "withheld number",
         "empty": "(empty message)",
         "sources": {"trunk": "SIP trunk", "gsm": "GSM modem", "mail": "e-mail"},
+        "cb_subject": "{prefix}Call back: {number}",
+        "cb_subject_topic": "{prefix}Call back: {number} — {topic}",
+        "cb_intro": "A caller asks to be called back.",
+        "number": "Number",
+        "number_kinds": {"mobile": "mobile", "fixed": "landline"},
+        "patient": "Patient",
+        "topic": "Topic",
+        "waited": "Waited in line",
+        "promise": "Promised call back",
+        "promise_until": "{promise} (by {until})",
+        "requests": "This number asked to be called back {n} {times}.",
+        "requests_one": "This number asked to be called back once.",
+        "requests_merged": "The requests were merged into one entry on the list.",
+        "request_no": "Request number",
+        "typed": (
+            "The caller typed this number on the keypad (their own number was withheld or cannot be "
+            "called back) — check it before dialling."
+        ),
+        "cb_done": "After the call, mark the request done:",
+        "cb_done_note": "what was agreed",
+        "cb_footer": "Until then the request stays on the callback list in the box's web panel.",
+        "vm_subject": "{prefix}Voice message from {number} ({length})",
+        "vm_subject_withheld": "{prefix}Voice message from a withheld number ({length})",
+        "vm_intro": "The phone box recorded a voice message.",
+        "length": "Length",
+        "vm_no": "Message number",
+        "vm_attached": "The recording is attached. It holds personal data: do not forward it outside the clinic.",
+        "vm_call_back": "To call back, dial {number}.",
+        "vm_footer": "The message stays in the box's web panel until someone marks it done.",
+        "attachment_lost": 'Note: the attachment "{name}" was lost — the file {path} could not be read ({why}).',
+        "attachment_refused": (
+            'Note: the mail server did not accept this message with the attachment "{name}" ({reply}), '
+            "so it was sent without it."
+        ),
+        "file_missing": "the file does not exist",
+        "file_denied": "no permission to read the file",
+        "hours": "h",
     },
 }
 # What a failing stage means, for the alarm a person reads (the full error goes in its detail).
@@ -521,14 +659,215 @@ def incoming_sms_message(
     return _new_message(subject, "\n".join(lines), _message_id("sms", sms_row, domain))
 
 
+def _dial_form(number: str | None, kind: str | None, lang: str, country: str) -> str:
+    """:func:`person_number`, also for national digits as a caller typed them (``600123456``)."""
+    raw = (number or "").strip()
+    if raw and raw.isdigit():
+        try:
+            parsed = phonenumbers.parse(raw, country.upper())
+        except phonenumbers.NumberParseException:
+            parsed = None
+        if parsed is not None and phonenumbers.is_valid_number(parsed):
+            raw = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return person_number(raw, kind, lang, country)
+
+
+def _withheld(number: str | None, kind: str | None) -> bool:
+    number = (number or "").strip()
+    return kind == "withheld" or not number or number.lower() == "anonymous"
+
+
+def _length(seconds) -> str:
+    """A recording's length as a player shows it: ``0:42``, ``12:05``, ``1:02:03``."""
+    total = max(0, round(float(seconds or 0)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _wait(seconds: float, t: dict) -> str:
+    """A wait in words a person reads at a glance: ``45 s``, ``12 min 30 s``, ``1 godz. 5 min``."""
+    total = max(0, round(float(seconds)))
+    if total < 60:
+        return f"{total} s"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} {t['hours']} {minutes} min" if minutes else f"{hours} {t['hours']}"
+    return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+
+
+def _times(n: int, lang: str) -> str:
+    if _lang(lang) == "en":
+        return "time" if n == 1 else "times"
+    return plural_pl(n, "raz", "razy", "razy")  # 1 raz, 2 razy, 5 razy, 22 razy
+
+
+def callback_request_message(
+    req: dict, lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None, country: str = "PL"
+) -> tuple[str, str]:
+    """``(subject, body)`` of the e-mail telling a team that a caller asked to be called back
+    (R12): who, about what, when, what was promised, how many times they asked, and how to mark
+    it done. ``req``: a callbacks row plus ``topic_label`` and ``waited_s`` (see the keys in
+    appliance/store/db.py m011). The patient's name stays out of the subject line."""
+    t = _texts(lang)
+    number = _dial_form(req.get("number"), None, lang, country)
+    topic = " ".join(str(req.get("topic_label") or "").split())
+    if topic:
+        subject = t["cb_subject_topic"].format(prefix=prefix, number=number, topic=_subject_text(topic, 40))
+    else:
+        subject = t["cb_subject"].format(prefix=prefix, number=number)
+    kind = t["number_kinds"].get(req.get("number_kind") or "")
+    lines = [t["cb_intro"], "", f"{t['number']}: {number}" + (f" ({kind})" if kind else "")]
+    if req.get("patient"):
+        lines.append(f"{t['patient']}: {req['patient']}")
+    if topic:
+        lines.append(f"{t['topic']}: {topic}")
+    lines.append(f"{t['when']}: {person_time(req.get('created_at'), lang, tz)}")
+    if req.get("waited_s") is not None:
+        lines.append(f"{t['waited']}: {_wait(req['waited_s'], t)}")
+    promise = " ".join(str(req.get("promise") or "").split())
+    if promise:
+        if req.get("window_until"):
+            promise = t["promise_until"].format(promise=promise, until=person_time(req["window_until"], lang, tz))
+        lines.append(f"{t['promise']}: {promise}")
+    n = max(1, int(req.get("requests") or 1))
+    asked = t["requests_one"] if n == 1 else t["requests"].format(n=n, times=_times(n, lang))
+    lines.append(asked if n == 1 else f"{asked} {t['requests_merged']}")
+    lines.append(f"{t['request_no']}: {req['id']}")
+    if req.get("typed"):
+        lines += ["", t["typed"]]
+    lines += [
+        "",
+        t["cb_done"],
+        f'    centralka callbacks done {req["id"]} --note "{t["cb_done_note"]}"',
+        t["cb_footer"],
+        "",
+    ]
+    return subject, "\n".join(lines)
+
+
+def voicemail_message(
+    vm: dict, lang: str = "pl", *, prefix: str = "[Centralka] ", tz=None, country: str = "PL"
+) -> tuple[str, str]:
+    """``(subject, body)`` of the e-mail bringing a voice message (R15); the recording itself is
+    attached by whoever queues it (:func:`enqueue_mail`). ``vm``: id, number, at, seconds,
+    topic_label (may be None)."""
+    t = _texts(lang)
+    withheld = _withheld(vm.get("number"), vm.get("number_kind"))
+    number = _dial_form(vm.get("number"), vm.get("number_kind"), lang, country)
+    length = _length(vm.get("seconds"))
+    subject = t["vm_subject_withheld" if withheld else "vm_subject"].format(prefix=prefix, number=number, length=length)
+    lines = [
+        t["vm_intro"],
+        "",
+        f"{t['from']}: {number}",
+        f"{t['when']}: {person_time(vm.get('at'), lang, tz)}",
+        f"{t['length']}: {length}",
+    ]
+    topic = " ".join(str(vm.get("topic_label") or "").split())
+    if topic:
+        lines.append(f"{t['topic']}: {topic}")
+    lines += [f"{t['vm_no']}: {vm['id']}", "", t["vm_attached"]]
+    if not withheld:
+        lines.append(t["vm_call_back"].format(number=number))
+    lines += [t["vm_footer"], ""]
+    return subject, "\n".join(lines)
+
+
+# --- the mail outbox -----------------------------------------------------------------------------
+def _attachment_entry(item) -> dict:
+    """``{"name", "mime", "path"}`` from such a dict (name and mime optional) or a bare path."""
+    if isinstance(item, dict):
+        path = str(item["path"])
+        name = item.get("name") or Path(path).name
+        mime = item.get("mime")
+    else:
+        path = str(item)
+        name, mime = Path(path).name, None
+    if not mime or "/" not in mime:
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return {"name": name, "mime": mime, "path": path}
+
+
+def enqueue_mail(
+    db,
+    settings,
+    *,
+    key: str,
+    kind: str,
+    team: str | None,
+    subject: str,
+    body: str,
+    attachments=(),
+    at: str,
+) -> int | None:
+    """Queue one e-mail for ``team`` in the mail outbox; the notifier delivers it (and retries
+    until a server accepted it). Returns the outbox id — the same id for the same ``key``, so
+    queueing twice sends once — or None when e-mail is off: no ``mail.host``, or no address for
+    the team (``[mail] teams``) nor in ``[mail] recipients``; that is logged. ``attachments``:
+    ``{"name", "mime", "path"}`` dicts (or paths); the files are read when the e-mail is sent,
+    so they must stay where they are until then. ``at``: a stamp (appliance.clock.stamp)."""
+    what = f"{kind} e-mail {key}"
+    if not settings.mail.host.strip():
+        log.info("mail: %s not queued: e-mail is off (no mail server, mail.host)", what)
+        return None
+    try:
+        recipients = recipients_for(settings, team)
+    except ConfigError as exc:
+        log.error("mail: %s not queued: %s", what, exc)
+        return None
+    if not recipients:
+        log.info("mail: %s not queued: no address for team %r (mail.teams) nor in mail.recipients", what, team)
+        return None
+    return mail_outbox.enqueue(
+        db,
+        key=key,
+        kind=kind,
+        recipients=recipients,
+        subject=subject,
+        body=body,
+        attachments=[_attachment_entry(a) for a in attachments],
+        at=at,
+    )
+
+
+def _outbox_message_id(row: dict, domain: str) -> str:
+    """Stable across retries (key and creation time), different for a key reused after the
+    database was recreated (the creation time differs)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", row["key"]).strip("-")[:64] or "mail"
+    digest = hashlib.sha256(row["key"].encode("utf-8")).hexdigest()[:8]
+    created = "".join(ch for ch in str(row["created_at"])[:23] if ch.isdigit())
+    return f"<centralka.{safe}.{digest}.{created}@{domain or 'centralka.invalid'}>"
+
+
+def _unreadable(exc: OSError, t: dict) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return t["file_missing"]
+    if isinstance(exc, PermissionError):
+        return t["file_denied"]
+    return exc.strerror or str(exc)
+
+
 # --- the worker ----------------------------------------------------------------------------------
 class Notifier:
-    """E-mails pending alarms and forwards incoming SMS; call :meth:`run_once` every few seconds
-    from one thread with its own database connection. Never raises from ``run_once``.
+    """E-mails pending alarms, forwards incoming SMS and delivers the mail outbox; call
+    :meth:`run_once` every few seconds from one thread with its own database connection. Never
+    raises from ``run_once``.
 
     SMS that arrived before e-mail was first configured on this box are not forwarded (they are
     on the web UI's list): switching mail on must not flood the clinic with a year of texts.
     Alarms are all sent; when more than ``mail.digest_over`` are pending they go as one e-mail.
+    Alarms and SMS go to ``mail.recipients``; an outbox e-mail to the addresses stored with it.
+
+    The outbox, row by row: accepted → ``sent`` (the Message-ID kept); a 4xx reply to it →
+    tried again after ``retry_min_s``, doubling up to ``retry_max_s`` (its own pause, the other
+    rows go on); a 5xx reply to its recipients or its content → ``failed`` with the server's
+    reply (never tried again, the other rows go on; a 5xx to a message with attachments is
+    first tried once without them, saying so in the body); anything that breaks the connection
+    (refused, TLS, login, dropped mid-message) → the row waits its own pause and the whole
+    notifier backs off as for alarms. Rounds in which the server takes nothing count towards
+    the one ``mail_failing`` alarm per outage.
     """
 
     FORWARD_FROM = "mail.sms_forward_after_id"
@@ -549,8 +888,7 @@ class Notifier:
         self.next_try = 0.0
         self.last_error: MailError | None = None
         self._said_disabled = False
-        prefix = self.mail.subject_prefix.strip()
-        self.prefix = f"{prefix} " if prefix else ""
+        self.prefix = subject_prefix(settings)
         self.domain = self.mailer.from_address.rpartition("@")[2]
         if self.mailer.enabled and notifications.get_state(db, self.FORWARD_FROM) is None:
             last = inbox.last_id(db)
@@ -567,9 +905,10 @@ class Notifier:
         return max(0.0, self.next_try - self.clock())
 
     def run_once(self) -> dict:
-        """Send what is pending. Returns counts for the log/UI: ``alarms``, ``sms`` sent,
+        """Send what is pending. Returns counts for the log/UI: ``alarms``, ``sms``, ``mail``
+        (outbox e-mails) sent, ``mail_failed`` (outbox e-mails refused for good this round),
         ``pending`` left, ``error`` (text or None), ``state`` (off, waiting, idle, sent, failed)."""
-        result = {"alarms": 0, "sms": 0, "pending": 0, "error": None, "state": "idle"}
+        result = {"alarms": 0, "sms": 0, "mail": 0, "mail_failed": 0, "pending": 0, "error": None, "state": "idle"}
         if not self.mailer.enabled:
             if not self._said_disabled:
                 log.info("mail: e-mail notifications are off: %s", self.mailer.why_disabled)
@@ -590,22 +929,29 @@ class Notifier:
         return result
 
     def _pending_sms(self) -> list[dict]:
-        if not self.mail.forward_sms:
+        if not self.mail.forward_sms or not self.mailer.recipients:
             return []
         after = int(notifications.get_state(self.db, self.FORWARD_FROM) or 0)
         return inbox.not_forwarded(self.db, after)
 
     def _pending_alarms(self) -> list[dict]:
-        return pending_notifications(self.db) if self.mail.alarms else []
+        return pending_notifications(self.db) if self.mail.alarms and self.mailer.recipients else []
+
+    def _pending_count(self) -> int:
+        return len(self._pending_alarms()) + len(self._pending_sms()) + mail_outbox.pending_count(self.db)
 
     def _run(self, result: dict) -> None:
         alarms = self._pending_alarms()
         sms = self._pending_sms()
-        if not alarms and not sms:
-            self._recovered()
+        mails = mail_outbox.due(self.db, stamp(self.clock()))
+        if not alarms and not sms and not mails:
+            if not mail_outbox.pending_count(self.db):
+                self._recovered()
+            # else: outbox e-mails wait for their next try; that is no proof the server is back.
             return
         kw = {"prefix": self.prefix, "tz": self.tz, "domain": self.domain}
         skipped = 0
+        retried: list[MailError] = []
         with self.mailer.session() as session:
             digest = 0 < int(self.mail.digest_over) < len(alarms)
             batches = [alarms] if digest else [[a] for a in alarms]
@@ -624,11 +970,111 @@ class Notifier:
                     continue
                 inbox.mark_forwarded(self.db, row["id"])
                 result["sms"] += 1
-        result["state"] = "sent" if result["alarms"] or result["sms"] else "failed"
+            for row in mails:
+                self._deliver(session, row, result, retried)
+        sent = result["alarms"] or result["sms"] or result["mail"]
+        result["state"] = "sent" if sent else "failed"
         if skipped:
             result["pending"] = skipped
             raise self.last_error
+        if retried:
+            # The server answers but takes none of it now (e.g. 451 to everything): the outage
+            # clock runs, though each row keeps its own pause (no backoff for the alarms).
+            self.last_error = retried[-1]
+            result["error"] = str(retried[-1])
+            result["pending"] = mail_outbox.pending_count(self.db)
+            if not sent:
+                self._maybe_alarm(retried[-1])
+            return
         self._recovered()
+
+    # --- the outbox, one row ---------------------------------------------------------------------
+    def _row_delay(self, attempts: int) -> float:
+        delay = min(float(self.mail.retry_max_s), float(self.mail.retry_min_s) * 2 ** max(0, attempts - 1))
+        return delay * (0.8 + 0.4 * self.rng())
+
+    def _outbox_message(self, row: dict, *, with_files: bool = True, notes=()) -> tuple[EmailMessage, list, list]:
+        """The row as an e-mail: (message, attached entries, problems for last_error)."""
+        t = _texts(self.lang)
+        notes, problems, files = list(notes), [], []
+        for entry in row["attachments"] if with_files else ():
+            try:
+                files.append((entry, Path(entry["path"]).read_bytes()))
+            except OSError as exc:
+                notes.append(
+                    t["attachment_lost"].format(name=entry["name"], path=entry["path"], why=_unreadable(exc, t))
+                )
+                problems.append(
+                    f"attachment {entry['name']!r} lost: cannot read {entry['path']}: {exc.strerror or exc}"
+                )
+        body = row["body"]
+        if notes:
+            body = "\n".join(notes) + "\n\n" + body
+        message = _new_message(row["subject"], body, _outbox_message_id(row, self.domain))
+        try:
+            created = datetime.fromisoformat(row["created_at"])
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=timezone.utc)
+            message.replace_header("Date", format_datetime(created))  # composed then, not now
+        except (TypeError, ValueError):
+            pass
+        for entry, data in files:
+            maintype, _, subtype = entry["mime"].partition("/")
+            message.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=entry["name"])
+        return message, [entry for entry, _ in files], problems
+
+    def _deliver(self, session, row: dict, result: dict, retried: list) -> None:
+        """Send one outbox row and mark it; raises only for errors that break the session."""
+        what = f"e-mail #{row['id']} ({row['kind']} {row['key']})"
+        if not row["recipients"]:
+            mail_outbox.mark_failed(self.db, row["id"], "no recipient stored with this e-mail")
+            result["mail_failed"] += 1
+            log.warning("mail: %s has no recipient; marked failed", what)
+            return
+        try:
+            message, attached, problems = self._outbox_message(row)
+        except Exception as exc:  # a malformed row must not block the rows behind it
+            log.exception("mail: %s cannot be composed", what)
+            mail_outbox.mark_failed(self.db, row["id"], f"cannot compose the e-mail: {type(exc).__name__}: {exc}")
+            result["mail_failed"] += 1
+            return
+        try:
+            try:
+                refused = session.send(message, row["recipients"])
+            except MailError as exc:
+                if not (attached and exc.stage == "message" and not exc.transient):
+                    raise
+                # Too big, or the attachment itself refused (552, 554): the e-mail matters more.
+                log.warning("mail: %s refused with its attachments (%s); sending it without them", what, exc)
+                note = _texts(self.lang)["attachment_refused"].format(
+                    name=", ".join(a["name"] for a in attached), reply=_server_reply(exc)
+                )
+                message, _, _ = self._outbox_message(row, with_files=False, notes=[note])
+                problems.append(f"sent without its attachments: {exc}")
+                refused = session.send(message, row["recipients"])
+        except MailError as exc:
+            if exc.stage in ("recipients", "message") and not exc.transient:
+                mail_outbox.mark_failed(self.db, row["id"], str(exc))
+                result["mail_failed"] += 1
+                result["error"] = str(exc)
+                log.warning("mail: %s refused for good: %s", what, exc)
+                return
+            attempts = int(row["attempts"] or 0) + 1
+            delay = self._row_delay(attempts)
+            mail_outbox.mark_retry(self.db, row["id"], str(exc), stamp(self.clock() + delay))
+            log.warning("mail: %s not sent (attempt %d, next in %.0f s): %s", what, attempts, delay, exc)
+            if exc.stage not in ("recipients", "message"):
+                raise  # the connection is gone or unusable: the whole notifier backs off
+            retried.append(exc)
+            return
+        for rcpt, (code, text) in refused.items():
+            problems.append(f"{rcpt} refused: {code} {' '.join(_decode(text).split())}")
+        mail_outbox.mark_sent(
+            self.db, row["id"], stamp(self.clock()), message["Message-ID"], note="; ".join(problems) or None
+        )
+        result["mail"] += 1
+        for problem in problems:
+            log.warning("mail: %s sent, but %s", what, problem)
 
     def _send_one(self, session, msg: EmailMessage, what: str) -> bool:
         """False when the server rejected this one message (the rest still go); other errors raise."""
@@ -652,7 +1098,7 @@ class Notifier:
         if result["state"] != "sent":
             result["state"] = "failed"
         try:
-            result["pending"] = max(result["pending"], len(self._pending_alarms()) + len(self._pending_sms()))
+            result["pending"] = max(result["pending"], self._pending_count())
             self._maybe_alarm(exc)
         except Exception:
             log.exception("mail: cannot record the mail failure")

@@ -280,6 +280,136 @@ def m010_alarm_messages(db):
     db["alarms"].add_column("message", str)
 
 
+@migrations()
+def m011_callbacks(db):
+    # Issue 11: nobody forgotten. A manual override of a business-hours schedule; callback
+    # requests (one open request per number: repeats are merged into it) with every attempt to
+    # call back; missed calls kept open until someone reached the caller; voice messages.
+    db["hours_override"].create(
+        {"schedule": str, "state": str, "until": str, "set_at": str, "set_by": str}, pk="schedule"
+    )
+    db["callbacks"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "updated_at": str,
+            "number": str,  # E.164 when it is one, else what the caller typed
+            "number_kind": str,  # mobile, fixed, other
+            "typed": int,  # 1: the caller typed the number (caller ID hidden or not callable)
+            "call_id": int,  # the call that asked
+            "topic": str,  # queue id or menu node the caller chose
+            "team": str,  # whose e-mail it is
+            "queue": str,  # the queue whose line the request keeps its place in (auto mode)
+            "mode": str,  # auto | list
+            "place_at": str,  # when the caller joined the line: their place in it
+            "position": int,  # position in line when they asked
+            "window_from": str,
+            "window_until": str,
+            "promise": str,  # the promise as the caller heard it
+            "lang": str,
+            "patient": str,
+            "requests": int,  # how many times this number asked (merged)
+            "state": str,  # open, calling, done
+            "attempts": int,
+            "next_try_at": str,
+            "done_at": str,
+            "done_by": str,
+            "note": str,
+            "turnaround_s": float,
+            "escalated_at": str,
+            "gave_up_at": str,  # the last try failed: SMS sent, staff must take it over
+        },
+        pk="id",
+        not_null={"created_at", "number", "state"},
+        defaults={"requests": 1, "attempts": 0, "typed": 0},
+    )
+    db["callbacks"].create_index(["state", "place_at"])
+    db["callbacks"].create_index(["number", "state"])
+    db["callback_attempts"].create(
+        {
+            "id": int,
+            "callback_id": int,
+            "at": str,
+            "agent": str,
+            "line": str,
+            "result": str,  # connected, no_answer, busy, declined, not_pressed, agent_declined, failed
+            "detail": str,
+        },
+        pk="id",
+        foreign_keys=[("callback_id", "callbacks", "id")],
+    )
+    db["callback_attempts"].create_index(["callback_id"])
+    db["missed_calls"].create(
+        {
+            "id": int,
+            "call_id": int,
+            "number": str,
+            "number_kind": str,
+            "started_at": str,
+            "ended_at": str,
+            "waited_s": float,
+            "gave_up": str,  # menu, queue, ringing, operator, greeting, voicemail
+            "node": str,
+            "topic": str,
+            "state": str,  # open, done
+            "closed_at": str,
+            "closed_by": str,  # outbound, called_again, callback, staff
+            "note": str,
+        },
+        pk="id",
+        not_null={"call_id", "state"},
+    )
+    db["missed_calls"].create_index(["call_id"], unique=True)
+    db["missed_calls"].create_index(["number", "state"])
+    db["voicemails"].create(
+        {
+            "id": int,
+            "call_id": int,
+            "at": str,
+            "number": str,
+            "seconds": float,
+            "path": str,
+            "mime": str,
+            "ended_by": str,  # silence, key, max_length, hangup
+            "state": str,  # new, done
+            "done_at": str,
+            "note": str,
+        },
+        pk="id",
+        not_null={"at", "path", "state"},
+    )
+
+
+@migrations()
+def m012_mail_outbox(db):
+    # E-mail that is not lost (issue 11 item 9): every e-mail the box composes for people
+    # (callback requests, voice messages, follow-ups) waits here until a server accepted it.
+    # ``key`` makes enqueueing idempotent (one e-mail per callback request, per voice message).
+    db["mail_outbox"].create(
+        {
+            "id": int,
+            "key": str,
+            "kind": str,
+            "created_at": str,
+            "recipients": str,  # JSON list of addresses
+            "subject": str,
+            "body": str,
+            "attachments": str,  # JSON list of {"name", "mime", "path"}
+            "state": str,  # pending, sent, failed (refused for good: see last_error)
+            "attempts": int,
+            "next_try_at": str,
+            "last_error": str,
+            "sent_at": str,
+            "message_id": str,
+        },
+        pk="id",
+        not_null={"key", "kind", "created_at", "recipients", "subject", "body", "state"},
+        defaults={"attempts": 0},
+    )
+    db["mail_outbox"].create_index(["key"], unique=True)
+    db["mail_outbox"].create_index(["state", "next_try_at"])
+
+
 # Migrations renamed after boxes had applied them under the old name (sqlite-utils records a
 # migration by its name). Two were once both numbered m008; the later is m009 now.
 RENAMED = {"m008_notify": "m009_notify"}

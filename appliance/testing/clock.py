@@ -33,3 +33,22 @@ class ManualClock(Clock):
     def set_wall(self, when: float | str) -> None:
         """The wall clock jumps (an NTP correction); durations are not affected."""
         self._wall = parse_stamp(when) if isinstance(when, str) else float(when)
+
+
+class ShiftedClock(Clock):
+    """The wall clock moved to ``start`` when made, running on at the normal pace from there;
+    durations are the system's. For a whole box run on a chosen day (``testing.faults --clock-at``)."""
+
+    def __init__(self, start: float | str | datetime):
+        import time
+
+        if isinstance(start, datetime):
+            start = start.timestamp()
+        elif isinstance(start, str):
+            start = parse_stamp(start)
+        self._shift = float(start) - time.time()
+
+    def time(self) -> float:
+        import time
+
+        return time.time() + self._shift

@@ -21,7 +21,10 @@ from ..errors import CentralkaError
 from ..proc import die_with_parent
 from ..store.agents import clear_states as clear_agent_states
 from ..store.db import open_db
+from ..clock import stamp
 from ..store.flows import save_flow
+from ..store.hours import lift as lift_override
+from ..store.hours import set_override
 from ..store.phones import set_phone
 from ..store.staff import save_text as save_staff_text
 
@@ -54,19 +57,39 @@ def port_is_free(address: str, port: int) -> bool:
     return True
 
 
-def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem: str = "") -> Path:
+DEMO_MAILBOXES = {"admin": "admin@przychodnia.example", "rejestracja": "rejestracja@przychodnia.example"}
+
+
+def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem: str = "", smtp: str = "") -> Path:
+    """The demo box's settings; ``smtp`` ("host:port", $CENTRALKA_SMTP) turns e-mail on: plain
+    SMTP, no login, alarms to the admin and callback requests to the registration's mailbox."""
     directory.mkdir(parents=True, exist_ok=True)
     data = directory.resolve()
     path = directory / "centralka.toml"
+    mail = ""
+    if smtp:
+        host, _, port = smtp.rpartition(":")
+        if not host or not port.isdigit():
+            raise CentralkaError(f"CENTRALKA_SMTP={smtp!r}: write it as host:port, e.g. 127.0.0.1:8025")
+        mail = (
+            f'\n[mail]\nhost = "{host}"\nport = {int(port)}\nsecurity = "none"\n'
+            f'from_address = "centralka@przychodnia.example"\nrecipients = ["{DEMO_MAILBOXES["admin"]}"]\n'
+            f'teams = {{ rejestracja = ["{DEMO_MAILBOXES["rejestracja"]}"] }}\nretry_min_s = 5\n'
+        )
     path.write_text(
         "# Written by `make demo`; the command line uses it when run from the repository root.\n"
-        f'[box]\ndata_dir = "{data}"\n\n'
+        f'[box]\ndata_dir = "{data}"\nclinic_name = "Przychodnia Centralka"\n\n'
         f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
         f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
-        f'[control]\nsocket = "{data / "core.sock"}"\n' + (f'\n[modem]\ndevice = "{modem}"\n' if modem else ""),
+        f'[control]\nsocket = "{data / "core.sock"}"\n' + (f'\n[modem]\ndevice = "{modem}"\n' if modem else "") + mail,
         encoding="utf-8",
     )
     return path
+
+
+def demo_closed() -> bool:
+    """``CENTRALKA_DEMO_CLOSED=1``: the demo clinic is closed for the whole run."""
+    return os.environ.get("CENTRALKA_DEMO_CLOSED", "").strip().lower() in ("1", "true", "yes", "tak")
 
 
 def demo_flow_text(phones: str) -> str:
@@ -179,7 +202,7 @@ async def _demo():
         modem = f"{emulator.device},{emulator.voice_device}"
         radio = RadioServer(emulator, DEMO_DIR / "radio.sock")
         await radio.start()
-    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port, modem)
+    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port, modem, os.environ.get("CENTRALKA_SMTP", "").strip())
     settings = load_settings(cfg, env={})
     phones_port = free_udp_port()
     phones = await start_phones(phones_port)
@@ -192,6 +215,10 @@ async def _demo():
         save_staff_text(db, demo_staff_text())
         passwords = {ext: set_phone(db, ext, f"Rejestracja {ext[-1]}") for ext in AGENT_PHONES}
         clear_agent_states(db)  # the demo starts with everyone at their desk
+        if demo_closed():
+            set_override(db, "demo", "closed", until=None, at=stamp(), by="CENTRALKA_DEMO_CLOSED")
+        else:
+            lift_override(db, "demo")  # a closed run before does not close this one
         db.close()
         core = Core(settings)
 

@@ -4,6 +4,10 @@ variable read by product code).
 ``python -m appliance.testing.faults --raise-at NODE --config FILE run`` runs the core exactly as
 ``centralka run`` does, except that a call entering flow node NODE meets an :class:`InjectedFault`
 — the proof that any failure inside the engine still ends at the operator (R6).
+
+``--clock-at 2027-03-29T10:00:00+02:00`` starts the box's wall clock at that moment (it then runs
+at the normal pace): business hours, holidays and callback windows are tested on the day they
+are about (Easter Monday of any year) instead of today.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ def main(argv=None) -> int:
     from ..cli import build_parser, cmd_run
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--raise-at", required=True, metavar="NODE")
+    pre.add_argument("--raise-at", metavar="NODE")
+    pre.add_argument("--clock-at", metavar="ISO")
     ours, rest = pre.parse_known_args(argv)
     args = build_parser().parse_args(rest)
     if args.func is not cmd_run:
         raise SystemExit("appliance.testing.faults runs the core only (`... --config FILE run`)")
-    return cmd_run(args, faults=RaiseAtNode(ours.raise_at))
+    from .clock import ShiftedClock
+
+    faults = RaiseAtNode(ours.raise_at) if ours.raise_at else None
+    clock = ShiftedClock(ours.clock_at) if ours.clock_at else None
+    return cmd_run(args, faults=faults, clock=clock)
 
 
 if __name__ == "__main__":

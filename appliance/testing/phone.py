@@ -6,7 +6,7 @@ commands as JSON lines on stdin and reports events as JSON lines on stdout:
 
     {"cmd": "call", "uri": "sip:123@127.0.0.1:5060"}     {"event": "confirmed", ...}
     {"cmd": "dtmf", "digits": "555", "method": "rfc4733"|"info"}
-    {"cmd": "hangup"}   {"cmd": "quit"}
+    {"cmd": "hangup"}   {"cmd": "quit"}   {"cmd": "speak", "text": "…"}  {"event": "spoke"}
 
 Events beside those: ``incoming``, ``calling``, ``dtmf``, ``disconnected``, ``registration`` and,
 once an answered call's ``--say`` phrase has been played through once, ``said``.
@@ -207,6 +207,23 @@ class Phone:
         if self.current is not None:
             self.current.hangup()
 
+    def speak(self, text: str):
+        """Say ``text`` once into the current call (a caller leaving a message); ``spoke`` after."""
+        leg = self.current
+        if leg is None or not leg.alive or leg.audio is None:
+            self.emit({"event": "error", "error": "no call to speak into"})
+            return
+        phrase = self.prompts.synthesise(text, "speak")
+        player = leg.play(phrase)
+        seconds = wav_duration(phrase)
+
+        def done():
+            if leg.alive:
+                leg.stop(player)
+            self.emit({"event": "spoke", "seconds": round(seconds, 2)})
+
+        asyncio.get_running_loop().call_later(seconds + 0.1, done)
+
 
 async def _json_mode(args):
     def emit(obj):
@@ -235,6 +252,8 @@ async def _json_mode(args):
                 phone.dtmf(cmd["digits"], cmd.get("method", "rfc4733"))
             elif c == "hangup":
                 phone.hangup()
+            elif c == "speak":
+                phone.speak(cmd["text"])
             elif c == "quit":
                 break
             else:

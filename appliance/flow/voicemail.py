@@ -1,0 +1,138 @@
+"""A voice message after hours (R15): beep, record up to ``max_length``, end on silence or ``#``.
+
+The message is stored compressed (media/voicemail.py), listed (``centralka callbacks``: ``v12``)
+and e-mailed to the team with the recording attached, through the durable mail outbox. A
+caller who hangs up while speaking still leaves the message. A recording with no speech in it
+is not a message: the call stays a missed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..media.voicemail import GrowingWav, compress, make_beep, wait_closed
+from ..messages import msg
+from ..numbers import for_people
+from ..store import voicemails as store_voicemails
+
+log = logging.getLogger("centralka.voicemail")
+
+POLL_S = 0.25
+
+
+async def take_message(session, node) -> int | None:
+    """Record one message; returns its id (None when nothing was said)."""
+    p = node.params
+    services = session.services
+    lang = session.flow.language
+    rate = services.settings.sip.clock_rate
+    folder = services.settings.data_dir / "voicemail"
+    folder.mkdir(parents=True, exist_ok=True)
+    if p.get("prompt"):
+        await session.play(p["prompt"], interruptible=False, node=node.id)
+    else:
+        await session.say(msg("voicemail.start").text(lang), "voicemail_start", node=node.id, interruptible=False)
+    beep = make_beep(services.settings.prompt_dir / "beep.wav", rate)
+    await session.play_path(beep, "beep", interruptible=False, node=node.id)
+    stamp = services.clock.stamp()
+    raw = folder / f"{session.call_id}-{stamp[:19].replace(':', '')}.wav"
+    session.leg.digits.clear()
+    recorder = session.leg.record(raw)
+    session.step("voicemail_recording", node.id, {"max_s": p["max_length"]})
+    audio = GrowingWav(raw, rate)
+    started = session.clock.monotonic()
+    ended = "max_length"
+    try:
+        while session.clock.monotonic() - started < p["max_length"]:
+            if not session.leg.alive:
+                ended = "hangup"
+                break
+            if "#" in session.leg.digits:
+                ended = "key"
+                break
+            audio.poll()
+            if audio.spoke() and audio.silent_for() >= p["silence"]:
+                ended = "silence"
+                break
+            await asyncio.wait([asyncio.ensure_future(asyncio.shield(session.leg.disconnected))], timeout=POLL_S)
+    finally:
+        session.leg.stop(recorder)
+        recorder = None
+    audio.poll()
+    if not audio.spoke():
+        session.step("voicemail_empty", node.id, {"ended": ended})
+        return None
+    loop = asyncio.get_running_loop()
+    cut = audio.silent_for() if ended == "silence" else 0.0
+    vm_id = await loop.run_in_executor(None, _store, session, raw, cut, ended, stamp)
+    session.outcome = "voicemail"
+    session.step("voicemail_saved", node.id, {"voicemail": vm_id, "ended": ended})
+    if session.leg.alive:
+        await session.say(msg("voicemail.saved").text(lang), "voicemail_saved", node=node.id, interruptible=False)
+    return vm_id
+
+
+def _store(session, raw, cut, ended, stamp) -> int | None:
+    """(Off the loop.) Wait for the recorder to close the file, compress it, store, e-mail."""
+    services = session.services
+    if not wait_closed(raw):
+        log.warning("voicemail %s: the recorder did not close the file in time; keeping it as it is", raw)
+    mp3 = raw.with_suffix(".mp3")
+    try:
+        seconds = compress(raw, mp3, cut_end_s=cut)
+        path, mime = mp3, "audio/mpeg"
+        raw.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 — keep the WAV rather than lose the message
+        log.error("voicemail %s: cannot compress (%s); the WAV is kept", raw, exc)
+        path, mime, seconds = raw, "audio/wav", None
+    from ..store import calls as store_calls
+
+    db = services.db
+    call = store_calls.get_call(db, session.call_id)
+    number = call["caller"] if call and call["caller_kind"] == "e164" else ""
+    vm_id = store_voicemails.add(
+        db,
+        call_id=session.call_id,
+        at=stamp,
+        number=number,
+        seconds=round(seconds, 1) if seconds else None,
+        path=str(path),
+        mime=mime,
+        ended_by=ended,
+    )
+    _email(services, vm_id, number, seconds, path, mime, stamp, session.topic)
+    return vm_id
+
+
+def _email(services, vm_id, number, seconds, path, mime, stamp, topic) -> None:
+    from ..errors import CentralkaError
+    from ..notify.mail import enqueue_mail, voicemail_message
+
+    settings = services.settings
+    prefix = settings.mail.subject_prefix.strip()
+    vm = {"id": vm_id, "number": number, "at": stamp, "seconds": seconds or 0.0, "topic_label": topic}
+    try:
+        from zoneinfo import ZoneInfo
+
+        subject, body = voicemail_message(
+            vm,
+            settings.box.language,
+            prefix=f"{prefix} " if prefix else "",
+            tz=ZoneInfo(settings.box.timezone),
+            country=settings.box.country,
+        )
+        name = f"wiadomosc-{vm_id}-{for_people(number, settings.box.country).replace(' ', '') or 'anonim'}"
+        enqueue_mail(
+            services.db,
+            settings,
+            key=f"voicemail:{vm_id}",
+            kind="voicemail",
+            team=topic or "",
+            subject=subject,
+            body=body,
+            attachments=[{"name": name + path.suffix, "mime": mime, "path": str(path)}],
+            at=services.clock.stamp(),
+        )
+    except CentralkaError as exc:
+        log.warning("voicemail #%d: e-mail not queued: %s", vm_id, exc)

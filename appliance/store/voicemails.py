@@ -1,0 +1,25 @@
+"""Voice messages left after hours (R15): the recording's file, who, how long, handled or not."""
+
+from __future__ import annotations
+
+from .db import dicts
+
+
+def add(db, **fields) -> int:
+    return db["voicemails"].insert({**fields, "state": "new"}).last_pk
+
+
+def get(db, vm_id: int) -> dict | None:
+    rows = dicts(db, "SELECT * FROM voicemails WHERE id = ?", [vm_id])
+    return rows[0] if rows else None
+
+
+def new_messages(db) -> list[dict]:
+    return dicts(db, "SELECT * FROM voicemails WHERE state = 'new' ORDER BY at, id")
+
+
+def mark_done(db, vm_id: int, *, at: str, note: str = "") -> bool:
+    cur = db.execute(
+        "UPDATE voicemails SET state = 'done', done_at = ?, note = ? WHERE id = ? AND state = 'new'", [at, note, vm_id]
+    )
+    return cur.rowcount == 1

@@ -1,0 +1,250 @@
+"""Nobody forgotten (issue 11), end to end with real peers: the box as its own process, pjsua2
+phones (the caller, the receptionists' desk phones registered at Kamailio), the emulated GSM
+modem the confirming SMS leaves through, and a real SMTP server the team's e-mail reaches.
+
+What a person notices: the promise the caller hears, the SMS PDU that left the modem, the
+e-mail the team gets, the line on `centralka callbacks`, the closed message on a holiday.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from appliance.flow.model import load_flow_file
+from appliance.flow.promise import closed_message, promise_for
+from appliance.media.prompts import PromptLibrary
+from appliance.messages import msg
+from appliance.testing.demo import demo_staff_text
+from appliance.testing.modem import ModemEmulator
+
+from .audio import find_occurrences
+from .sipkit import ROOT, Phone, free_port, wait_for
+from .test_desk_phones import add_phone
+from .test_gsm_line import gsm_up, modem_settings
+from .test_notify_mail import MailServer
+
+pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is installed by make test")
+
+TEAM = "rejestracja@przychodnia.test"
+ADMIN = "admin@przychodnia.test"
+
+
+def mail_settings(server) -> str:
+    return (
+        f'\n[mail]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
+        f'from_address = "centralka@przychodnia.test"\nrecipients = ["{ADMIN}"]\n'
+        f'teams = {{ rejestracja = ["{TEAM}"] }}\nretry_min_s = 1\n'
+    )
+
+
+def cli(box, *args) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "--config", str(box.config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+
+
+def hear_out(box, prompt: str, timeout: float = 30):
+    """Wait until the box has played ``prompt`` to its end (its journey step says how long)."""
+    import time
+
+    from appliance.clock import parse_stamp
+
+    row = box.wait_step("play", prompt=prompt, timeout=timeout)
+    ends = parse_stamp(row["at"]) + json.loads(row["detail"])["seconds"] + 0.3
+    time.sleep(max(0.0, ends - time.time()))
+
+
+def heard(phone, box, text, name) -> float:
+    """How much of the spoken ``text`` the phone's recording holds (best coverage, 0..1)."""
+    spoken = PromptLibrary(box.dir / "data" / "prompts", rate=8000).synthesise(text, name)
+    found = find_occurrences(phone.recording(), spoken)
+    return max((cov for _, cov in found), default=0.0)
+
+
+@pytest.fixture
+def emulator():
+    em = ModemEmulator("huawei", callee_answer_delay=2.0)
+    yield em
+    em.close()
+
+
+@pytest.fixture
+def mailbox():
+    server = MailServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def demo_clinic(make_box, staff, workdir, emulator, mailbox):
+    """The demo flow with its registration queue, two desk phones that ring and never answer,
+    the emulated modem and the team's mailbox."""
+    kport = free_port()
+    box = make_box(
+        staff=staff,
+        settings=(
+            f"\n[kamailio]\nenabled = true\nport = {kport}\n" + modem_settings(emulator) + mail_settings(mailbox)
+        ),
+    )
+    staff_file = workdir / "staff.toml"
+    staff_file.write_text(demo_staff_text())
+    cli(box, "staff", "import", str(staff_file))
+    desks = []
+    for ext in ("201", "202"):
+        password = add_phone(box, ext)
+        desks.append(
+            Phone(
+                workdir,
+                f"agent{ext}",
+                answer_after=-1,
+                user=ext,
+                extra=["--register", f"127.0.0.1:{kport}", f"--password={password}"],
+            )
+        )
+    for desk in desks:
+        desk.wait("registration", state="registered", timeout=20)
+    gsm_up(box)
+    yield box
+    for desk in desks:
+        desk.stop()
+
+
+def test_a_caller_in_the_queue_presses_1_1_1_and_is_promised_a_callback_by_sms_and_email(
+    demo_clinic, workdir, emulator, mailbox
+):
+    box = demo_clinic
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    try:
+        patient.call(box.uri())
+        patient.wait("confirmed")
+        box.wait_step("play", prompt="menu")
+        patient.press("1")  # registration: the queue
+        box.wait_step("enter", type="queue")
+        patient.press("1")  # a callback, please
+        hear_out(box, "callback_offer")
+        patient.press("1")  # confirmed
+        requested = json.loads(box.wait_step("callback_requested")["detail"])
+        patient.wait("disconnected", timeout=30)  # the box said goodbye and hung up (R7 b)
+    finally:
+        patient.stop()
+    call = box.wait_call_ended()
+    assert (call["outcome"], call["ended_by"]) == ("callback", "box")
+    assert requested["number"] == "+48600123456" and requested["topic"] == "rejestracja"
+
+    # What the caller heard: the concrete promise and the confirmation.
+    schedule = load_flow_file(box.dir / "flow.toml").schedule("demo")
+    promise = promise_for(schedule, datetime.now(ZoneInfo("Europe/Warsaw")))
+    offer = msg("callback.offer", promise=promise.spoken(), key="1").text("pl")
+    assert heard(patient, box, offer, "offer") > 0.7
+    confirmed = " ".join(
+        m.text("pl")
+        for m in (
+            msg("callback.confirmed", promise=promise.spoken()),
+            msg("callback.sms_follows"),
+            msg("callback.goodbye"),
+        )
+    )
+    assert heard(patient, box, confirmed, "confirmed") > 0.7
+
+    # The SMS that left the modem: to the caller, the promise in it, in Polish (UCS-2).
+    [sms] = wait_for(lambda: list(emulator.sent_sms), 30, "the confirming SMS")
+    assert (sms["number"], sms["encoding"], sms["udh"]) == ("+48600123456", "ucs2", None)  # one SMS, not two
+    assert sms["text"] == f"Przychodnia: oddzwonimy {promise.text()}. Nie trzeba dzwonić ponownie."
+
+    # The team's e-mail: who called, about what, the promise, how to close it.
+    received = wait_for(lambda: [m for m in mailbox.received if TEAM in m.rcpt_tos], 30, "the team's e-mail")
+    mail = received[0]
+    assert mail.rcpt_tos == [TEAM]
+    assert "600 123 456" in mail.subject and "Rejestracja" in mail.subject
+    assert promise.text() in mail.body and f"centralka callbacks done {requested['callback']}" in mail.body
+
+    # The list staff work from: one line, number, topic, state.
+    listing = cli(box, "callbacks")
+    [line] = [x for x in listing.splitlines() if x.startswith("c")]
+    assert line.split()[0] == f"c{requested['callback']}"
+    assert "600 123 456" in line and "rejestracja" in line and "open" in line
+    # Not a missed call: the caller asked for a callback.
+    assert not any(x.startswith("m") for x in listing.splitlines())
+
+
+def test_the_same_number_asking_again_is_merged_and_texted_once(demo_clinic, workdir, emulator):
+    box = demo_clinic
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    try:
+        for n in (1, 2):
+            patient.call(box.uri())
+            patient.wait("confirmed")
+            box.wait_step("play", prompt="menu")
+            patient.press("1")
+            box.wait_step("enter", type="queue")
+            patient.press("1")
+            box.wait_step("play", prompt="callback_offer", timeout=30)
+            patient.press("1")
+            box.wait_step("callback_requested")
+            patient.wait("disconnected", timeout=30)
+            box.wait_call_ended()
+            if n == 1:
+                wait_for(lambda: emulator.sent_sms, 30, "the first SMS")
+    finally:
+        patient.stop()
+    rows = list(box.db()["callbacks"].rows)
+    assert len(rows) == 1 and rows[0]["requests"] == 2
+    # The second caller heard that the request is already booked, and no second SMS left.
+    steps = box.journey(box.calls()[-1]["id"])
+    assert json.loads(next(s for s in steps if s["step"] == "callback_requested")["detail"])["merged"] is True
+    assert len(emulator.sent_sms) == 1
+
+
+HOURS_FLOW = (ROOT / "tests" / "flows" / "hours_good.toml").read_text(encoding="utf-8")
+
+
+def test_on_easter_monday_the_caller_hears_the_closed_message_and_can_leave_a_message(
+    make_box, staff, workdir, mailbox
+):
+    easter_monday = "2027-03-29T10:00:00+02:00"  # computed, not written in any table of ours
+    box = make_box(
+        HOURS_FLOW.replace("127.0.0.1:5070", f"127.0.0.1:{staff.port}"),
+        settings=mail_settings(mailbox),
+        clock_at=easter_monday,
+    )
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    try:
+        patient.call(box.uri())
+        patient.wait("confirmed")
+        entered = json.loads(box.wait_step("enter", type="time")["detail"])
+        hear_out(box, "callback_offer", timeout=40)
+        patient.press("2")  # no callback: leave a message instead
+        box.wait_step("voicemail_recording", timeout=30)
+        patient.speak("Dzień dobry, proszę o receptę na leki na nadciśnienie. Dziękuję.")
+        patient.press("#")
+        saved = json.loads(box.wait_step("voicemail_saved", timeout=30)["detail"])
+        patient.hangup()
+    finally:
+        patient.stop()
+    box.wait_call_ended()
+    assert entered["open"] is False
+    flow = load_flow_file(box.dir / "flow.toml")
+    closed = closed_message(flow.schedule("przychodnia"), datetime.fromisoformat(easter_monday))
+    assert closed.startswith("Dzisiaj jest święto: Poniedziałek Wielkanocny.")
+    assert "Zapraszamy jutro od ósmej." in closed
+    assert heard(patient, box, closed, "closed") > 0.7
+    assert saved["ended"] == "key"
+
+    vm = next(box.db()["voicemails"].rows)
+    assert vm["mime"] == "audio/mpeg" and vm["number"] == "+48600123456" and vm["seconds"] > 2
+    received = wait_for(lambda: list(mailbox.received), 30, "the voice message e-mail")
+    mail = received[0]
+    assert "600 123 456" in mail.subject
+    [attachment] = [p for p in mail.message.walk() if p.get_content_disposition() == "attachment"]
+    assert attachment.get_content_type() == "audio/mpeg"
+    assert attachment.get_payload(decode=True) == open(vm["path"], "rb").read()
+    assert f"v{vm['id']}" in cli(box, "callbacks")
