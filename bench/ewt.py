@@ -7,16 +7,16 @@ an exact FIFO queue simulation (discrete events) and scores what waiting callers
   joining and then every ``--announce-every`` seconds (30, the queue node's default) while still
   waiting; each says the wait *remaining* at that moment and is scored as
   |announced remaining wait - actual remaining wait| (answer time minus the announcement's
-  time). As on the box (engine.node_queue / _announce_position), the caller who is next
-  (position 1) hears nothing. Asterisk's app_queue would still give that caller a hold time, but
-  the comparison is on the same set: only moments at which both would announce (position >= 2).
-  Both estimators are asked at the same moment with what each would know then: ours the
+  time). As on the box (engine.node_queue / _announce_position), the caller who is first in line
+  (position 1) hears it too ("you are the first in line" and the wait), so every position is
+  scored. Both estimators are asked at the same moment with what each would know then: ours the
   position, each busy agent's elapsed handling time, idle agents and the statistics learned so
   far; Asterisk its running average and how long the caller has already waited
-  (|avg + 30 - waited| in whole minutes, as app_queue re-announces it);
+  (|avg + 30 - waited| in whole minutes, as app_queue re-announces it). Ours follows the box's
+  rule that the wait said to a caller never rises from one announcement to the next unless fewer
+  agents serve the queue than at the previous one (then the new, longer wait is said);
 - on joining only (the earlier score, kept for comparison): for every caller who found no free
-  agent and was then answered, the wait announced at joining against the whole wait. This one
-  also counts callers who joined at position 1, whom the box tells nothing.
+  agent and was then answered, the wait announced at joining against the whole wait.
 
 Both are scored as heard: ours rounded as the announcement rounds it (announce.announced_wait_s,
 "less than a minute" = 30 s), Asterisk's in whole minutes as app_queue says it (0 minutes, when
@@ -90,7 +90,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.flow.announce import announced_wait_s  # noqa: E402
-from appliance.flow.estimate import AsteriskEstimator, HandlingStats, _ndtri, estimate_wait  # noqa: E402
+from appliance.flow.estimate import (  # noqa: E402
+    AsteriskEstimator,
+    HandlingStats,
+    _ndtri,
+    estimate_wait,
+    resolve_announcements,
+)
 
 _erfc = np.vectorize(math.erfc, otypes=[float])
 
@@ -176,7 +182,8 @@ class Caller:
     answered: float | None = None
     abandoned: bool = False
     heard: list = field(default_factory=list)  # Heard: every announcement made to this caller
-    silent_next: int = 0  # announcement moments skipped: the caller was next in line
+    said_s: float | None = None  # the last wait (s) ours announced to this caller (the box's said_wait)
+    said_serving: int = 0  # agents serving the queue then
     agent: int | None = None  # who answered (synthetic days)
 
 
@@ -202,11 +209,11 @@ class Tally:
     err_ast: list = field(default_factory=list)
     err_oracle: list = field(default_factory=list)
     waits: list = field(default_factory=list)
-    # every announcement heard (position >= 2, while waiting)
+    # every announcement heard (every position, while waiting)
     made: int = 0  # announcements made
     made_censored: int = 0  # ... to callers who then hung up: counted, not scored
     made_no_time: int = 0  # ... saying no time (nobody could answer): nothing to score
-    silent_next: int = 0  # moments the caller was next in line: the box says nothing
+    first_in_line: int = 0  # scored announcements to the caller at position 1
     herr_ours: list = field(default_factory=list)
     herr_ours_raw: list = field(default_factory=list)
     herr_ast: list = field(default_factory=list)
@@ -227,7 +234,7 @@ class Tally:
         "remaining",
         "positions",
     )
-    COUNTS = ("callers", "queued", "abandoned", "made", "made_censored", "made_no_time", "silent_next")
+    COUNTS = ("callers", "queued", "abandoned", "made", "made_censored", "made_no_time", "first_in_line")
 
     def add(self, c: Caller) -> None:
         self.callers += 1
@@ -249,7 +256,6 @@ class Tally:
             self.err_oracle.append(c.oracle_s - wait)
 
     def _add_heard(self, c: Caller) -> None:
-        self.silent_next += c.silent_next
         self.made += len(c.heard)
         if c.abandoned or c.answered is None:
             self.made_censored += len(c.heard)  # the remaining wait is unknown
@@ -261,6 +267,7 @@ class Tally:
             rest = c.answered - h.at
             self.remaining.append(rest)
             self.positions.append(h.position)
+            self.first_in_line += h.position == 1
             self.herr_ours.append(h.ours_s - rest)
             self.herr_ours_raw.append(h.ours_raw_s - rest)
             self.herr_ast.append(h.asterisk_s - rest)
@@ -309,28 +316,44 @@ class Estimators:
         """The announcement on joining (kept on the caller for the join-only score)."""
         c.ours_s, c.ours_raw_s, c.asterisk_s = self.say(position, busy_elapsed, idle, 0.0)
 
-    def heard(self, c: Caller, now: float, position: int, busy_elapsed: list[float], idle: int, oracle=None) -> None:
-        """An announcement moment for a caller still waiting: the box says nothing to the caller
-        who is next; otherwise both estimators' remaining waits are recorded. ``oracle``: a
-        callable giving the oracle's prediction (called only when something is said)."""
-        if position <= 1:
-            c.silent_next += 1
-            return
+    def heard(
+        self,
+        c: Caller,
+        now: float,
+        position: int,
+        busy_elapsed: list[float],
+        idle: int,
+        oracle=None,
+        serving: int = 0,
+    ) -> None:
+        """An announcement moment for a caller still waiting, at any position (the first in line
+        hears it too): both estimators' remaining waits are recorded. ``oracle``: a callable
+        giving the oracle's prediction; ``serving``: agents serving the queue now.
+
+        Ours as engine._announce_position says it: a wait above the last one said to this caller
+        is held at the last one unless fewer agents serve now than then; a wait said is
+        remembered (the box's ``said_wait``/``said_serving``), "no time" is not."""
         if now == c.joined and c.ours_s is not None:
             ours, raw, ast = c.ours_s, c.ours_raw_s, c.asterisk_s  # the join announcement itself
         else:
             ours, raw, ast = self.say(position, busy_elapsed, idle, now - c.joined)
+        if math.isfinite(raw):
+            if c.said_s is not None and raw > c.said_s and not serving < c.said_serving:
+                raw = c.said_s
+                ours = announced_wait_s(raw)
+            c.said_s, c.said_serving = raw, serving
         c.heard.append(Heard(now, position, ours, raw, ast, oracle() if oracle is not None else None))
 
     def answered(self, joined: float, now: float, heard: list[Heard]) -> None:
         """A caller was answered ``now``: what QueueManager.answered does on the box. Asterisk
         folds the wait into its average; ours learns the wait, and how wrong each announcement
-        made to this caller was (the seconds it said against the seconds that followed)."""
+        made to this caller was (the seconds it said against the seconds that followed), through
+        estimate.resolve_announcements with the caller's (time, seconds said, position) list,
+        as the queue keeps it in ``QueueEntry.announced`` (no entry for "no time")."""
         self.asterisk.observe_wait(now - joined)
         self.stats.observe_wait(now - joined, abandoned=False)
-        for h in heard:
-            if math.isfinite(h.ours_raw_s):
-                self.stats.observe_error(h.ours_raw_s, now - h.at, h.position)
+        said = [(h.at, h.ours_raw_s, h.position) for h in heard if math.isfinite(h.ours_raw_s)]
+        resolve_announcements(self.stats, said, now)
 
 
 # --- synthetic days --------------------------------------------------------------------------
@@ -496,8 +519,8 @@ def simulate_day(
             if oracle is not None and c.queued:
                 c.oracle_s = predictor(oracle, now, position, list(queue))()
             if c.queued:
-                # The first announcement, at joining (nothing if next in line), then a timer.
-                est.heard(c, now, position, busy, idle, (lambda c=c: c.oracle_s) if oracle else None)
+                # The first announcement, at joining, then a timer.
+                est.heard(c, now, position, busy, idle, (lambda c=c: c.oracle_s) if oracle else None, agents)
                 push(now + every, "announce", ident)
             queue.append(ident)
             if c.queued:
@@ -511,7 +534,7 @@ def simulate_day(
             busy = [max(0.0, now - busy_since[a]) for a in busy_since]
             ahead = queue[: position - 1]
             predict = predictor(later_oracle, now, position, ahead) if later_oracle is not None else None
-            est.heard(c, now, position, busy, len(free_agents), predict)
+            est.heard(c, now, position, busy, len(free_agents), predict, agents)
             push(now + every, "announce", ident)
         elif kind == "abandon":
             if ident in queue:
@@ -796,7 +819,7 @@ def _replay_day(
         elif kind == "announce":
             if i in waiting:
                 busy = [t - s for s in on_call.values()]
-                est.heard(callers[i], t, waiting.index(i) + 1, busy, max(0, agents - len(busy)))
+                est.heard(callers[i], t, waiting.index(i) + 1, busy, max(0, agents - len(busy)), serving=agents)
         elif kind == "answer":
             if i in waiting:
                 waiting.remove(i)
@@ -833,7 +856,7 @@ def print_table(name: str, tally: Tally, info: dict) -> None:
         f"  announcements heard {tally.made} (to callers who then hung up {tally.made_censored}: "
         f"censored, not scored{no_time}), scored {len(tally.remaining)}, mean remaining wait "
         f"{np.mean(tally.remaining) if tally.remaining else float('nan'):.0f} s; "
-        f"next in line, nothing said {tally.silent_next}"
+        f"to the first in line {tally.first_in_line}"
     )
     cols = f"{'MAE s':>8}{'bias s':>9}{'<=1 min':>9}"
     print(f"  {'':<26}{'every announcement heard':>26}   {'on joining only':>26}")
@@ -857,7 +880,7 @@ def print_table(name: str, tally: Tally, info: dict) -> None:
     print_by_position(tally)
 
 
-POSITION_BANDS = ((2, 2), (3, 4), (5, 8), (9, 10**9))
+POSITION_BANDS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 10**9))
 
 
 def print_by_position(tally: Tally) -> None:
@@ -866,6 +889,8 @@ def print_by_position(tally: Tally) -> None:
         return
     pos = np.asarray(tally.positions)
     ours, ast = np.asarray(tally.herr_ours), np.asarray(tally.herr_ast)
+    # Every scored announcement has an oracle value when the oracle ran.
+    oracle = np.asarray(tally.herr_oracle) if len(tally.herr_oracle) == len(pos) else None
     cells = []
     for lo, hi in POSITION_BANDS:
         m = (pos >= lo) & (pos <= hi)
@@ -874,6 +899,7 @@ def print_by_position(tally: Tally) -> None:
             cells.append(
                 f"{band}: {int(m.sum())} ours {np.mean(np.abs(ours[m])):.0f} ({np.mean(ours[m]):+.0f}) "
                 f"ast {np.mean(np.abs(ast[m])):.0f}"
+                + (f" oracle {np.mean(np.abs(oracle[m])):.0f}" if oracle is not None else "")
             )
     print("  by position (n, MAE (bias)): " + "; ".join(cells))
 
@@ -893,7 +919,7 @@ def summarize(name: str, results: dict[str, Level], args, days: int, sim_days: i
     cpu_ms = 1000.0 * cpu_s / estimates if estimates else float("nan")
     print(
         f"\n{name}, every announcement heard ({len(total.remaining)} scored, every "
-        f"{args.announce_every:g} s, position >= 2): ours {ours:.0f} s (bias {total.bias('herr_ours'):+.0f} s), "
+        f"{args.announce_every:g} s, every position): ours {ours:.0f} s (bias {total.bias('herr_ours'):+.0f} s), "
         f"asterisk {ast:.0f} s (bias {total.bias('herr_ast'):+.0f} s), ratio {ratio:.2f}"
         + (f", oracle {total.mae('herr_oracle'):.0f} s" if total.herr_oracle else "")
     )
@@ -924,7 +950,7 @@ def summarize(name: str, results: dict[str, Level], args, days: int, sim_days: i
         "announcements_made": total.made,
         "announcements_censored": total.made_censored,
         "announcements_no_time": total.made_no_time,
-        "next_in_line_silent": total.silent_next,
+        "announcements_first_in_line": total.first_in_line,
         "announce_every_s": args.announce_every,
         "ours_join_mae_s": _num(ours_join),
         "asterisk_join_mae_s": _num(ast_join),

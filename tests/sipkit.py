@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from appliance.cli import main as cli_main
+from appliance.clock import parse_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,7 +226,8 @@ class Box:
         self.env.pop("CENTRALKA_CONFIG", None)
         self.env.update(env or {})
         self.raise_at = raise_at
-        self.clock_at = clock_at
+        # The box's wall clock runs this many seconds ahead of ours (0 without ``clock_at``).
+        self.clock_shift = parse_stamp(clock_at) - time.time() if clock_at else 0.0
         self.stderr_path = workdir / "box.stderr"
         self._launch()
 
@@ -236,7 +238,7 @@ class Box:
     def _launch(self):
         # A fault plan runs the same core through the testing wing (appliance.testing.faults).
         plan = (["--raise-at", self.raise_at] if self.raise_at else []) + (
-            ["--clock-at", self.clock_at] if self.clock_at else []
+            ["--clock-shift", repr(self.clock_shift)] if self.clock_shift else []
         )
         runner = ["appliance.testing.faults", *plan] if plan else ["appliance.cli"]
         self.proc = subprocess.Popen(
@@ -280,6 +282,10 @@ class Box:
         from appliance.store.calls import journey
 
         return journey(self.db(), call_id)
+
+    def now(self) -> float:
+        """The box's wall-clock time (its clock may be set to another day: ``clock_at``)."""
+        return time.time() + self.clock_shift
 
     def wait_step(self, step: str, timeout: float = 20, count: int = 1, **detail) -> dict:
         """The newest call's ``count``-th journey step ``step`` whose detail has ``detail`` (e.g.

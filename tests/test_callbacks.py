@@ -60,7 +60,7 @@ def hear_out(box, prompt: str, timeout: float = 30):
 
     row = box.wait_step("play", prompt=prompt, timeout=timeout)
     ends = parse_stamp(row["at"]) + json.loads(row["detail"])["seconds"] + 0.3
-    time.sleep(max(0.0, ends - time.time()))
+    time.sleep(max(0.0, ends - box.now()))
 
 
 def heard(phone, box, text, name) -> float:

@@ -121,3 +121,37 @@ def test_listing_is_newest_first_in_every_state(db):
 def test_an_email_needs_a_key(db):
     with pytest.raises(ValueError):
         queue(db, key="")
+
+
+@pytest.mark.parametrize(
+    "recipients, says",
+    [
+        ("rejestracja@przychodnia.example", "not one text"),  # would be one recipient per letter
+        ([], "non-empty list"),
+        (["rejestracja@przychodnia.example", ""], "non-empty list"),
+    ],
+)
+def test_recipients_must_be_a_list_of_addresses(db, recipients, says):
+    with pytest.raises(ValueError, match=says):
+        queue(db, recipients=recipients)
+    assert mail_outbox.listing(db) == []
+
+
+def test_a_retry_for_the_recipients_still_owed_it(db):
+    mail_id = queue(db, recipients=DESK + ["kierownik@przychodnia.example"])
+
+    mail_outbox.mark_retry(
+        db,
+        mail_id,
+        "kierownik@przychodnia.example refused: 450 busy",
+        stamp(T0 + 30),
+        recipients=["kierownik@przychodnia.example"],
+        message_id="<m@x>",
+    )
+
+    row = mail_outbox.get(db, mail_id)
+    assert (row["state"], row["attempts"], row["next_try_at"]) == ("pending", 1, stamp(T0 + 30))
+    assert row["recipients"] == ["kierownik@przychodnia.example"]
+    assert row["message_id"] == "<m@x>"
+    with pytest.raises(ValueError, match="at least one recipient"):
+        mail_outbox.mark_retry(db, mail_id, "x", stamp(T0 + 60), recipients=[])

@@ -150,7 +150,7 @@ class HandlingStats:
         self.exposure_ew_s = keep * self.exposure_ew_s + w
         self.waits += 1
 
-    def observe_error(self, announced_s: float, actual_s: float, position: int) -> None:
+    def observe_error(self, announced_s: float, actual_s: float, position: int) -> bool:
         """One announcement resolved: ``announced_s`` is what ``estimate_wait`` returned for the
         caller at ``position`` (unrounded seconds), ``actual_s`` how long that caller then
         waited from that moment until answered. Call it for each announcement made to a caller
@@ -161,7 +161,7 @@ class HandlingStats:
         its own tail."""
         announced, actual = float(announced_s), float(actual_s)
         if not (math.isfinite(announced) and math.isfinite(actual)) or announced < MIN_HANDLE_S or position < 1:
-            return
+            return False
         band = correction_band(int(position))
         model = announced / self.correction(int(position))
         # One freak wait (an agent called away for ten minutes) must not swing the factor: the
@@ -172,6 +172,7 @@ class HandlingStats:
         sums[0] = keep * sums[0] + actual
         sums[1] = keep * sums[1] + model
         self.errors += 1
+        return True
 
     def correction(self, position: int) -> float:
         """Factor applied to the model's estimate for ``position`` (1.0 until errors are seen)."""
@@ -458,3 +459,22 @@ class AsteriskEstimator:
 
     def announced_s(self, waited_s: float = 0.0) -> float:
         return 60.0 * self.announced_minutes(waited_s)
+
+
+def resolve_announcements(stats: HandlingStats, announced: list[tuple[float, float, int]], answered_at: float) -> int:
+    """A caller was answered at ``answered_at`` (monotonic): each announcement made to that
+    caller, ``(monotonic time, seconds said, position)``, is compared with the wait that followed
+    it (``HandlingStats.observe_error``). Returns how many were used (entries that are malformed,
+    say no time, or lie after the answer are skipped)."""
+    used = 0
+    for item in announced or ():
+        try:
+            at, said, position = float(item[0]), float(item[1]), int(item[2])
+        except (TypeError, ValueError, IndexError):
+            continue
+        actual = float(answered_at) - at
+        if not (math.isfinite(at) and math.isfinite(said) and math.isfinite(actual)) or actual < 0:
+            continue
+        if stats.observe_error(said, actual, position):
+            used += 1
+    return used

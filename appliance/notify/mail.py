@@ -17,15 +17,40 @@ E-mails for people (callback requests, voice messages) go through the mail outbo
 (appliance/store/mail_outbox.py): :func:`enqueue_mail` stores one for a team's addresses
 (``[mail] teams``, else ``[mail] recipients``) and ``run_once`` delivers it after the alarms and
 SMS, each row with its own recipients and attachments (the files are read when it is sent). A
-transient error (a 4xx reply, a dropped connection) retries that row with growing pauses of its
-own; a permanent refusal (5xx) marks it ``failed`` with the server's reply and the other rows
-still go; a server that cannot be reached at all is an outage like for alarms (one backoff, one
-alarm). :func:`callback_request_message` and :func:`voicemail_message` write those e-mails.
+transient error (a 4xx reply, a dropped connection, no server listening) retries that row with
+growing pauses of its own (``attempts`` and ``last_error`` say what happened); a permanent
+refusal (5xx) marks it ``failed`` with the server's reply and raises a ``mail_refused`` alarm,
+and the other rows still go; a server that cannot be reached at all is also an outage like for
+alarms (one backoff, one ``mail_failing`` alarm). A recipient put off (4xx) while the others were
+accepted stays owed the e-mail: the row stays pending for that address alone. Bad input to
+:func:`enqueue_mail` (no key, no subject, an attachment without a path) raises
+:class:`MailInputError` before anything is stored. :func:`callback_request_message` and
+:func:`voicemail_message` write those e-mails.
 
-Delivery is at least once: if the box dies between the server's "250 OK" and the write that
-marks the row, the e-mail goes out again after the restart. The Message-ID is derived from the
-row (not random; for the outbox from its key and creation time), so mail clients that fold
-duplicates (Gmail does) show it once.
+Delivery guarantee — **at least once** (unlike the SMS outbox, which is at most once)
+------------------------------------------------------------------------------------
+A row is marked ``sent`` only after the server's "250 OK" to the message. If the box dies
+between that reply and the write that marks the row (kill -9, a power cut, the database
+failing), or the connection drops after the server took the message but before its reply
+arrived, the e-mail goes out again on the next round. The Message-ID is derived from the row
+(not random; for the outbox from its key and creation time), the same on every try, so mail
+clients that fold duplicates (Gmail does) show it once; the window is one SMTP reply wide.
+Alarms and forwarded SMS follow the same rule (their Message-ID comes from their row).
+
+Why not at most once, as appliance/gsm/outbox.py does for SMS: that choice protects patients
+(a duplicate SMS confuses an elderly patient, a resend loop costs the clinic money) and its
+price — an SMS in doubt is held for a person to decide — is cheap because the callback lives
+on anyway. Here the readers are the clinic's own staff: a duplicate costs them a glance (and
+usually not even that, with the same Message-ID), while an e-mail held back is a callback
+request or a voice message that nobody hears of. SMTP itself is at least once (RFC 5321, 6.1:
+a lost "250" leads to duplicates), so an at-most-once promise could not be kept anyway. The
+price is a possible duplicate per crash in that window; a process killed again and again right
+after each "250" would resend once per restart (the core restarts after 2 s, the notifier's
+first round is 5 s later). Nothing in sending kills the process — smtplib runs in the
+notifier's own thread, every error is caught and the round retried with growing pauses, a row is
+tried at most once a round — so that loop needs a fault outside this code, and then shows.
+Enqueueing is exactly once per ``key`` (like ``dedupe_key`` for SMS): queueing the same key
+twice is one row and one e-mail, whatever state the first is in.
 """
 
 from __future__ import annotations
@@ -49,10 +74,11 @@ from pathlib import Path
 import phonenumbers
 
 from ..alarms import mark_notified, pending_notifications, raise_alarm
-from ..clock import stamp
+from ..clock import parse_stamp, stamp
 from ..errors import CentralkaError, ConfigError
 from ..messages import CATALOG, msg, plural_pl
 from ..store import inbox, mail_outbox, notifications
+from ..store.db import transaction
 
 log = logging.getLogger("centralka.mail")
 
@@ -73,6 +99,11 @@ class MailError(CentralkaError, ConnectionError):
         self.transient = transient
         self.code = code
         super().__init__(message)
+
+
+class MailInputError(CentralkaError, ValueError):
+    """:func:`enqueue_mail` was given something that cannot become an e-mail (no key, no subject,
+    an attachment without a path...); nothing was queued. The message names the field."""
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -156,10 +187,6 @@ class Mailer:
     @property
     def enabled(self) -> bool:
         return not self.why_disabled
-
-    def recipients_for(self, team: str | None) -> list[str]:
-        """The team's addresses (``mail.teams``), else ``mail.recipients``."""
-        return list(self.teams.get(team or "") or self.recipients)
 
     def _loopback(self) -> bool:
         return self.host in ("localhost", "127.0.0.1", "::1")
@@ -431,6 +458,7 @@ TEXTS = {
         ),
         "file_missing": "plik nie istnieje",
         "file_denied": "brak uprawnień do pliku",
+        "cannot_compose": "centralka nie zdołała złożyć wiadomości (błąd programu)",
         "hours": "godz.",
     },
     "en": {
@@ -496,6 +524,7 @@ TEXTS = {
         ),
         "file_missing": "the file does not exist",
         "file_denied": "no permission to read the file",
+        "cannot_compose": "the box could not put the e-mail together (a software fault)",
         "hours": "h",
     },
 }
@@ -776,18 +805,37 @@ def voicemail_message(
 
 
 # --- the mail outbox -----------------------------------------------------------------------------
-def _attachment_entry(item) -> dict:
+def _attachment_entry(item, what: str) -> dict:
     """``{"name", "mime", "path"}`` from such a dict (name and mime optional) or a bare path."""
     if isinstance(item, dict):
+        if not item.get("path"):
+            raise MailInputError(f"{what}: an attachment needs a path (the file to attach), got {item!r}")
         path = str(item["path"])
-        name = item.get("name") or Path(path).name
+        name = str(item.get("name") or Path(path).name)
         mime = item.get("mime")
-    else:
+    elif isinstance(item, (str, Path)) and str(item).strip():
         path = str(item)
         name, mime = Path(path).name, None
-    if not mime or "/" not in mime:
+    else:
+        raise MailInputError(f"{what}: an attachment is a path or a {{name, mime, path}} table, got {item!r}")
+    if not name.strip():
+        raise MailInputError(f"{what}: the attachment {path!r} needs a file name")
+    if not _mime_ok(mime):
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return {"name": name, "mime": mime, "path": path}
+
+
+def _mime_ok(mime) -> bool:
+    """``type/subtype``, both parts present and without spaces (e.g. ``audio/mpeg``)."""
+    if not isinstance(mime, str):
+        return False
+    maintype, slash, subtype = mime.partition("/")
+    return bool(slash and maintype and subtype and " " not in mime and "/" not in subtype)
+
+
+def _one_line(text: str) -> str:
+    """A subject as one header line: line breaks (which email refuses in a header) become spaces."""
+    return " ".join(str(text).split())
 
 
 def enqueue_mail(
@@ -807,27 +855,47 @@ def enqueue_mail(
     queueing twice sends once — or None when e-mail is off: no ``mail.host``, or no address for
     the team (``[mail] teams``) nor in ``[mail] recipients``; that is logged. ``attachments``:
     ``{"name", "mime", "path"}`` dicts (or paths); the files are read when the e-mail is sent,
-    so they must stay where they are until then. ``at``: a stamp (appliance.clock.stamp)."""
+    so they must stay where they are until then (one gone by then is named in the e-mail that
+    goes without it). ``at``: a stamp (appliance.clock.stamp).
+
+    Raises :class:`MailInputError` for arguments that cannot make an e-mail and ConfigError for
+    a malformed address in ``[mail] teams`` / ``recipients``; nothing is queued then (both are
+    CentralkaError, which the callers catch and log)."""
     what = f"{kind} e-mail {key}"
+    if not isinstance(key, str) or not key.strip():
+        raise MailInputError(f"an e-mail to queue needs a key (e.g. 'voicemail:12'), got {key!r}")
+    if not isinstance(kind, str) or not kind.strip():
+        raise MailInputError(f"e-mail {key}: needs a kind (e.g. 'callback', 'voicemail'), got {kind!r}")
+    if not isinstance(subject, str) or not _one_line(subject):
+        raise MailInputError(f"{what}: needs a subject (a non-empty text), got {subject!r}")
+    if not isinstance(body, str):
+        raise MailInputError(f"{what}: the body must be a text, got {type(body).__name__}")
+    try:
+        parse_stamp(at)
+    except (TypeError, ValueError) as exc:
+        raise MailInputError(f"{what}: 'at' must be a stamp such as {stamp(0)!r}, got {at!r}") from exc
+    if isinstance(attachments, (str, Path, dict)):
+        attachments = [attachments]  # one attachment given alone, not a list of its letters
+    files = [_attachment_entry(a, what) for a in attachments]
     if not settings.mail.host.strip():
         log.info("mail: %s not queued: e-mail is off (no mail server, mail.host)", what)
         return None
-    try:
-        recipients = recipients_for(settings, team)
-    except ConfigError as exc:
-        log.error("mail: %s not queued: %s", what, exc)
-        return None
+    recipients = recipients_for(settings, team)  # ConfigError for a malformed address: the caller says it
     if not recipients:
         log.info("mail: %s not queued: no address for team %r (mail.teams) nor in mail.recipients", what, team)
         return None
+    for entry in files:
+        if not Path(entry["path"]).is_file():
+            # Queued all the same: the e-mail matters more than its attachment, and says it is missing.
+            log.warning("mail: %s: the attachment %s is not there (yet); it is read when the e-mail goes", what, entry)
     return mail_outbox.enqueue(
         db,
         key=key,
         kind=kind,
         recipients=recipients,
-        subject=subject,
+        subject=_one_line(subject),
         body=body,
-        attachments=[_attachment_entry(a) for a in attachments],
+        attachments=files,
         at=at,
     )
 
@@ -952,26 +1020,34 @@ class Notifier:
         kw = {"prefix": self.prefix, "tz": self.tz, "domain": self.domain}
         skipped = 0
         retried: list[MailError] = []
-        with self.mailer.session() as session:
-            digest = 0 < int(self.mail.digest_over) < len(alarms)
-            batches = [alarms] if digest else [[a] for a in alarms]
-            for batch in batches:
-                msg = alarm_digest(batch, self.lang, **kw) if digest else alarm_message(batch[0], self.lang, **kw)
-                if not self._send_one(session, msg, f"alarm #{batch[0]['id']}"):
-                    skipped += len(batch)
-                    continue
-                for row in batch:
-                    mark_notified(self.db, row["id"])
-                result["alarms"] += len(batch)
-            for row in sms:
-                msg = incoming_sms_message(row, self.lang, country=self.country, **kw)
-                if not self._send_one(session, msg, f"incoming SMS #{row['id']}"):
-                    skipped += 1
-                    continue
-                inbox.mark_forwarded(self.db, row["id"])
-                result["sms"] += 1
-            for row in mails:
-                self._deliver(session, row, result, retried)
+        connected = False
+        try:
+            with self.mailer.session() as session:
+                connected = True
+                digest = 0 < int(self.mail.digest_over) < len(alarms)
+                batches = [alarms] if digest else [[a] for a in alarms]
+                for batch in batches:
+                    msg = alarm_digest(batch, self.lang, **kw) if digest else alarm_message(batch[0], self.lang, **kw)
+                    if not self._send_one(session, msg, f"alarm #{batch[0]['id']}"):
+                        skipped += len(batch)
+                        continue
+                    for row in batch:
+                        mark_notified(self.db, row["id"])
+                    result["alarms"] += len(batch)
+                for row in sms:
+                    msg = incoming_sms_message(row, self.lang, country=self.country, **kw)
+                    if not self._send_one(session, msg, f"incoming SMS #{row['id']}"):
+                        skipped += 1
+                        continue
+                    inbox.mark_forwarded(self.db, row["id"])
+                    result["sms"] += 1
+                for row in mails:
+                    self._deliver(session, row, result, retried)
+        except MailError as exc:
+            if not connected:
+                # No session at all (refused, DNS, TLS, login): each e-mail due was tried and put off.
+                self._postpone(mails, exc)
+            raise
         sent = result["alarms"] or result["sms"] or result["mail"]
         result["state"] = "sent" if sent else "failed"
         if skipped:
@@ -993,6 +1069,19 @@ class Notifier:
         delay = min(float(self.mail.retry_max_s), float(self.mail.retry_min_s) * 2 ** max(0, attempts - 1))
         return delay * (0.8 + 0.4 * self.rng())
 
+    def _retry_at(self, row: dict) -> tuple[int, float, str]:
+        """(this attempt's number, the pause, the stamp of the next try) for a row put off now."""
+        attempts = int(row["attempts"] or 0) + 1
+        delay = self._row_delay(attempts)
+        return attempts, delay, stamp(self.clock() + delay)
+
+    def _postpone(self, rows: list[dict], exc: MailError) -> None:
+        for row in rows:
+            _, _, next_try = self._retry_at(row)
+            mail_outbox.mark_retry(self.db, row["id"], str(exc), next_try)
+        if rows:
+            log.warning("mail: %d outbox e-mail(s) not sent, each tried again later: %s", len(rows), exc)
+
     def _outbox_message(self, row: dict, *, with_files: bool = True, notes=()) -> tuple[EmailMessage, list, list]:
         """The row as an e-mail: (message, attached entries, problems for last_error)."""
         t = _texts(self.lang)
@@ -1010,7 +1099,8 @@ class Notifier:
         body = row["body"]
         if notes:
             body = "\n".join(notes) + "\n\n" + body
-        message = _new_message(row["subject"], body, _outbox_message_id(row, self.domain))
+        # One line: a row written before subjects were checked must still make a valid header.
+        message = _new_message(_one_line(row["subject"]), body, _outbox_message_id(row, self.domain))
         try:
             created = datetime.fromisoformat(row["created_at"])
             if created.tzinfo is None:
@@ -1019,24 +1109,22 @@ class Notifier:
         except (TypeError, ValueError):
             pass
         for entry, data in files:
-            maintype, _, subtype = entry["mime"].partition("/")
-            message.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=entry["name"])
+            mime = entry.get("mime") if _mime_ok(entry.get("mime")) else "application/octet-stream"
+            maintype, _, subtype = mime.partition("/")
+            message.add_attachment(data, maintype=maintype, subtype=subtype, filename=entry["name"])
         return message, [entry for entry, _ in files], problems
 
     def _deliver(self, session, row: dict, result: dict, retried: list) -> None:
         """Send one outbox row and mark it; raises only for errors that break the session."""
         what = f"e-mail #{row['id']} ({row['kind']} {row['key']})"
         if not row["recipients"]:
-            mail_outbox.mark_failed(self.db, row["id"], "no recipient stored with this e-mail")
-            result["mail_failed"] += 1
-            log.warning("mail: %s has no recipient; marked failed", what)
+            self._refused_for_good(row, "no recipient stored with this e-mail", "config", result)
             return
         try:
             message, attached, problems = self._outbox_message(row)
         except Exception as exc:  # a malformed row must not block the rows behind it
             log.exception("mail: %s cannot be composed", what)
-            mail_outbox.mark_failed(self.db, row["id"], f"cannot compose the e-mail: {type(exc).__name__}: {exc}")
-            result["mail_failed"] += 1
+            self._refused_for_good(row, f"cannot compose the e-mail: {type(exc).__name__}: {exc}", None, result)
             return
         try:
             try:
@@ -1054,35 +1142,72 @@ class Notifier:
                 refused = session.send(message, row["recipients"])
         except MailError as exc:
             if exc.stage in ("recipients", "message") and not exc.transient:
-                mail_outbox.mark_failed(self.db, row["id"], str(exc))
-                result["mail_failed"] += 1
                 result["error"] = str(exc)
-                log.warning("mail: %s refused for good: %s", what, exc)
+                self._refused_for_good(row, str(exc), exc.stage, result)
                 return
-            attempts = int(row["attempts"] or 0) + 1
-            delay = self._row_delay(attempts)
-            mail_outbox.mark_retry(self.db, row["id"], str(exc), stamp(self.clock() + delay))
+            attempts, delay, next_try = self._retry_at(row)
+            mail_outbox.mark_retry(self.db, row["id"], str(exc), next_try)
             log.warning("mail: %s not sent (attempt %d, next in %.0f s): %s", what, attempts, delay, exc)
             if exc.stage not in ("recipients", "message"):
                 raise  # the connection is gone or unusable: the whole notifier backs off
             retried.append(exc)
             return
+        # The server took it, perhaps not for everyone: a 4xx recipient is still owed it, a 5xx
+        # one never gets it (an alarm says so).
+        put_off = [r for r in row["recipients"] if r in refused and 400 <= refused[r][0] < 500]
+        lost = [r for r in row["recipients"] if r in refused and r not in put_off]
         for rcpt, (code, text) in refused.items():
             problems.append(f"{rcpt} refused: {code} {' '.join(_decode(text).split())}")
-        mail_outbox.mark_sent(
-            self.db, row["id"], stamp(self.clock()), message["Message-ID"], note="; ".join(problems) or None
-        )
+        note = "; ".join(problems) or None
+        with transaction(self.db):
+            if put_off:
+                attempts, delay, next_try = self._retry_at(row)
+                mail_outbox.mark_retry(
+                    self.db, row["id"], note, next_try, recipients=put_off, message_id=message["Message-ID"]
+                )
+                log.warning(
+                    "mail: %s sent, but put off for %s (attempt %d, next in %.0f s)",
+                    what,
+                    ", ".join(put_off),
+                    attempts,
+                    delay,
+                )
+            else:
+                mail_outbox.mark_sent(self.db, row["id"], stamp(self.clock()), message["Message-ID"], note=note)
+            if lost:
+                self._alarm_refused(row, lost, note, "recipients")
         result["mail"] += 1
         for problem in problems:
             log.warning("mail: %s sent, but %s", what, problem)
 
+    def _refused_for_good(self, row: dict, error: str, stage: str | None, result: dict) -> None:
+        """The row can never go: ``failed`` with the reason, and an alarm so a person knows that
+        the team did not get it (both in one transaction: never one without the other)."""
+        with transaction(self.db):
+            mail_outbox.mark_failed(self.db, row["id"], error)
+            self._alarm_refused(row, row["recipients"], error, stage)
+        result["mail_failed"] += 1
+        log.warning("mail: e-mail #%s (%s %s) refused for good: %s", row["id"], row["kind"], row["key"], error)
+
+    def _alarm_refused(self, row: dict, addresses: list, error: str, stage: str | None) -> None:
+        lang = _lang(self.lang)
+        if stage and f"mail.why.{stage}" in CATALOG:
+            why = msg(f"mail.why.{stage}")
+        else:
+            why = _texts(lang)["cannot_compose"]
+        text = msg("mail.failing", why=why, server=self.mailer.where)
+        to = ", ".join(addresses) or "nobody"
+        detail = f"e-mail #{row['id']} ({row['kind']}) {row['subject']!r} to {to}: {error}"
+        raise_alarm(self.db, "mail_refused", "mail", text, severity="warning", detail=detail, lang=lang)
+
     def _send_one(self, session, msg: EmailMessage, what: str) -> bool:
-        """False when the server rejected this one message (the rest still go); other errors raise."""
+        """False when the server rejected this one message or every recipient of it (the rest
+        still go; the round then counts as failed and backs off); other errors raise."""
         try:
             session.send(msg)
             return True
         except MailError as exc:
-            if exc.stage != "message":
+            if exc.stage not in ("message", "recipients"):
                 raise
             log.warning("mail: %s not e-mailed: %s", what, exc)
             self.last_error = exc

@@ -9,7 +9,9 @@ and come back as lists; attachments are ``{"name", "mime", "path"}`` (the file i
 e-mail is sent, not when it is queued).
 
 Every mark (sent, retry, failed) counts one attempt. Timestamps are stamps
-(appliance.clock.stamp): UTC ISO text, compared as text.
+(appliance.clock.stamp): UTC ISO text, compared as text. Arguments that cannot make a row
+(no key, no recipient, a recipient list given as one string) raise ValueError naming the field;
+appliance/notify/mail.py checks them first and says it in the caller's terms.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ def enqueue(
 ) -> int:
     """Queue one e-mail; returns its id. A second enqueue with the same ``key`` returns the
     existing row's id and changes nothing (whatever its state)."""
-    if not key:
-        raise ValueError("mail outbox: an e-mail needs a key")
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"mail outbox: an e-mail needs a key (a non-empty text), got {key!r}")
+    if isinstance(recipients, (str, bytes)):
+        # list("a@b.pl") would queue one recipient per letter.
+        raise ValueError(f"mail outbox {key}: recipients must be a list of addresses, not one text {recipients!r}")
+    recipients = list(recipients)
+    if not recipients or not all(isinstance(r, str) and r.strip() for r in recipients):
+        raise ValueError(f"mail outbox {key}: recipients must be a non-empty list of addresses, got {recipients!r}")
     files = [{"name": a["name"], "mime": a["mime"], "path": str(a["path"])} for a in attachments]
     db.execute(
         "INSERT INTO mail_outbox (key, kind, created_at, recipients, subject, body, attachments, state, attempts) "
@@ -51,7 +59,7 @@ def enqueue(
             key,
             kind,
             at,
-            json.dumps(list(recipients), ensure_ascii=False),
+            json.dumps(recipients, ensure_ascii=False),
             subject,
             body,
             json.dumps(files, ensure_ascii=False),
@@ -86,12 +94,27 @@ def mark_sent(db, mail_id: int, at: str, message_id: str, *, note: str | None = 
     )
 
 
-def mark_retry(db, mail_id: int, error: str, next_try_at: str) -> None:
-    """Not sent this time (a transient error): try again at ``next_try_at``."""
+def mark_retry(
+    db, mail_id: int, error: str, next_try_at: str, *, recipients=None, message_id: str | None = None
+) -> None:
+    """Not sent this time (a transient error): try again at ``next_try_at``. ``recipients``: when
+    the server took the e-mail for some addresses and put others off (a 4xx to their RCPT), the
+    addresses still owed it — only those get it on the next try; ``message_id`` is then the one
+    already delivered (kept so the row shows it)."""
+    if recipients is None:
+        db.execute(
+            "UPDATE mail_outbox SET last_error = ?, next_try_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND state = 'pending'",
+            [error, next_try_at, mail_id],
+        )
+        return
+    recipients = list(recipients)
+    if not recipients:
+        raise ValueError(f"mail outbox #{mail_id}: a retry needs at least one recipient still owed the e-mail")
     db.execute(
-        "UPDATE mail_outbox SET last_error = ?, next_try_at = ?, attempts = attempts + 1 "
-        "WHERE id = ? AND state = 'pending'",
-        [error, next_try_at, mail_id],
+        "UPDATE mail_outbox SET last_error = ?, next_try_at = ?, attempts = attempts + 1, recipients = ?, "
+        "message_id = coalesce(?, message_id) WHERE id = ? AND state = 'pending'",
+        [error, next_try_at, json.dumps(recipients, ensure_ascii=False), message_id, mail_id],
     )
 
 

@@ -39,9 +39,12 @@ class ShiftedClock(Clock):
     """The wall clock moved to ``start`` when made, running on at the normal pace from there;
     durations are the system's. For a whole box run on a chosen day (``testing.faults --clock-at``)."""
 
-    def __init__(self, start: float | str | datetime):
+    def __init__(self, start: float | str | datetime | None = None, *, shift: float | None = None):
         import time
 
+        if shift is not None:
+            self._shift = float(shift)
+            return
         if isinstance(start, datetime):
             start = start.timestamp()
         elif isinstance(start, str):

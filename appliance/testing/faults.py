@@ -7,7 +7,8 @@ variable read by product code).
 
 ``--clock-at 2027-03-29T10:00:00+02:00`` starts the box's wall clock at that moment (it then runs
 at the normal pace): business hours, holidays and callback windows are tested on the day they
-are about (Easter Monday of any year) instead of today.
+are about (Easter Monday of any year) instead of today. ``--clock-shift SECONDS`` moves it by an
+exact amount instead, so a test that knows the shift can read the box's stamps as its own time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--raise-at", metavar="NODE")
     pre.add_argument("--clock-at", metavar="ISO")
+    pre.add_argument("--clock-shift", metavar="SECONDS", type=float)
     ours, rest = pre.parse_known_args(argv)
     args = build_parser().parse_args(rest)
     if args.func is not cmd_run:
@@ -44,7 +46,13 @@ def main(argv=None) -> int:
     from .clock import ShiftedClock
 
     faults = RaiseAtNode(ours.raise_at) if ours.raise_at else None
-    clock = ShiftedClock(ours.clock_at) if ours.clock_at else None
+    clock = (
+        ShiftedClock(shift=ours.clock_shift)
+        if ours.clock_shift is not None
+        else ShiftedClock(ours.clock_at)
+        if ours.clock_at
+        else None
+    )
     return cmd_run(args, faults=faults, clock=clock)
 
 
