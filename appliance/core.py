@@ -47,7 +47,7 @@ from pathlib import Path
 
 from . import jsonline, systemd
 from .clock import SYSTEM_CLOCK
-from .errors import ConfigError, FlowError, SipError
+from .errors import CentralkaError, ConfigError, FlowError, SipError
 from .flow.checked import load_checked
 from .flow.desk import CallDesk
 from .flow.queue import QueueManager
@@ -367,6 +367,16 @@ class Core:
             except CalleeRefused as exc:
                 return {"ok": False, "error": f"the number answered: {exc} (not tried on another line)"}
             except (DestinationRefused, NoLineAvailable) as exc:
+                return {"ok": False, "error": str(exc)}
+        if cmd == "callback-call":
+            ref = str(req.get("ref", "")).strip().lower()
+            if not (ref[:1] == "c" and ref[1:].isdigit()):
+                return {"ok": False, "error": f"{ref!r} is not a callback request (c12: see `centralka callbacks`)"}
+            if svc.queues is None:
+                return {"ok": False, "error": "no queues are configured (centralka staff import)"}
+            try:
+                return {"ok": True, **svc.queues.call_back_now(int(ref[1:]), str(req.get("agent") or "") or None)}
+            except CentralkaError as exc:
                 return {"ok": False, "error": str(exc)}
         if cmd == "stop":
             self.stopping.set()

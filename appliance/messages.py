@@ -226,6 +226,25 @@ CATALOG: dict[str, dict[str, str]] = {
         "pl": "Dziękujemy, wiadomość została zapisana. Odsłuchamy ją, gdy tylko wrócimy do pracy.",
         "en": "Thank you, your message is saved. We will listen to it as soon as we are back.",
     },
+    # --- callbacks: the box calls back (auto mode, or `centralka callbacks call`) ----------------
+    "callback.whisper": {
+        "pl": "Oddzwonienie: {number}, {topic}, czeka od {since}. Aby zadzwonić do pacjenta, wciśnij {key}.",
+        "en": "Callback: {number}, {topic}, waiting since {since}. To call the patient, press {key}.",
+    },
+    "callback.dialling": {"pl": "Dzwonię do pacjenta.", "en": "Calling the patient."},
+    "callback.patient": {
+        "pl": "Dzień dobry, tu {clinic}. Oddzwaniamy w sprawie Pana lub Pani połączenia. "
+        "Aby porozmawiać z naszym pracownikiem, wciśnij {key}.",
+        "en": "Hello, this is {clinic}. We are calling you back about your call. To talk to us, press {key}.",
+    },
+    "callback.retry_later": {
+        "pl": "Nie udało się połączyć z pacjentem. Spróbujemy ponownie później.",
+        "en": "The patient could not be reached. We will try again later.",
+    },
+    "callback.left_on_list": {
+        "pl": "Nie udało się połączyć z pacjentem. Prośba zostaje na liście do oddzwonienia.",
+        "en": "The patient could not be reached. The request stays on the callback list.",
+    },
     # --- callbacks: alarms ----------------------------------------------------------------------
     "callback.overdue": {
         "pl": "Obietnica oddzwonienia niedotrzymana: {number} ({topic}) czeka od {since}, okno minęło o {until}.",

@@ -232,9 +232,13 @@ def test_second_caller_hears_position_and_wait_and_music(clinic, caller, workdir
         music = next((c.box.dir / "data").rglob("*hold*.wav"))
     assert any(cov > 0 for _, cov in find_occurrences(caller.recording(), music))
     assert longest_silence(caller.recording()) < 15
-    # The first caller is next: nothing is spoken to them.
-    first_steps = [s["step"] for s in c.box.journey(calls[0]["id"])]
-    assert "announce" not in first_steps
+    # The first caller is next and is told so (R8 holds for every caller), with the wait.
+    first_said = [json.loads(s["detail"]) for s in c.box.journey(calls[0]["id"]) if s["step"] == "announce"]
+    assert first_said and first_said[0]["ahead"] == 0 and first_said[0]["wait_s"] > 0
+    told = position_announcement(0, first_said[0]["wait_s"], lang="pl")
+    assert "pierwszą osobą w kolejce" in told
+    spoken_first = PromptLibrary(c.box.dir / "data" / "prompts", rate=8000).synthesise(told, "queue_position")
+    assert max((cov for _, cov in find_occurrences(first.recording(), spoken_first)), default=0) > 0.7
     assert {r["reason"] for r in c.queue_calls()} == {"caller_hangup"}
 
 

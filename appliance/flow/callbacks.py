@@ -134,6 +134,8 @@ class CallbackBook:
         row = store.get(self.db, cb_id)
         sms_id = self._confirm_by_sms(row, lang)
         emailed = self._email_team(row, topic_label, lang, waited_s)
+        if self.services.queues is not None and mode == "auto":
+            self.services.queues.kick()  # the request now stands in its queue's line
         return Booking(cb_id, merged, sms_id, emailed)
 
     def _confirm_by_sms(self, row: dict, lang: str) -> int | None:

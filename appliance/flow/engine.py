@@ -103,23 +103,29 @@ class CallSession:
             self.services.prompts.path(prompt, self.flow), prompt, interruptible=interruptible, node=node
         )
 
-    async def play_path(self, path, name: str, *, interruptible: bool = True, node: str | None = None) -> bool:
+    async def play_path(
+        self, path, name: str, *, interruptible: bool = True, node: str | None = None, until=()
+    ) -> bool:
+        """Play a file; a digit (when ``interruptible``) or any of ``until`` (futures: an agent
+        answered) ends it early."""
         duration = self.services.prompts.duration(path)
         player = self.leg.play(path)
         self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
-            await self._wait_any(duration + 0.15, digits=interruptible)
+            await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
         finally:
             self.leg.stop(player)
         return interruptible and bool(self.leg.digits)
 
-    async def say(self, text: str, name: str, *, node: str | None = None, interruptible: bool = True) -> bool:
+    async def say(self, text: str, name: str, *, node: str | None = None, interruptible: bool = True, until=()) -> bool:
         """Speak a generated sentence (synthesised off the loop, cached by text)."""
         self._check_alive()
         if interruptible and self.leg.digits:
             return True
         path = await asyncio.get_running_loop().run_in_executor(None, self.services.prompts.synthesise, text, name)
-        return await self.play_path(path, name, interruptible=interruptible, node=node)
+        if any(f.done() for f in until):
+            return False
+        return await self.play_path(path, name, interruptible=interruptible, node=node, until=until)
 
     async def read_key(self, timeout: float) -> str | None:
         """The next key the caller presses (one already pressed counts), or None after ``timeout``."""
@@ -355,6 +361,8 @@ class CallSession:
         fewer agents serve the queue now — and then the caller is told why."""
         ahead = q.position(entry) - 1
         wait = q.estimate(entry)
+        if wait == 0.0 and ahead == 0:
+            return  # an agent is free this moment: the phone rings, there is nothing to wait for
         wait = None if wait == float("inf") else wait
         serving = q.serving_count()
         longer = False
@@ -382,7 +390,8 @@ class CallSession:
                 "longer": longer,
             },
         )
-        await self.say(text, "queue_position", node=node.id, interruptible=bool(keys))
+        # An agent who answers meanwhile cuts it short: a person beats an announcement.
+        await self.say(text, "queue_position", node=node.id, interruptible=bool(keys), until=(entry.answered,))
 
     async def _offer_from_queue(self, callback, q, entry) -> str:
         """The callback offer while the caller keeps their place: ``booked``, ``declined``, or
@@ -595,6 +604,12 @@ class CallSession:
         except Exception:  # noqa: BLE001 — a record problem must not end the call differently
             log.exception("call %s: cannot read the call", self.call_id)
             return None
+
+    @property
+    def caller_number(self) -> str:
+        """The caller's E.164 number, or "" when hidden or not a phone number."""
+        call = self._caller()
+        return call["caller"] if call is not None and call["caller_kind"] == "e164" else ""
 
     def _missed(self) -> None:
         """R13: a caller who reached nobody and asked for nothing stays on the list until settled."""

@@ -259,3 +259,15 @@ def _day_gen_pl(day: int) -> str:
     tens, unit = divmod(day, 10)
     head = "dwudziestego" if tens == 2 else "trzydziestego"
     return head if unit == 0 else f"{head} {_ORD_GEN_PL[unit - 1]}"
+
+
+def time_of_day(at: datetime, lang: str = "pl", *, same_day: bool = True) -> str:
+    """A moment as said after "od"/"since": "dziesiątej czterdzieści dwa" today, with the date
+    ("trzeciego grudnia, dziesiątej czterdzieści dwa") on another day; English as written."""
+    pl = lang == "pl"
+    clock = _time(at, pl, True)
+    if same_day:
+        return clock if pl else f"{at.hour}:{at.minute:02d}"
+    if pl:
+        return f"{_day_gen_pl(at.day)} {MONTH_GEN_PL[at.month - 1]}, {clock}"
+    return f"{at:%d %B}, {at.hour}:{at.minute:02d}"

@@ -12,6 +12,13 @@ An agent is available when not paused, not on a call, not ringing, past the wrap
 the last call, and not found unreachable in the last half minute (a phone that is not
 registered answers 480 at once). Handling times (talk + wrap-up) are measured per queue and
 persisted, and feed the wait estimate announced to callers (R10).
+
+Callback requests of a queue in ``callback_mode = "auto"`` stand in the line as virtual callers
+at the place their caller had (R12): the dispatcher merges them with the callers holding, by
+the moment each joined, and a free agent at the front takes the next one — a request whose
+caller joined before a holding caller is served first, one who joined after waits its turn.
+While callers hold, at most ``callbacks.agent_share`` of the serving agents are on callbacks
+(at least one may be). The call itself is ``flow/callback_call.py``.
 """
 
 from __future__ import annotations
@@ -20,16 +27,21 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from ..errors import CallLimitReached, SipError
+from ..errors import CallLimitReached, CentralkaError, SipError
 from ..store import agents as store_agents
+from ..store import callbacks as store_callbacks
 from ..store import queue as store_queue
 from .estimate import HandlingStats, estimate_wait
 from .staff import Agent, QueueConfig, Staff
+
+# The line a request outside any queue is called back from (``centralka callbacks call``).
+_ADHOC = QueueConfig(id="", name="", strategy="ring_all", members=(), ring_timeout=20, wrapup_s=0)
 
 log = logging.getLogger("centralka.queue")
 
 UNREACHABLE_S = 30.0
 RETRY_S = 2.0
+CALLBACK_POLL_S = 30.0  # due callbacks are looked at on every change and at least this often
 
 
 @dataclass
@@ -70,6 +82,7 @@ class QueueEntry:
     said_wait: float | None = None  # the last wait announced to this caller
     said_serving: int = 0  # how many agents served the queue then
     announced: list = field(default_factory=list)  # (monotonic, wait said, position) per announcement
+    number: str = ""  # the caller's E.164 number, when known (a request of theirs waits for them)
 
 
 @dataclass
@@ -80,6 +93,8 @@ class QueueRuntime:
     waiting: list[QueueEntry] = field(default_factory=list)
     last_rung: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    virtual: list = field(default_factory=list)  # due callback requests standing in line (rows)
+    calling: set = field(default_factory=set)  # ids of the requests being called back now
 
     def members(self) -> list[AgentState]:
         return [self.manager.agents[m] for m in self.cfg.members if m in self.manager.agents]
@@ -95,7 +110,14 @@ class QueueRuntime:
         return sum(1 for a in self.members() if not a.paused and a.agent.phones and now >= a.unreachable_until)
 
     def position(self, entry: QueueEntry) -> int:
-        return self.waiting.index(entry) + 1 if entry in self.waiting else 0
+        """1 = next; callback requests whose callers joined earlier count as people ahead."""
+        if entry not in self.waiting:
+            return 0
+        ahead = sum(1 for row in self.virtual if place_of(row) < entry.joined_at)
+        return self.waiting.index(entry) + 1 + ahead
+
+    def holding(self) -> list[QueueEntry]:
+        return [e for e in self.waiting if not e.done]
 
     def estimate(self, entry: QueueEntry) -> float:
         """Seconds until this caller is answered, from measured handling times (R10)."""
@@ -125,7 +147,14 @@ class QueueManager:
         self.queues: dict[str, QueueRuntime] = {}
         self._tasks: list[asyncio.Task] = []
         self._ringers: set[asyncio.Task] = set()
+        from .callback_call import CallbackCaller
+
+        self.caller = CallbackCaller(services)
+        reopened = store_callbacks.reopen_interrupted(services.db, at=self.clock.stamp())
+        if reopened:
+            log.info("%d callback request(s) were being called when the box stopped: open again", reopened)
         self.apply(staff)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._poll_callbacks(), name="callback-poll"))
 
     # --- configuration ---------------------------------------------------------------------
     def apply(self, staff: Staff) -> None:
@@ -213,6 +242,7 @@ class QueueManager:
             row_id=row,
             answered=asyncio.get_running_loop().create_future(),
             joined_at=at,
+            number=getattr(session, "caller_number", "") or "",
         )
         q.waiting.append(entry)
         q.wake.set()
@@ -276,24 +306,136 @@ class QueueManager:
             await q.wake.wait()
             q.wake.clear()
             try:
+                self._refresh_virtual(q)
                 now = self.clock.monotonic()
-                for entry in list(q.waiting):
+                for item in self._line(q):
+                    free = [a for a in q.members() if a.available(now)]
+                    if isinstance(item, dict):
+                        if not self._callback_may_go(q):
+                            continue
+                        chosen = self._choose(q, free)[:1]
+                        if not chosen:
+                            break
+                        self._start(self._serve_callback(q, item, chosen[0]), chosen)
+                        continue
+                    entry = item
                     if entry.ringing or entry.done or entry.offering:
                         continue
-                    free = [a for a in q.members() if a.available(now)]
                     chosen = self._choose(q, free)
                     if not chosen:
                         break
                     entry.ringing = True
-                    for a in chosen:
-                        a.ringing = True
-                    task = asyncio.get_running_loop().create_task(self._ring(q, entry, chosen))
-                    self._ringers.add(task)
-                    task.add_done_callback(self._ringers.discard)
+                    self._start(self._ring(q, entry, chosen), chosen)
             except Exception:  # noqa: BLE001 — a dispatcher must never die
                 log.exception("queue %s: dispatcher error", q.cfg.id)
                 await asyncio.sleep(RETRY_S)
                 q.wake.set()
+
+    def _start(self, coro, agents: list[AgentState]) -> None:
+        for a in agents:
+            a.ringing = True
+        task = asyncio.get_running_loop().create_task(coro)
+        self._ringers.add(task)
+        task.add_done_callback(self._ringers.discard)
+
+    # --- callbacks standing in line ------------------------------------------------------------
+    def _refresh_virtual(self, q: QueueRuntime) -> None:
+        """The queue's due automatic requests, except those being called and those whose caller
+        is still on the line with us (booking, or holding again)."""
+        if q.cfg.callback_mode != "auto":
+            q.virtual = []
+            return
+        present = {e.number for e in q.waiting if e.number} | {e.session.call_id for e in q.waiting}
+        rows = store_callbacks.due(self.services.db, q.cfg.id, self.clock.stamp())
+        q.virtual = [
+            r for r in rows if r["id"] not in q.calling and r["number"] not in present and r["call_id"] not in present
+        ]
+
+    def _line(self, q: QueueRuntime) -> list:
+        """Holding callers and due requests, in the order their callers joined."""
+        items = [(e.joined_at, i, e) for i, e in enumerate(q.waiting)]
+        items += [(place_of(r), len(items) + i, r) for i, r in enumerate(q.virtual)]
+        return [item for *_, item in sorted(items, key=lambda t: (t[0], t[1]))]
+
+    def _callback_may_go(self, q: QueueRuntime) -> bool:
+        if not q.holding():
+            return True
+        share = float(self.services.settings.callbacks.get("agent_share", 0.5))
+        limit = max(1, int(share * q.serving_count() + 1e-9))
+        return len(q.calling) < limit
+
+    async def _serve_callback(self, q: QueueRuntime, row: dict, agent: AgentState) -> str:
+        q.calling.add(row["id"])
+        q.virtual = [r for r in q.virtual if r["id"] != row["id"]]
+        outcome = "error"
+        try:
+            outcome = await self.caller.serve(
+                row, agent, queue_name=q.cfg.name or q.cfg.id, ring_timeout=q.cfg.ring_timeout
+            )
+        except Exception:  # noqa: BLE001 — one failed call back must not stop the queue
+            log.exception("queue %s: callback #%d failed", q.cfg.id, row["id"])
+        finally:
+            q.calling.discard(row["id"])
+            self._agent_done(q, agent, talked=outcome == "connected")
+            if outcome in ("agent_missed", "agent_declined", "not_reached"):
+                # Look again when the request's next try is due.
+                asyncio.get_running_loop().call_later(self._seconds_to_next_due() or CALLBACK_POLL_S, self.kick)
+        return outcome
+
+    def _agent_done(self, q: QueueRuntime, agent: AgentState, *, talked: bool) -> None:
+        was_busy = agent.busy
+        agent.ringing = agent.busy = False
+        agent.call_started = None
+        if was_busy:
+            agent.last_call_end = self.clock.time()
+            agent.calls_today += 1
+            agent.wrapup_until = self.clock.monotonic() + (q.cfg.wrapup_s if talked else 0.0)
+            asyncio.get_running_loop().call_later((q.cfg.wrapup_s if talked else 0.0) + 0.05, self.kick)
+        self.kick()
+
+    def _seconds_to_next_due(self) -> float | None:
+        from ..clock import parse_stamp
+
+        at = store_callbacks.next_due_at(self.services.db, self.clock.stamp())
+        return max(0.5, parse_stamp(at) - self.clock.time() + 0.5) if at else None
+
+    async def _poll_callbacks(self):
+        """Retries and windows that open with nobody else waking the queues."""
+        while True:
+            await asyncio.sleep(min(CALLBACK_POLL_S, self._seconds_to_next_due() or CALLBACK_POLL_S))
+            self.kick()
+
+    def call_back_now(self, callback_id: int, agent_id: str | None = None) -> dict:
+        """``centralka callbacks call c5 [--agent anna]`` (and the web UI's click-to-call): ring
+        an agent now — the one named, else a free member of the request's queue — then the
+        patient. Works in both modes; raises CentralkaError with the reason when it cannot."""
+        row = store_callbacks.get(self.services.db, callback_id)
+        if row is None or row["state"] not in store_callbacks.OPEN_STATES:
+            raise CentralkaError(f"c{callback_id} is not an open callback request (see `centralka callbacks`)")
+        if row["state"] == "calling" or any(callback_id in q.calling for q in self.queues.values()):
+            raise CentralkaError(f"c{callback_id} is being called back right now")
+        q = self.queues.get(row["queue"] or "")
+        now = self.clock.monotonic()
+        if agent_id:
+            agent = self.agents.get(agent_id)
+            if agent is None:
+                raise CentralkaError(f"no agent {agent_id!r} (see `centralka staff export`)")
+            if not agent.available(now):
+                raise CentralkaError(f"agent {agent_id} is not free now (on a call, ringing, paused or in wrap-up)")
+        else:
+            members = q.members() if q is not None else list(self.agents.values())
+            free = [a for a in members if a.available(now)]
+            if not free:
+                raise CentralkaError("no agent is free now; name one with --agent")
+            agent = free[0]
+        runtime = q or QueueRuntime(cfg=_ADHOC, manager=self, stats=HandlingStats())
+        self._start(self._serve_callback(runtime, row, agent), [agent])
+        return {
+            "callback": callback_id,
+            "agent": agent.agent.id,
+            "phones": list(agent.agent.phones),
+            "number": row["number"],
+        }
 
     async def _ring(self, q: QueueRuntime, entry: QueueEntry, agents: list[AgentState]):
         legs = {}
@@ -365,3 +507,8 @@ class QueueManager:
             done, pending = await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
             for w in pending:
                 w.cancel()
+
+
+def place_of(row: dict) -> str:
+    """A request's place in line: when its caller joined the queue (or asked, outside one)."""
+    return row.get("place_at") or row.get("created_at") or ""

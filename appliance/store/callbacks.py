@@ -110,3 +110,50 @@ def turnarounds(db, since: str) -> list[float]:
         [since],
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def due(db, queue: str, now: str) -> list[dict]:
+    """Requests the box calls back itself (``auto``) for ``queue`` that may be tried now: open,
+    not given up, their window begun and their next try due; in line order."""
+    return dicts(
+        db,
+        "SELECT * FROM callbacks WHERE state = 'open' AND mode = 'auto' AND queue = ? AND gave_up_at IS NULL"
+        " AND (window_from IS NULL OR window_from <= ?) AND (next_try_at IS NULL OR next_try_at <= ?)"
+        " ORDER BY COALESCE(place_at, created_at), id",
+        [queue, now, now],
+    )
+
+
+def next_due_at(db, now: str) -> str | None:
+    """The earliest moment after ``now`` an automatic request becomes due (a retry, a window opening)."""
+    row = one(
+        db,
+        "SELECT MIN(MAX(COALESCE(window_from, ''), COALESCE(next_try_at, ''))) FROM callbacks"
+        " WHERE state = 'open' AND mode = 'auto' AND gave_up_at IS NULL"
+        " AND MAX(COALESCE(window_from, ''), COALESCE(next_try_at, '')) > ?",
+        [now],
+    )
+    return row[0] if row else None
+
+
+def claim(db, callback_id: int, *, at: str) -> bool:
+    """Take an open request for calling; False when someone else did (or it is closed)."""
+    cur = db.execute(
+        "UPDATE callbacks SET state = 'calling', updated_at = ? WHERE id = ? AND state = 'open'", [at, callback_id]
+    )
+    return cur.rowcount == 1
+
+
+def release(db, callback_id: int, *, at: str, **fields) -> None:
+    """A call back that did not reach the caller: open again (with ``next_try_at``, ``gave_up_at``...)."""
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    db.execute(
+        f"UPDATE callbacks SET state = 'open', updated_at = ?{', ' + sets if sets else ''}"
+        " WHERE id = ? AND state = 'calling'",
+        [at, *fields.values(), callback_id],
+    )
+
+
+def reopen_interrupted(db, *, at: str) -> int:
+    """At start: requests left ``calling`` by a stopped box are open again (nobody is dialling)."""
+    return db.execute("UPDATE callbacks SET state = 'open', updated_at = ? WHERE state = 'calling'", [at]).rowcount
