@@ -63,10 +63,10 @@ def hear_out(box, prompt: str, timeout: float = 30):
     time.sleep(max(0.0, ends - box.now()))
 
 
-def heard(phone, box, text, name) -> float:
-    """How much of the spoken ``text`` the phone's recording holds (best coverage, 0..1)."""
+def heard(phone, box, text, name, n: int = 1) -> float:
+    """How much of the spoken ``text`` the phone's ``n``-th call's recording holds (0..1)."""
     spoken = PromptLibrary(box.dir / "data" / "prompts", rate=8000).synthesise(text, name)
-    found = find_occurrences(phone.recording(), spoken)
+    found = find_occurrences(phone.recording(n), spoken)
     return max((cov for _, cov in found), default=0.0)
 
 
@@ -248,3 +248,104 @@ def test_on_easter_monday_the_caller_hears_the_closed_message_and_can_leave_a_me
     assert attachment.get_content_type() == "audio/mpeg"
     assert attachment.get_payload(decode=True) == open(vm["path"], "rb").read()
     assert f"v{vm['id']}" in cli(box, "callbacks")
+
+
+@pytest.fixture
+def one_receptionist(make_box, staff, workdir, emulator, mailbox):
+    """The demo clinic with one receptionist at work (Anna, whose phone answers) and Barbara
+    away; the patients' mobiles are reached through the emulated modem (no SIP trunk)."""
+    kport = free_port()
+    box = make_box(
+        staff=staff,
+        settings=(
+            f"\n[kamailio]\nenabled = true\nport = {kport}\n" + modem_settings(emulator) + mail_settings(mailbox)
+        ),
+    )
+    staff_file = workdir / "staff.toml"
+    staff_file.write_text(demo_staff_text())
+    cli(box, "staff", "import", str(staff_file))
+    cli(box, "pause", "basia")
+    password = add_phone(box, "201")
+    anna = Phone(
+        workdir,
+        "anna",
+        answer_after=0.5,
+        user="201",
+        extra=["--register", f"127.0.0.1:{kport}", f"--password={password}"],
+    )
+    anna.wait("registration", state="registered", timeout=20)
+    gsm_up(box)
+    yield box, anna
+    anna.stop()
+
+
+def into_the_queue(phone, box):
+    phone.call(box.uri())
+    phone.wait("confirmed")
+    box.wait_step("play", prompt="menu")
+    phone.press("1")
+    return box.wait_step("enter", type="queue")
+
+
+def test_with_an_agent_free_the_box_calls_the_patient_back_at_their_place_in_line(one_receptionist, workdir, emulator):
+    box, anna = one_receptionist
+    first = Phone(workdir, "first", answer_after=-1, user="601000001")
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    third = Phone(workdir, "third", answer_after=-1, user="602000002")
+    try:
+        # Anna is talking to the first caller.
+        into_the_queue(first, box)
+        anna.wait("confirmed", timeout=20)
+        # The patient waits behind, asks for a callback (1, 1, 1) and hangs up happy.
+        into_the_queue(patient, box)
+        patient.press("1")
+        hear_out(box, "callback_offer")
+        patient.press("1")
+        requested = json.loads(box.wait_step("callback_requested")["detail"])
+        patient.wait("disconnected", timeout=30)
+        # A third caller joins after them: the request stands ahead of them in the line.
+        into_the_queue(third, box)
+        third_call = box.calls()[-1]["id"]
+        told = json.loads(box.wait_step("announce", timeout=30)["detail"])
+        assert told["ahead"] == 1
+
+        # Anna's call ends: the box rings her for the callback, not for the third caller.
+        first.hangup()
+        anna.wait("incoming", timeout=30, n=2)
+        whisper = json.loads(box.wait_step("callback_whisper", timeout=30)["detail"])
+        assert whisper["callback"] == requested["callback"]
+        hear_out(box, "callback_whisper")
+        anna.press("1")
+        dialled = json.loads(box.wait_step("callback_dial", timeout=30, line="gsm")["detail"])
+        assert dialled["number"] == "+48600123456"
+        hear_out(box, "callback_patient", timeout=40)
+        emulator.caller_presses("1")
+        connected = json.loads(box.wait_step("callback_connected", timeout=30)["detail"])
+        # Meanwhile the third caller still holds: served at their place, after the request.
+        assert "queue_answered" not in [s["step"] for s in box.journey(third_call)]
+        anna.hangup()
+        # Then Anna (after her wrap-up) takes the third caller.
+        wait_for(
+            lambda: "queue_answered" in [s["step"] for s in box.journey(third_call)], 40, "the third caller answered"
+        )
+        third.hangup()
+    finally:
+        for p in (first, patient, third):
+            p.stop()
+
+    # The agent heard who was waiting and why; the patient heard the clinic and the key.
+    whisper_text = whisper["text"]
+    assert "Oddzwonienie: sześć zero zero, jeden dwa trzy, cztery pięć sześć, Rejestracja" in whisper_text
+    assert heard(anna, box, whisper_text, "whisper", n=2) > 0.7
+    from .test_gsm_line import mobile_heard
+
+    said = msg("callback.patient", clinic="Przychodnia", key="1").text("pl")
+    mobile = mobile_heard(emulator, workdir)
+    spoken = PromptLibrary(box.dir / "data" / "prompts", rate=8000).synthesise(said, "patient")
+    assert max((cov for _, cov in find_occurrences(mobile, spoken)), default=0) > 0.7
+
+    row = box.db()["callbacks"].get(requested["callback"])
+    assert row["state"] == "done" and row["done_by"] == "agent:anna" and row["turnaround_s"] > 0
+    assert connected["turnaround_s"] == row["turnaround_s"]
+    assert [a["result"] for a in box.db()["callback_attempts"].rows] == ["connected"]
+    assert not any(x.startswith("c") for x in cli(box, "callbacks").splitlines())
