@@ -174,6 +174,10 @@ def test_a_caller_in_the_queue_presses_1_1_1_and_is_promised_a_callback_by_sms_a
     assert "600 123 456" in line and "rejestracja" in line and "open" in line
     # Not a missed call: the caller asked for a callback.
     assert not any(x.startswith("m") for x in listing.splitlines())
+    # A receptionist called back from her own phone and says so: off the list, the note kept.
+    cli(box, "callbacks", "done", f"c{requested['callback']}", "--note", "umówiona na wtorek")
+    assert not any(x.startswith("c") for x in cli(box, "callbacks").splitlines())
+    assert box.db()["callbacks"].get(requested["callback"])["note"] == "umówiona na wtorek"
 
 
 def test_the_same_number_asking_again_is_merged_and_texted_once(demo_clinic, workdir, emulator):
@@ -349,3 +353,46 @@ def test_with_an_agent_free_the_box_calls_the_patient_back_at_their_place_in_lin
     assert connected["turnaround_s"] == row["turnaround_s"]
     assert [a["result"] for a in box.db()["callback_attempts"].rows] == ["connected"]
     assert not any(x.startswith("c") for x in cli(box, "callbacks").splitlines())
+
+
+def missed_lines(box) -> list[str]:
+    return [x for x in cli(box, "callbacks").splitlines() if x.startswith("m")]
+
+
+def test_a_caller_who_gave_up_stays_on_the_list_until_someone_talked_to_them(demo_clinic, workdir, emulator):
+    box = demo_clinic
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    try:
+        # Hangs up in the menu: a missed call, where and after how long.
+        patient.call(box.uri())
+        patient.wait("confirmed")
+        box.wait_step("play", prompt="menu")
+        patient.hangup()
+        box.wait_call_ended()
+        [line] = missed_lines(box)
+        assert "600 123 456" in line and "gave up in the menu" in line
+        # Calls again and reaches a person (the operator, key 0): settled.
+        patient.call(box.uri())
+        patient.wait("confirmed")
+        box.wait_step("play", prompt="menu")
+        patient.press("0")
+        box.wait_step("connected", timeout=30)
+        patient.hangup()
+        box.wait_call_ended()
+        assert missed_lines(box) == []
+        first = box.db()["missed_calls"].get(1)
+        assert first["closed_by"] == "called_again"
+        # Hangs up while waiting in the queue; then the clinic calls the number (over GSM).
+        into_the_queue(patient, box)
+        box.wait_step("agent_ringing", timeout=20)
+        patient.hangup()
+        box.wait_call_ended()
+    finally:
+        patient.stop()
+    [line] = missed_lines(box)
+    assert "gave up in the queue" in line and "rejestracja" in line
+    ref = line.split()[0]
+    cli(box, "call", "600123456")
+    wait_for(lambda: missed_lines(box) == [], 40, "the missed call closed by the outbound call")
+    assert box.db()["missed_calls"].get(int(ref[1:]))["closed_by"] == "outbound"
+    assert "+48600123456" in "".join(emulator.dialled) or "600123456" in "".join(emulator.dialled)

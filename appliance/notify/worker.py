@@ -1,5 +1,7 @@
-"""The notifier thread: e-mail for alarms and incoming SMS ([mail], :class:`Notifier`) and alarm
-SMS to the admin's mobiles ([alarms] ``sms_to``).
+"""The notifier thread: e-mail for alarms and incoming SMS ([mail], :class:`Notifier`), alarm
+SMS to the admin's mobiles ([alarms] ``sms_to``), and the watch over callback promises: a
+request not done by the end of its promised window raises the ``callback_overdue`` alarm
+(:meth:`CallbackBook.escalate_overdue`), which the same rounds then e-mail and text (R12).
 
 Its own thread and its own database connection, because an SMTP server can take seconds to
 answer and the event loop must not wait for it. Every ``NOTIFY_EVERY_S`` it looks at what is
@@ -94,12 +96,22 @@ class NotifyWorker:
             # Mail is broken, but alarm SMS must still go out.
             log.error("e-mail notifications unavailable: %s", exc)
             notifier = None
+        book = _callback_book(self.settings, db, self.clock)
         while not self._stop.wait(NOTIFY_EVERY_S):
-            jobs = [lambda: self.texter.run_once(db)]
+            # Overdue promises first: their alarms go out in the same round.
+            jobs = [book.escalate_overdue, lambda: self.texter.run_once(db)]
             if notifier is not None:
-                jobs.insert(0, notifier.run_once)
+                jobs.insert(1, notifier.run_once)
             for job in jobs:
                 try:
                     job()
                 except Exception:  # noqa: BLE001 — the notifier must outlive any one failure
                     log.exception("notifier round failed")
+
+
+def _callback_book(settings, db, clock):
+    """The callback book on this thread's own connection (it only reads requests and raises alarms)."""
+    from ..flow.callbacks import CallbackBook
+    from ..services import Services
+
+    return CallbackBook(Services(settings=settings, db=db, clock=clock))
