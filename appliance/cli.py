@@ -256,6 +256,8 @@ def cmd_sms(args) -> int:
         except CoreNotRunning:
             print("the core is not running: the SMS leaves when it starts")
         return EXIT_OK
+    if args.sms_cmd == "template":
+        return _sms_template(args, settings, db)
     rows = list_outbox(db, args.limit)
     if not rows:
         print("the SMS outbox is empty")
@@ -267,6 +269,51 @@ def cmd_sms(args) -> int:
             f"#{r['id']} {r['created_at'][:19]} {r['number']} {r['state']:<11} {r['parts']}×{enc} "
             f"tries {r['attempts']} {text!r}" + (f" — {r['error']}" if r["error"] else "")
         )
+    return EXIT_OK
+
+
+def _sms_template(args, settings, db) -> int:
+    """R19 follow-up SMS: ``[callbacks] templates`` filled with ``--set name=value``; the
+    clinic's name ({clinic}) and the number as people write it ({number}) come by themselves."""
+    from .gsm.outbox import get_sms, plan_sms, queue_sms
+    from .gsm.smstext import render_template, template_fields
+    from .numbers import for_people
+
+    templates = settings.callbacks.get("templates") or {}
+    if not args.name:
+        if not templates:
+            print("no templates: add them to [callbacks] templates in the settings file")
+        broken = 0
+        for name, text in sorted(templates.items()):
+            try:
+                own = [f for f in template_fields(str(text)) if f not in ("clinic", "number")]
+            except CentralkaError as exc:
+                print(f"{name}: {text}  (BROKEN: {exc})")
+                broken += 1
+                continue
+            print(f"{name}: {text}" + (f"  (--set {' '.join(f + '=…' for f in own)})" if own else ""))
+        return EXIT_ERROR if broken else EXIT_OK
+    if args.name not in templates:
+        known = ", ".join(sorted(templates)) or "none configured"
+        raise CentralkaError(f"no SMS template {args.name!r} (templates: {known})")
+    if not args.number:
+        raise CentralkaError(f"whom to text? centralka sms template {args.name} NUMBER")
+    values = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CentralkaError(f"--set {item!r}: write name=value, e.g. --set dzien=wtorek")
+        values[key.strip()] = value
+    values.setdefault("clinic", settings.box.clinic_name.strip() or "Przychodnia")
+    values.setdefault("number", for_people(args.number, settings.box.country))
+    text = render_template(str(templates[args.name]), **values)
+    sms_id = queue_sms(db, args.number, text, kind="followup", settings=settings)
+    row = get_sms(db, sms_id)
+    print(f"sms #{sms_id} queued to {row['number']}: {text!r} ({plan_sms(text, settings).describe()})")
+    try:
+        ask_core(settings, "sms-wake")
+    except CoreNotRunning:
+        print("the core is not running: the SMS leaves when it starts")
     return EXIT_OK
 
 
@@ -549,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sms.add_parser("send", help="queue an SMS; prints its id and what it costs (parts, encoding)")
     s.add_argument("number")
     s.add_argument("text")
+    s.set_defaults(func=cmd_sms)
+    s = sms.add_parser("template", help="a follow-up SMS from a template (no arguments: list the templates)")
+    s.add_argument("name", nargs="?")
+    s.add_argument("number", nargs="?")
+    s.add_argument("--set", action="append", metavar="NAME=VALUE", help="a placeholder's value (repeatable)")
     s.set_defaults(func=cmd_sms)
     s = sms.add_parser("list", help="the outbox, newest last, with states")
     s.add_argument("--limit", type=int, default=20)

@@ -60,6 +60,13 @@ def port_is_free(address: str, port: int) -> bool:
 DEMO_MAILBOXES = {"admin": "admin@przychodnia.example", "rejestracja": "rejestracja@przychodnia.example"}
 
 
+# A follow-up SMS (R19) to try: `centralka sms template badanie 600123456 --set 'dzien=we wtorek' --set godzina=8:00`.
+DEMO_TEMPLATES = (
+    "\n[callbacks]\ntemplates = { badanie = "
+    '"{clinic}: badanie krwi {dzien} o {godzina}. Prosimy przyjść na czczo, z dowodem osobistym." }\n'
+)
+
+
 def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem: str = "", smtp: str = "") -> Path:
     """The demo box's settings; ``smtp`` ("host:port", $CENTRALKA_SMTP) turns e-mail on: plain
     SMTP, no login, alarms to the admin and callback requests to the registration's mailbox."""
@@ -81,7 +88,10 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem:
         f'[box]\ndata_dir = "{data}"\nclinic_name = "Przychodnia Centralka"\n\n'
         f'[sip]\naddress = "127.0.0.1"\nport = {sip_port}\n\n'
         f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
-        f'[control]\nsocket = "{data / "core.sock"}"\n' + (f'\n[modem]\ndevice = "{modem}"\n' if modem else "") + mail,
+        f'[control]\nsocket = "{data / "core.sock"}"\n'
+        + (f'\n[modem]\ndevice = "{modem}"\n' if modem else "")
+        + mail
+        + DEMO_TEMPLATES,
         encoding="utf-8",
     )
     return path
