@@ -255,7 +255,7 @@ def test_on_easter_monday_the_caller_hears_the_closed_message_and_can_leave_a_me
 
 
 @pytest.fixture
-def one_receptionist(make_box, staff, workdir, emulator, mailbox):
+def one_receptionist(request, make_box, staff, workdir, emulator, mailbox):
     """The demo clinic with one receptionist at work (Anna, whose phone answers) and Barbara
     away; the patients' mobiles are reached through the emulated modem (no SIP trunk)."""
     kport = free_port()
@@ -266,7 +266,8 @@ def one_receptionist(make_box, staff, workdir, emulator, mailbox):
         ),
     )
     staff_file = workdir / "staff.toml"
-    staff_file.write_text(demo_staff_text())
+    mode = getattr(request, "param", "auto")
+    staff_file.write_text(demo_staff_text().replace('callback_mode = "auto"', f'callback_mode = "{mode}"'))
     cli(box, "staff", "import", str(staff_file))
     cli(box, "pause", "basia")
     password = add_phone(box, "201")
@@ -396,3 +397,62 @@ def test_a_caller_who_gave_up_stays_on_the_list_until_someone_talked_to_them(dem
     wait_for(lambda: missed_lines(box) == [], 40, "the missed call closed by the outbound call")
     assert box.db()["missed_calls"].get(int(ref[1:]))["closed_by"] == "outbound"
     assert "+48600123456" in "".join(emulator.dialled) or "600123456" in "".join(emulator.dialled)
+
+
+@pytest.mark.parametrize("one_receptionist", ["list"], indirect=True)
+def test_in_list_mode_a_receptionist_calls_back_from_the_list(one_receptionist, workdir, emulator):
+    box, anna = one_receptionist
+    cli(box, "pause", "anna")  # nobody at the desk: the queue sends the caller to the callback offer
+    patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
+    try:
+        patient.call(box.uri())
+        patient.wait("confirmed")
+        box.wait_step("play", prompt="menu")
+        patient.press("1")
+        hear_out(box, "callback_offer", timeout=30)
+        patient.press("1")
+        requested = json.loads(box.wait_step("callback_requested")["detail"])
+        patient.wait("disconnected", timeout=30)
+    finally:
+        patient.stop()
+    ref = f"c{requested['callback']}"
+    assert box.db()["callbacks"].get(requested["callback"])["mode"] == "list"
+    cli(box, "unpause", "anna")
+    # Staff asking for what cannot be done hear why.
+    bad = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "--config", str(box.config), "callbacks", "call", "c999"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode != 0 and "c999 is not an open callback request" in bad.stderr
+    busy = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "--config",
+            str(box.config),
+            "callbacks",
+            "call",
+            ref,
+            "--agent",
+            "basia",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert busy.returncode != 0 and "basia is not free now" in busy.stderr
+    # The box did not call by itself (list mode): the receptionist does, from the list.
+    assert not anna.has("incoming")
+    assert f"{ref}: ringing anna" in cli(box, "callbacks", "call", ref)
+    anna.wait("incoming", timeout=20)
+    hear_out(box, "callback_whisper", timeout=30)
+    anna.press("1")
+    hear_out(box, "callback_patient", timeout=40)
+    emulator.caller_presses("1")
+    box.wait_step("callback_connected", timeout=30)
+    anna.hangup()
+    wait_for(lambda: box.db()["callbacks"].get(requested["callback"])["state"] == "done", 20, "the request done")
+    assert box.db()["callbacks"].get(requested["callback"])["done_by"] == "agent:anna"
