@@ -287,12 +287,20 @@ class Box:
         """The box's wall-clock time (its clock may be set to another day: ``clock_at``)."""
         return time.time() + self.clock_shift
 
-    def wait_step(self, step: str, timeout: float = 20, count: int = 1, **detail) -> dict:
+    def _of(self, calls: list[dict], direction: str | None) -> list[dict]:
+        """Calls of ``direction`` ("in", "out"; None: every call). A box that calls patients back
+        by itself starts outbound calls of its own between a test's inbound ones."""
+        return [c for c in calls if direction is None or c["direction"] == direction]
+
+    def wait_step(
+        self, step: str, timeout: float = 20, count: int = 1, *, direction: str | None = None, **detail
+    ) -> dict:
         """The newest call's ``count``-th journey step ``step`` whose detail has ``detail`` (e.g.
-        ``wait_step("play", prompt="menu")``: the box has started playing the menu)."""
+        ``wait_step("play", prompt="menu")``: the box has started playing the menu); with
+        ``direction``, the newest call of that direction."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            calls = self.calls()
+            calls = self._of(self.calls(), direction)
             seen = 0
             for row in self.journey(calls[-1]["id"]) if calls else []:
                 got = json.loads(row["detail"]) if row["detail"] else {}
@@ -303,10 +311,10 @@ class Box:
             time.sleep(0.05)
         raise AssertionError(f"no step {step!r} {detail} within {timeout} s\n" + self.log())
 
-    def wait_call_ended(self, call_id: int | None = None, timeout: float = 15) -> dict:
+    def wait_call_ended(self, call_id: int | None = None, timeout: float = 15, *, direction: str | None = None) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            calls = self.calls()
+            calls = self._of(self.calls(), direction)
             if calls:
                 call = calls[-1] if call_id is None else next((c for c in calls if c["id"] == call_id), None)
                 if call and call["ended_at"]:

@@ -156,6 +156,9 @@ async def start_agent_phone(ext: str, password: str, registrar: str, answer_afte
         "--register",
         registrar,
         f"--password={password}",
+        # The receptionist takes the callbacks the box offers: the key after the whisper's start.
+        "--press-on-answer",
+        "1@3",
     ]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent()
@@ -208,7 +211,9 @@ async def _demo():
         from .mobile_network import RadioServer
         from .modem import ModemEmulator
 
-        emulator = ModemEmulator(os.environ.get("CENTRALKA_DEMO_MODEM", "huawei"), callee_answer_delay=4.0)
+        emulator = ModemEmulator(
+            os.environ.get("CENTRALKA_DEMO_MODEM", "huawei"), callee_answer_delay=4.0, callee_presses=("1", 4.0)
+        )
         modem = f"{emulator.device},{emulator.voice_device}"
         radio = RadioServer(emulator, DEMO_DIR / "radio.sock")
         await radio.start()

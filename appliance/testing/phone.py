@@ -152,6 +152,13 @@ class Phone:
             asyncio.get_running_loop().call_later(
                 wav_duration(phrase), lambda: leg.alive and self.emit({"event": "said", "n": n, "user": leg.local_user})
             )
+        press = getattr(self.args, "press_on_answer", None)
+        if press and leg.direction == "in":
+            # A receptionist who takes every callback the box offers (the demo's desk phones).
+            digits, _, after = press.partition("@")
+            asyncio.get_running_loop().call_later(
+                float(after or 2), lambda: leg.alive and leg.send_dtmf(digits) and None
+            )
         self.emit(
             {
                 "event": "confirmed",
@@ -324,6 +331,9 @@ def add_arguments(p: argparse.ArgumentParser, *, terminal: bool):
         p.add_argument("--register", metavar="HOST:PORT", help="register as --user at this registrar")
         p.add_argument("--password", help="password for --register")
         p.add_argument("--expires", type=int, default=60)
+        p.add_argument(
+            "--press-on-answer", metavar="DIGITS@SECONDS", help="press keys this long after answering (e.g. 1@3)"
+        )
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--user", default="phone", help="user part of this phone's address")
     p.add_argument("--rtp-port", type=int, default=0)

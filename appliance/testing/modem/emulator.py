@@ -114,6 +114,7 @@ class ModemEmulator:
         answer_between_polls: bool = False,
         send_delay: float = 0.02,
         caller_tone_hz: float | None = None,
+        callee_presses: tuple[str, float] | None = None,
     ):
         if profile not in PROFILES:
             raise ValueError(f"unknown modem profile {profile!r}; one of {', '.join(PROFILES)}")
@@ -123,6 +124,9 @@ class ModemEmulator:
         self.operator, self.signal = operator, signal
         self.reset_delay = reset_delay
         self.callee_answer_delay = callee_answer_delay
+        # The person the box calls presses these keys this long after answering (the demo's
+        # patient who takes the callback); None: only what a test says with caller_presses.
+        self.callee_presses = callee_presses
         # The callee picks up once its delay is over, but only just after an AT+CLCC reply went
         # out: its call-state line then never lands inside a poll's reply (a library defect,
         # test_urc_during_a_command_is_taken_as_its_reply_defect) — for tests of the normal path.
@@ -1073,6 +1077,9 @@ class ModemEmulator:
             urcs = self.profile.connected_urcs(call)
             if urcs:
                 self._urc(*urcs)
+            if self.callee_presses and call.direction == 0:  # (a call the box placed)
+                digits, after = self.callee_presses
+                self._later(after, lambda: self.in_call() and self.caller_presses(digits))
 
     def _at_vts(self, op, args):
         if op == "test":
