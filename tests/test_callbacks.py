@@ -174,7 +174,7 @@ def test_a_caller_in_the_queue_presses_1_1_1_and_is_promised_a_callback_by_sms_a
     [line] = [x for x in listing.splitlines() if x.startswith("c")]
     assert line.split()[0] == f"c{requested['callback']}"
     # (open, or "calling" while the box already rings a desk for it: the demo queue is auto)
-    assert "600 123 456" in line and "rejestracja" in line and line.split()[5] in ("open", "calling")
+    assert "600 123 456" in line and "rejestracja" in line and any(w in line.split() for w in ("open", "calling"))
     # Not a missed call: the caller asked for a callback.
     assert not any(x.startswith("m") for x in listing.splitlines())
     # A receptionist called back from her own phone and says so: off the list, the note kept.
