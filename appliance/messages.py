@@ -152,6 +152,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "cancel it",
     },
     # --- e-mail --------------------------------------------------------------------------------
+    "mail.refused": {
+        "pl": "E-mail „{subject}” do {to} nie wyszedł: {why}. Pozostałe e-maile wychodzą.",
+        "en": "The e-mail \u201c{subject}\u201d to {to} was not sent: {why}. Other e-mail still goes out.",
+    },
     "mail.failing": {
         "pl": "E-maile z centralki nie wychodzą: {why} ({server}).",
         "en": "The box cannot send e-mail: {why} ({server}).",

@@ -453,8 +453,10 @@ def test_a_550_marks_the_email_failed_with_the_servers_words_and_raises_an_alarm
     assert mail_outbox.get(db, fine)["state"] == "sent"
     [alarm] = list_alarms(db)
     assert (alarm["kind"], alarm["source"], alarm["severity"]) == ("mail_refused", "mail", "warning")
+    # Which e-mail did not go, to whom; and that the rest still goes (not "e-mail is down").
     assert alarm["text"] == (
-        f"E-maile z centralki nie wychodzą: serwer poczty odrzucił adresy odbiorców (127.0.0.1:{server.port})."
+        "E-mail „[Centralka] Wiadomość głosowa od 600 123 456 (0:42)” do lekarz@przychodnia.example nie wyszedł: "
+        "serwer poczty odrzucił adresy odbiorców. Pozostałe e-maile wychodzą."
     )
     assert reply in alarm["detail"] and "Wiadomość głosowa od 600 123 456" in alarm["detail"]
 

@@ -1195,8 +1195,9 @@ class Notifier:
             why = msg(f"mail.why.{stage}")
         else:
             why = _texts(lang)["cannot_compose"]
-        text = msg("mail.failing", why=why, server=self.mailer.where)
         to = ", ".join(addresses) or "nobody"
+        # One e-mail that did not go (the others do): say which, not "e-mail is down".
+        text = msg("mail.refused", why=why, subject=_subject_text(str(row["subject"] or "")), to=to)
         detail = f"e-mail #{row['id']} ({row['kind']}) {row['subject']!r} to {to}: {error}"
         raise_alarm(self.db, "mail_refused", "mail", text, severity="warning", detail=detail, lang=lang)
 
