@@ -465,7 +465,7 @@ def test_a_550_marks_the_email_failed_with_the_servers_words_and_raises_an_alarm
     assert server.inbox.rcpt_tries.count(DOCTOR[0]) == 1
     subjects = [m["Subject"] for m in server.inbox.wait_for(2)]
     assert subjects[0] == "[Centralka] Oddzwonić: 600 123 456 — Rejestracja"
-    assert subjects[1].startswith("[Centralka] Ostrzeżenie: E-maile z centralki nie wychodzą")
+    assert subjects[1].startswith("[Centralka] Ostrzeżenie: E-mail „[Centralka] Wiadomość głosowa od 600 123 456")
     assert server.inbox.received[1].rcpt_tos == [ADMIN]
     assert "User unknown" in text_of(server.inbox.received[1])
 
