@@ -434,7 +434,10 @@ def cmd_hours(args) -> int:
     now = SYSTEM_CLOCK.now().astimezone(schedule.tz)
     if args.hours_cmd in ("open", "closed"):
         until = None
-        if args.until:
+        if args.until == "next":
+            # Until the schedule itself changes (closed early today: open again at the next opening).
+            until = schedule.next_change(now)
+        elif args.until:
             try:
                 until = datetime.fromisoformat(args.until).replace(tzinfo=schedule.tz)
             except ValueError:
@@ -635,7 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs = h.add_subparsers(dest="hours_cmd")
     for verb in ("open", "closed"):
         s = hs.add_parser(verb, help=f"{verb} now, until --until or until lifted (manual override)")
-        s.add_argument("--until", help="YYYY-MM-DD HH:MM local time; default: until lifted")
+        s.add_argument(
+            "--until", help="YYYY-MM-DD HH:MM local time, or 'next' (the next scheduled change); default: until lifted"
+        )
         s.add_argument("--schedule", default=argparse.SUPPRESS, help="which schedule (default: the first)")
     s = hs.add_parser("lift", help="remove the manual override: the schedule decides again")
     s.add_argument("--schedule", default=argparse.SUPPRESS, help="which schedule (default: the first)")
