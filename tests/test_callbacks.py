@@ -86,10 +86,9 @@ def mailbox():
     server.stop()
 
 
-@pytest.fixture
-def demo_clinic(make_box, staff, workdir, emulator, mailbox):
-    """The demo flow with its registration queue, two desk phones that ring and never answer,
-    the emulated modem and the team's mailbox."""
+def clinic_box(make_box, staff, workdir, emulator, mailbox, mode: str = "auto"):
+    """The demo's flow and staff (the registration queue in callback ``mode``), Kamailio for the
+    desk phones, the emulated modem and the team's mailbox; ``(box, Kamailio's port)``."""
     kport = free_port()
     box = make_box(
         staff=staff,
@@ -98,20 +97,27 @@ def demo_clinic(make_box, staff, workdir, emulator, mailbox):
         ),
     )
     staff_file = workdir / "staff.toml"
-    staff_file.write_text(demo_staff_text())
+    staff_file.write_text(demo_staff_text().replace('callback_mode = "auto"', f'callback_mode = "{mode}"'))
     cli(box, "staff", "import", str(staff_file))
-    desks = []
-    for ext in ("201", "202"):
-        password = add_phone(box, ext)
-        desks.append(
-            Phone(
-                workdir,
-                f"agent{ext}",
-                answer_after=-1,
-                user=ext,
-                extra=["--register", f"127.0.0.1:{kport}", f"--password={password}"],
-            )
-        )
+    return box, kport
+
+
+def desk_phone(box, workdir, kport, ext: str, name: str, answer_after: float):
+    password = add_phone(box, ext)
+    return Phone(
+        workdir,
+        name,
+        answer_after=answer_after,
+        user=ext,
+        extra=["--register", f"127.0.0.1:{kport}", f"--password={password}"],
+    )
+
+
+@pytest.fixture
+def demo_clinic(make_box, staff, workdir, emulator, mailbox):
+    """The demo clinic with two desk phones that ring and never answer."""
+    box, kport = clinic_box(make_box, staff, workdir, emulator, mailbox)
+    desks = [desk_phone(box, workdir, kport, ext, f"agent{ext}", -1) for ext in ("201", "202")]
     for desk in desks:
         desk.wait("registration", state="registered", timeout=20)
     gsm_up(box)
@@ -261,26 +267,9 @@ def test_on_easter_monday_the_caller_hears_the_closed_message_and_can_leave_a_me
 def one_receptionist(request, make_box, staff, workdir, emulator, mailbox):
     """The demo clinic with one receptionist at work (Anna, whose phone answers) and Barbara
     away; the patients' mobiles are reached through the emulated modem (no SIP trunk)."""
-    kport = free_port()
-    box = make_box(
-        staff=staff,
-        settings=(
-            f"\n[kamailio]\nenabled = true\nport = {kport}\n" + modem_settings(emulator) + mail_settings(mailbox)
-        ),
-    )
-    staff_file = workdir / "staff.toml"
-    mode = getattr(request, "param", "auto")
-    staff_file.write_text(demo_staff_text().replace('callback_mode = "auto"', f'callback_mode = "{mode}"'))
-    cli(box, "staff", "import", str(staff_file))
+    box, kport = clinic_box(make_box, staff, workdir, emulator, mailbox, getattr(request, "param", "auto"))
     cli(box, "pause", "basia")
-    password = add_phone(box, "201")
-    anna = Phone(
-        workdir,
-        "anna",
-        answer_after=0.5,
-        user="201",
-        extra=["--register", f"127.0.0.1:{kport}", f"--password={password}"],
-    )
+    anna = desk_phone(box, workdir, kport, "201", "anna", 0.5)
     anna.wait("registration", state="registered", timeout=20)
     gsm_up(box)
     yield box, anna

@@ -33,7 +33,7 @@ from ..clock import parse_stamp, stamp
 from ..errors import CentralkaError
 from ..lines import CalleeRefused, NoLineAvailable
 from ..messages import msg
-from ..numbers import for_people, spoken_digits
+from ..numbers import spoken_digits
 from ..store import calls as store_calls
 from ..store import callbacks as store
 from ..tollguard import DestinationRefused
@@ -299,32 +299,5 @@ class CallbackCaller:
             log.exception("callback #%d: cannot store the outcome of a try", cb["id"])
 
     def _text_unreachable(self, cb: dict) -> None:
-        from ..gsm.outbox import SmsRefused, queue_sms
-        from ..gsm.smstext import render_template
-
-        svc = self.services
-        lang = cb["lang"] or svc.settings.box.language
-        template = self.conf.get(f"sms_unreachable_{lang}") or self.conf.sms_unreachable_pl
-        try:
-            text = render_template(
-                template,
-                clinic=svc.callbacks.clinic(lang),
-                promise=cb["promise"] or "",
-                number=for_people(cb["number"], svc.settings.box.country),
-            )
-            queue_sms(
-                svc.db,
-                cb["number"],
-                text,
-                kind="callback",
-                settings=svc.settings,
-                dedupe_key=f"callback:{cb['id']}:unreachable",
-                now=svc.clock.time(),
-            )
-        except SmsRefused as exc:
-            log.info("callback #%d: no SMS to %s: %s", cb["id"], cb["number"], exc)
-            return
-        except CentralkaError as exc:
-            log.warning("callback #%d: SMS not queued: %s", cb["id"], exc)
-            return
-        svc.wake_sms()
+        lang = cb["lang"] or self.services.settings.box.language
+        self.services.callbacks.text_patient(cb, "sms_unreachable", "unreachable", lang)

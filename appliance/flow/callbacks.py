@@ -139,32 +139,39 @@ class CallbackBook:
         return Booking(cb_id, merged, sms_id, emailed)
 
     def _confirm_by_sms(self, row: dict, lang: str) -> int | None:
+        # One confirmation per request: a merged repeat does not text the caller again.
+        return self.text_patient(row, "sms_confirm", "confirm", lang)
+
+    def text_patient(self, row: dict, template: str, what: str, lang: str) -> int | None:
+        """Queue ``[callbacks] {template}_{lang}`` to the request's number, once per request and
+        ``what`` (the outbox's dedupe key); None when no SMS may go (not a mobile, a cap, an
+        error: logged)."""
         from ..gsm.outbox import SmsRefused, queue_sms
         from ..gsm.smstext import render_template
 
-        template = self.settings.callbacks.get(f"sms_confirm_{lang}") or self.settings.callbacks.sms_confirm_pl
+        conf = self.settings.callbacks
+        text_of = conf.get(f"{template}_{lang}") or conf.get(f"{template}_pl")
         try:
             text = render_template(
-                template,
+                text_of,
                 clinic=self.clinic(lang),
                 promise=row["promise"] or "",
                 number=for_people(row["number"], self.country),
             )
-            # One confirmation per request: a merged repeat does not text the caller again.
             sms_id = queue_sms(
                 self.db,
                 row["number"],
                 text,
                 kind="callback",
                 settings=self.settings,
-                dedupe_key=f"callback:{row['id']}:confirm",
+                dedupe_key=f"callback:{row['id']}:{what}",
                 now=self.clock.time(),
             )
         except SmsRefused as exc:
-            log.info("callback #%d: no confirming SMS to %s: %s", row["id"], row["number"], exc)
+            log.info("callback #%d: no %s SMS to %s: %s", row["id"], what, row["number"], exc)
             return None
         except CentralkaError as exc:
-            log.warning("callback #%d: confirming SMS not queued: %s", row["id"], exc)
+            log.warning("callback #%d: %s SMS not queued: %s", row["id"], what, exc)
             return None
         self.services.wake_sms()
         return sms_id
