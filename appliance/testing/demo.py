@@ -253,8 +253,21 @@ async def _demo():
                 f"    .venv/bin/centralka phone sip:48221234567@127.0.0.1:{sip_port}\n"
                 f"  Menu: 1 rejestracja (queue), 2 poradnia, 0 operator, or dial extension 555; no key = operator.\n"
                 f"  Two receptionists' desk phones (201, 202) register at 127.0.0.1:{kamailio_port} and {wait}\n"
-                f"  (CENTRALKA_DEMO_ANSWER_DELAY). In the queue, * leaves for the operator.\n"
-                f"  Other simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
+                f"  (CENTRALKA_DEMO_ANSWER_DELAY). In the queue, * leaves for the operator and 1 asks for a\n"
+                f"  callback (1, 1, 1: promise, SMS, e-mail); call with a mobile caller ID for the SMS:\n"
+                f"    .venv/bin/centralka phone --user 600123456 sip:48221234567@127.0.0.1:{sip_port}\n"
+                f"  Open requests, missed calls, voice messages: .venv/bin/centralka callbacks\n"
+                + (
+                    "  The clinic is CLOSED this run (CENTRALKA_DEMO_CLOSED): closed message, callback, voicemail.\n"
+                    if demo_closed()
+                    else "  Open around the clock (CENTRALKA_DEMO_CLOSED=1 closes it).\n"
+                )
+                + (
+                    f"  E-mail to the SMTP server at {settings.mail.host}:{settings.mail.port} (CENTRALKA_SMTP).\n"
+                    if settings.mail.get("host")
+                    else "  E-mail is off (CENTRALKA_SMTP=host:port turns it on).\n"
+                )
+                + f"  Other simulated staff phones on udp 127.0.0.1:{phones_port} answer after 1 s.\n"
                 + (
                     f"  GSM: an emulated modem is plugged in ({modem}). A mobile caller:\n"
                     f"    .venv/bin/centralka demo-gsm call 600123456 --press 1 --wav heard.wav\n"
