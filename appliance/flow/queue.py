@@ -316,7 +316,7 @@ class QueueManager:
                         chosen = self._choose(q, free)[:1]
                         if not chosen:
                             break
-                        self._start(self._serve_callback(q, item, chosen[0]), chosen)
+                        self._start_callback(q, item, chosen[0])
                         continue
                     entry = item
                     if entry.ringing or entry.done or entry.offering:
@@ -364,9 +364,13 @@ class QueueManager:
         limit = max(1, int(share * q.serving_count() + 1e-9))
         return len(q.calling) < limit
 
-    async def _serve_callback(self, q: QueueRuntime, row: dict, agent: AgentState) -> str:
+    def _start_callback(self, q: QueueRuntime, row: dict, agent: AgentState) -> None:
+        # Counted at once: the share check of the same dispatching pass must see it.
         q.calling.add(row["id"])
         q.virtual = [r for r in q.virtual if r["id"] != row["id"]]
+        self._start(self._serve_callback(q, row, agent), [agent])
+
+    async def _serve_callback(self, q: QueueRuntime, row: dict, agent: AgentState) -> str:
         outcome = "error"
         try:
             outcome = await self.caller.serve(
@@ -429,7 +433,7 @@ class QueueManager:
                 raise CentralkaError("no agent is free now; name one with --agent")
             agent = free[0]
         runtime = q or QueueRuntime(cfg=_ADHOC, manager=self, stats=HandlingStats())
-        self._start(self._serve_callback(runtime, row, agent), [agent])
+        self._start_callback(runtime, row, agent)
         return {
             "callback": callback_id,
             "agent": agent.agent.id,
