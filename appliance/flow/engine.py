@@ -429,9 +429,11 @@ class CallSession:
 
     async def node_callback(self, node):
         self.step("enter", node.id, {"type": "callback"})
-        # Straight from a queue nobody could serve: the request still belongs to that queue.
+        # Straight from a queue nobody could serve, the request still belongs to that queue; after
+        # hours it belongs to the queue the node's topic names (called back from there, in turn).
         queues = self.services.queues
-        q = queues.get(self.topic) if queues is not None and self.topic else None
+        about = node.params.get("topic") or self.topic
+        q = queues.get(about) if queues is not None and about else None
         if await offer_callback(self, node, queue=q) == "booked":
             return None
         return node.params["on_decline"]

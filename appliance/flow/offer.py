@@ -76,7 +76,7 @@ async def offer_callback(session, node, *, queue=None, entry=None) -> str:
         topic=topic,
         topic_label=label,
         team=team,
-        queue=queue.cfg.id if queue is not None and mode == "auto" else None,
+        queue=queue.cfg.id if queue is not None else None,
         mode=mode,
         place_at=place_at,
         position=position,
