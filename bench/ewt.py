@@ -45,12 +45,15 @@ estimator:
 
 In both, the callers who hang up have a censored wait, so they and every announcement they heard
 are counted, not scored. Ours sees what the engine sees: position, each busy agent's elapsed
-handling time (from the answer, through the wrap-up), idle agents, and HandlingStats learned
-from the calls completed so far, from how long callers waited or held out before hanging up, and
-from how wrong its own earlier announcements were (once a caller is answered, each announcement
-made to that caller goes to ``HandlingStats.observe_error``; the same calls the queue makes),
-kept across days as the database keeps it; Asterisk sees its running average of past answered
-waits (also kept).
+handling time (from the answer, through the wrap-up), idle agents, the local time of day, and
+HandlingStats learned from the calls completed so far (each with the hour it began), from how
+long callers waited or held out before hanging up, and from how wrong its own earlier
+announcements were (once a caller is answered, the caller's list of announcements, each as
+(moment, seconds said, position), goes to ``estimate.resolve_announcements``, which calls
+``HandlingStats.observe_error`` for each: the call the queue makes), kept across days as the
+database keeps it; Asterisk sees its running average of past answered waits (also kept).
+``--no-time-of-day`` withholds the hour (in ``observe`` and ``estimate_wait``), for a queue that
+does not pass it.
 
 The oracle row is a yardstick (``--no-oracle`` skips it): a predictor that knows the generator's
 true distributions and the exact state, so its error is the floor any estimator can reach on
@@ -58,18 +61,26 @@ these days; the part of the error above it is the estimator's fault, the rest is
 
 The scored callers are those who found no free agent on arrival (the ones an announcement is
 for) and were answered. Callers taken at once would be easy points for ours (it says "less than
-a minute", Asterisk its average) and are left out on purpose; they hear no announcement anyway.
+a minute", Asterisk its average) and are left out on purpose: on the box such a caller may hear
+"first in line, less than a minute" while the agent's phone rings, but that says nothing about
+an estimator. Likewise a caller whose agent is already ringing is out of line (the simulation
+takes the caller out when the ringing starts; the replay skips moments at which an agent not on
+a call is there for the caller).
 
 ``--from-db PATH`` replays real records instead, from the SQLite table
 ``queue_calls(joined_at, answered_at, left_at, reason, handle_s, queue)`` the engine writes;
 ``--write-db PATH`` stores the simulated days in that table, the way the engine would have
-written them, so the replay path can be checked on days whose truth is known.
+written them, so the replay path can be checked on days whose truth is known. The replay learns
+and announces as the synthetic runs do (time of day from the records' stamps, in this machine's
+zone); the number of agents is not recorded (--agents, or the most calls in progress at once).
 
 Per generator (or for the replay) the bench prints one JSON line: ours_mae_s, ours_bias_s,
 asterisk_mae_s, asterisk_bias_s, ratio (every announcement heard, as announced;
-``announcements`` of them scored), oracle_mae_s, ours_join_mae_s, asterisk_join_mae_s,
-join_ratio (on joining; ``scored`` callers), cpu_ms_per_estimate, days (--days, per load level;
-sim_days is the total), callers (all), ... and ``generator``.
+``announcements`` of them scored, ``announcements_first_in_line`` of those at position 1),
+oracle_mae_s and ours_vs_oracle (with the oracle), ours_join_mae_s, asterisk_join_mae_s,
+join_ratio (on joining; ``scored`` callers), cpu_ms_per_estimate, ``levels`` (MAE, bias and ratio
+per load level), days (--days, per load level; sim_days is the total), callers (all), ...,
+``time_of_day`` and ``generator``.
 """
 
 from __future__ import annotations
@@ -290,23 +301,47 @@ class Tally:
         return float(np.mean(errs)) if errs else float("nan")
 
 
+def day_hour(t: float) -> float:
+    """Local time of day (hours) of a moment on a simulated day's clock (seconds from midnight)."""
+    return (t / 3600.0) % 24.0
+
+
+def epoch_hour(t: float) -> float:
+    """Local time of day (hours) of a recorded moment (epoch seconds), in this machine's zone, the
+    one the replay also cuts days in."""
+    when = datetime.fromtimestamp(t)
+    return when.hour + when.minute / 60.0 + (when.second + when.microsecond / 1e6) / 3600.0
+
+
 class Estimators:
     """Both estimators' learned state; carried from day to day like the box keeps it.
 
     It is fed only through the calls the queue makes on the box (``HandlingStats.observe``,
-    ``observe_wait`` and ``observe_error``), so what the bench measures is what a box learning
-    from its own calls would announce."""
+    ``observe_wait`` and, through ``resolve_announcements``, ``observe_error``), so what the bench
+    measures is what a box learning from its own calls would announce. ``hour_of`` turns the
+    bench's clock into the local time of day that the queue passes to ``observe`` and
+    ``estimate_wait``; None (``--no-time-of-day``) passes none, as a queue that does not tell it."""
 
-    def __init__(self):
+    def __init__(self, hour_of=None):
+        self.hour_of = hour_of
         self.stats = HandlingStats()
         self.asterisk = AsteriskEstimator()
         self.cpu_s = 0.0  # process time spent in estimate_wait
         self.estimates = 0
 
-    def say(self, position: int, busy_elapsed: list[float], idle: int, waited_s: float) -> tuple[float, float, float]:
+    def hour(self, now: float) -> float | None:
+        return None if self.hour_of is None else self.hour_of(now)
+
+    def done(self, handle_s: float, now: float) -> None:
+        """A call ended ``now`` (QueueManager.call_ended): its handling time is learned."""
+        self.stats.observe(handle_s, hour=self.hour(now))
+
+    def say(
+        self, position: int, busy_elapsed: list[float], idle: int, waited_s: float, now: float
+    ) -> tuple[float, float, float]:
         """What each would announce now: (ours as heard, ours in seconds, Asterisk's as heard)."""
         t0 = time.process_time()
-        raw = estimate_wait(position, busy_elapsed, idle, self.stats)
+        raw = estimate_wait(position, busy_elapsed, idle, self.stats, hour=self.hour(now))
         self.cpu_s += time.process_time() - t0
         self.estimates += 1
         ours = announced_wait_s(raw) if math.isfinite(raw) else raw
@@ -314,7 +349,7 @@ class Estimators:
 
     def announce(self, c: Caller, position: int, busy_elapsed: list[float], idle: int) -> None:
         """The announcement on joining (kept on the caller for the join-only score)."""
-        c.ours_s, c.ours_raw_s, c.asterisk_s = self.say(position, busy_elapsed, idle, 0.0)
+        c.ours_s, c.ours_raw_s, c.asterisk_s = self.say(position, busy_elapsed, idle, 0.0, c.joined)
 
     def heard(
         self,
@@ -336,7 +371,7 @@ class Estimators:
         if now == c.joined and c.ours_s is not None:
             ours, raw, ast = c.ours_s, c.ours_raw_s, c.asterisk_s  # the join announcement itself
         else:
-            ours, raw, ast = self.say(position, busy_elapsed, idle, now - c.joined)
+            ours, raw, ast = self.say(position, busy_elapsed, idle, now - c.joined, now)
         if math.isfinite(raw):
             if c.said_s is not None and raw > c.said_s and not serving < c.said_serving:
                 raw = c.said_s
@@ -545,7 +580,7 @@ def simulate_day(
             c = callers[ident]
             est.answered(c.joined, now, c.heard)
         elif kind == "done":
-            est.stats.observe(callers[ident].handle_s)
+            est.done(callers[ident].handle_s, now)
         elif kind == "free":
             del busy_since[ident]
             free_agents.append(ident)
@@ -637,15 +672,17 @@ def run_synthetic(
     every: float = ANNOUNCE_EVERY_S,
     shape: Shape = SHAPES["standard"],
     sink=None,
+    time_of_day: bool = True,
 ) -> dict[str, Level]:
     """Every load level of ``shape`` for ``days`` days each, one learning box per level (its
-    state carried from day to day). ``sink(level, day, callers)``, if given, gets each day."""
+    state carried from day to day). ``sink(level, day, callers)``, if given, gets each day;
+    ``time_of_day``: the queue tells the estimator the local time of day."""
     results = {}
     for level_no, (level, params) in enumerate(shape.levels.items()):
         # The standard generator keeps its seeds of old (its figures stay comparable); the others
         # get streams of their own.
         rng = np.random.default_rng([seed, level_no] if shape.name == "standard" else [seed, level_no, 7])
-        est = Estimators()
+        est = Estimators(day_hour if time_of_day else None)
         oracle = Oracle(shape, seed) if with_oracle else None
         later_oracle = Oracle(shape, seed, stream=100) if with_oracle else None
         tally = Tally()
@@ -732,7 +769,9 @@ def _ts(text) -> float | None:
     return datetime.fromisoformat(str(text)).timestamp()
 
 
-def replay_db(path: str, agents: int | None, every: float = ANNOUNCE_EVERY_S) -> dict[str, Level]:
+def replay_db(
+    path: str, agents: int | None, every: float = ANNOUNCE_EVERY_S, time_of_day: bool = True
+) -> dict[str, Level]:
     """Replay real stays from ``queue_calls``. The number of agents is not recorded; it is
     --agents if given, else the most calls seen in progress at once that day (a lower bound)."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -762,7 +801,7 @@ def replay_db(path: str, agents: int | None, every: float = ANNOUNCE_EVERY_S) ->
         by_queue.setdefault(q or "?", []).append((j, _ts(answered), _ts(left), handle, reason))
     results = {}
     for q, stays in by_queue.items():
-        tally, est = Tally(), Estimators()
+        tally, est = Tally(), Estimators(epoch_hour if time_of_day else None)
         days = sorted({datetime.fromtimestamp(s[0]).date() for s in stays})
         for day in days:
             todays = [s for s in stays if datetime.fromtimestamp(s[0]).date() == day]
@@ -817,9 +856,14 @@ def _replay_day(
             if a is None or a > j:
                 waiting.append(i)
         elif kind == "announce":
-            if i in waiting:
+            # As in the simulation: announcements are for callers who found no free agent, and
+            # none is made while an agent not on a call is taken to be ringing for the caller
+            # (position within the idle agents): the simulation takes a caller out of line then.
+            if i in waiting and callers[i].queued:
                 busy = [t - s for s in on_call.values()]
-                est.heard(callers[i], t, waiting.index(i) + 1, busy, max(0, agents - len(busy)), serving=agents)
+                idle, position = max(0, agents - len(busy)), waiting.index(i) + 1
+                if position > idle:
+                    est.heard(callers[i], t, position, busy, idle, serving=agents)
         elif kind == "answer":
             if i in waiting:
                 waiting.remove(i)
@@ -829,7 +873,7 @@ def _replay_day(
             on_call[i] = a
         elif kind == "done":
             on_call.pop(i, None)
-            est.stats.observe(h)
+            est.done(h, t)
         elif kind == "left":
             if i in waiting:
                 waiting.remove(i)
@@ -983,6 +1027,7 @@ def summarize(name: str, results: dict[str, Level], args, days: int, sim_days: i
         "scored": len(total.waits),
         "abandoned": total.abandoned,
         "seed": args.seed,
+        "time_of_day": args.time_of_day,
         "source": args.from_db or "synthetic",
     }
     return summary
@@ -1013,6 +1058,12 @@ def main(argv=None) -> int:
         action="store_false",
         help="skip the oracle that knows the generator (the error floor; most of a default run's time)",
     )
+    ap.add_argument(
+        "--no-time-of-day",
+        dest="time_of_day",
+        action="store_false",
+        help="do not tell the estimator the local time of day (a queue that does not pass the hour)",
+    )
     ap.add_argument("--from-db", metavar="PATH", help="replay queue_calls from this SQLite database instead")
     ap.add_argument(
         "--write-db",
@@ -1033,7 +1084,7 @@ def main(argv=None) -> int:
             print(f"--from-db {args.from_db}: no such file; nothing to replay")
             results = {}
         else:
-            results = replay_db(args.from_db, args.agents, args.announce_every)
+            results = replay_db(args.from_db, args.agents, args.announce_every, args.time_of_day)
         days = sum(r.info.get("days", 0) for r in results.values())
         summaries.append(summarize("db", results, args, days, days))
     else:
@@ -1049,6 +1100,7 @@ def main(argv=None) -> int:
                     args.announce_every,
                     shape,
                     sink=None if writer is None else _level_sink(writer, name),
+                    time_of_day=args.time_of_day,
                 )
                 summaries.append(summarize(name, results, args, args.days, args.days * len(results)))
         finally:

@@ -360,7 +360,9 @@ class CallSession:
         line too. The wait said never rises between two announcements to the same caller unless
         fewer agents serve the queue now — and then the caller is told why."""
         ahead = q.position(entry) - 1
-        wait = q.estimate(entry)
+        # While an agent's phone rings for this caller the wait is that ring, not a whole call
+        # of the agent's: the position is said, no estimate (and none is kept as said).
+        wait = None if entry.ringing else q.estimate(entry)
         if wait == 0.0 and ahead == 0:
             return  # an agent is free this moment: the phone rings, there is nothing to wait for
         wait = None if wait == float("inf") else wait

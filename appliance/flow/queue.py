@@ -31,7 +31,7 @@ from ..errors import CallLimitReached, CentralkaError, SipError
 from ..store import agents as store_agents
 from ..store import callbacks as store_callbacks
 from ..store import queue as store_queue
-from .estimate import HandlingStats, estimate_wait
+from .estimate import HandlingStats, estimate_wait, resolve_announcements
 from .staff import Agent, QueueConfig, Staff
 
 # The line a request outside any queue is called back from (``centralka callbacks call``).
@@ -136,7 +136,7 @@ class QueueRuntime:
                 busy.append(max(0.0, self.stats.mean - (a.wrapup_until - now)))
             else:
                 idle += 1
-        return estimate_wait(self.position(entry), busy, idle, self.stats)
+        return estimate_wait(self.position(entry), busy, idle, self.stats, hour=self.manager.hour())
 
 
 class QueueManager:
@@ -199,6 +199,14 @@ class QueueManager:
     def kick(self) -> None:
         for q in self.queues.values():
             q.wake.set()
+
+    def hour(self) -> float:
+        """The clinic's local time of day in hours (8.5 = 8:30): handling times depend on it
+        (the morning's short registrations, the afternoon's longer calls)."""
+        from zoneinfo import ZoneInfo
+
+        now = self.clock.now().astimezone(ZoneInfo(self.services.settings.box.timezone))
+        return now.hour + now.minute / 60.0
 
     async def stop(self):
         tasks = self._tasks + list(self._ringers)
@@ -266,6 +274,8 @@ class QueueManager:
         waited = self.clock.monotonic() - entry.joined
         store_queue.record_answer(self.services.db, entry.row_id, agent.agent.id, waited, at=self.clock.stamp())
         entry.queue.stats.observe_wait(waited, abandoned=False)
+        # Now the box knows how wrong each announcement to this caller was: it learns from that.
+        resolve_announcements(entry.queue.stats, entry.announced, self.clock.monotonic())
 
     def call_ended(self, entry: QueueEntry, agent: AgentState, talk_s: float) -> None:
         q = entry.queue
@@ -275,7 +285,7 @@ class QueueManager:
         agent.calls_today += 1
         agent.wrapup_until = self.clock.monotonic() + q.cfg.wrapup_s
         handle = talk_s + q.cfg.wrapup_s
-        q.stats.observe(handle)
+        q.stats.observe(handle, hour=self.hour())
         store_queue.record_end(self.services.db, entry.row_id, handle, at=self.clock.stamp())
         store_queue.save_stats(self.services.db, q.cfg.id, q.stats.to_dict())
         # Wake the dispatcher when the wrap-up is over, not before.
