@@ -109,7 +109,11 @@ class CallSession:
         """Play a file; a digit (when ``interruptible``) or any of ``until`` (futures: an agent
         answered) ends it early."""
         duration = self.services.prompts.duration(path)
-        player = self.leg.play(path)
+        try:
+            player = self.leg.play(path)
+        except SipError:
+            self._check_alive()  # the caller hung up just now: gone, not an error of ours
+            raise
         self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
             await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
