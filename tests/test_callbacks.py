@@ -132,9 +132,7 @@ def test_a_caller_in_the_queue_presses_1_1_1_and_is_promised_a_callback_by_sms_a
     box = demo_clinic
     patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
     try:
-        patient.call(box.uri())
-        patient.wait("confirmed")
-        box.wait_step("play", prompt="menu", direction="in")
+        to_the_menu(patient, box)
         patient.press("1")  # registration: the queue
         box.wait_step("enter", type="queue", direction="in")
         patient.press("1")  # a callback, please
@@ -194,9 +192,7 @@ def test_the_same_number_asking_again_is_merged_and_texted_once(demo_clinic, wor
     patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
     try:
         for n in (1, 2):
-            patient.call(box.uri())
-            patient.wait("confirmed")
-            box.wait_step("play", prompt="menu", direction="in")
+            to_the_menu(patient, box)
             patient.press("1")
             box.wait_step("enter", type="queue", direction="in")
             patient.press("1")
@@ -276,10 +272,15 @@ def one_receptionist(request, make_box, staff, workdir, emulator, mailbox):
     anna.stop()
 
 
-def into_the_queue(phone, box):
+def to_the_menu(phone, box):
+    """Call the box and wait until its menu starts."""
     phone.call(box.uri())
     phone.wait("confirmed")
     box.wait_step("play", prompt="menu", direction="in")
+
+
+def into_the_queue(phone, box):
+    to_the_menu(phone, box)
     phone.press("1")
     return box.wait_step("enter", type="queue", direction="in")
 
@@ -357,17 +358,13 @@ def test_a_caller_who_gave_up_stays_on_the_list_until_someone_talked_to_them(dem
     patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
     try:
         # Hangs up in the menu: a missed call, where and after how long.
-        patient.call(box.uri())
-        patient.wait("confirmed")
-        box.wait_step("play", prompt="menu", direction="in")
+        to_the_menu(patient, box)
         patient.hangup()
         box.wait_call_ended(direction="in")
         [line] = missed_lines(box)
         assert "600 123 456" in line and "gave up in the menu" in line
         # Calls again and reaches a person (the operator, key 0): settled.
-        patient.call(box.uri())
-        patient.wait("confirmed")
-        box.wait_step("play", prompt="menu", direction="in")
+        to_the_menu(patient, box)
         patient.press("0")
         box.wait_step("connected", timeout=30, direction="in")
         patient.hangup()
@@ -397,9 +394,7 @@ def test_in_list_mode_a_receptionist_calls_back_from_the_list(one_receptionist, 
     cli(box, "pause", "anna")  # nobody at the desk: the queue sends the caller to the callback offer
     patient = Phone(workdir, "patient", answer_after=-1, user="600123456")
     try:
-        patient.call(box.uri())
-        patient.wait("confirmed")
-        box.wait_step("play", prompt="menu", direction="in")
+        to_the_menu(patient, box)
         patient.press("1")
         hear_out(box, "callback_offer", timeout=30)
         patient.press("1")

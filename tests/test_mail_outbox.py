@@ -10,7 +10,6 @@ server has seen (or refused) everything it was given.
 import email
 import email.policy
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -18,7 +17,6 @@ import threading
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from appliance.alarms import list_alarms
@@ -34,6 +32,8 @@ from appliance.notify.mail import (
 from appliance.store import mail_outbox
 from appliance.store.db import open_db
 from appliance.testing.clock import ManualClock
+
+from .test_notify_mail import MailServer
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 BOX = "centralka@przychodnia.example"
@@ -91,36 +91,12 @@ class Inbox:
             return list(self.received)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MailServer:
-    def __init__(self, **smtp_kwargs):
-        self.port = free_port()
-        self.inbox = Inbox()
-        self.smtp_kwargs = smtp_kwargs
-        self.controller = None
-
-    def start(self):
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **self.smtp_kwargs)
-        self.controller.start()
-        return self
-
-    def stop(self):
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-
 @pytest.fixture
 def mail_server():
     made = []
 
     def make(*, start=True, **kw):
-        server = MailServer(**kw)
+        server = MailServer(inbox=Inbox(), **kw)
         made.append(server)
         return server.start() if start else server
 

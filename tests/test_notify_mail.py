@@ -82,9 +82,11 @@ class Inbox:
 
 
 class MailServer:
-    def __init__(self, port=None, **smtp_kwargs):
+    """aiosmtpd on 127.0.0.1 at a free port; ``inbox`` is the handler (default: ``Inbox``)."""
+
+    def __init__(self, port=None, *, inbox=None, **smtp_kwargs):
         self.port = port or free_port()
-        self.inbox = Inbox()
+        self.inbox = inbox if inbox is not None else Inbox()
         self.smtp_kwargs = smtp_kwargs
         self.controller = None
 
