@@ -317,6 +317,22 @@ def _sms_template(args, settings, db) -> int:
     return EXIT_OK
 
 
+def cmd_hw_test(args) -> int:
+    """R25: one line per check (or the JSON report); exit 1 when any check FAILs."""
+    from .selftest import failed, report
+    from .selftest.hw import run
+
+    settings, db = _box(args)
+    checks = run(settings, db, lambda cmd, **f: ask_core(settings, cmd, **f), sms_to=args.sms)
+    if args.json:
+        print(json.dumps(report(checks), ensure_ascii=False))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(c.line(width))
+    return EXIT_ERROR if failed(checks) else EXIT_OK
+
+
 def cmd_call(args) -> int:
     settings = _settings(args)
     reply = ask_core(settings, "test-call", number=args.number, timeout=60)
@@ -608,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sms.add_parser("list", help="the outbox, newest last, with states")
     s.add_argument("--limit", type=int, default=20)
     s.set_defaults(func=cmd_sms)
+
+    s = sub.add_parser("hw-test", help="hardware self-tests: PASS/WARN/FAIL/SKIP per check; exit 1 on a FAIL")
+    s.add_argument("--json", action="store_true", help='print {"checks": [...]} instead of lines')
+    s.add_argument("--sms", metavar="NUMBER", help="also send a test SMS to this number and wait for it")
+    s.set_defaults(func=cmd_hw_test)
 
     s = sub.add_parser("call", help="a test call to a number over the best line (SIP trunk or GSM)")
     s.add_argument("number")

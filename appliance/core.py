@@ -368,6 +368,15 @@ class Core:
                 return {"ok": False, "error": f"the number answered: {exc} (not tried on another line)"}
             except (DestinationRefused, NoLineAvailable) as exc:
                 return {"ok": False, "error": str(exc)}
+        if cmd == "modem-probe":
+            sup = getattr(svc.gsm, "supervisor", None) if svc.gsm else None
+            if sup is None:
+                return {"ok": False, "error": "no GSM modem is configured"}
+            try:
+                seconds = await asyncio.wait_for(asyncio.wrap_future(sup.probe()), 20)
+            except (CentralkaError, asyncio.TimeoutError) as exc:
+                return {"ok": False, "error": str(exc) or "no answer within 20 s"}
+            return {"ok": True, "seconds": round(seconds, 4)}
         if cmd == "callback-call":
             ref = str(req.get("ref", "")).strip().lower()
             if not (ref[:1] == "c" and ref[1:].isdigit()):

@@ -259,6 +259,11 @@ class ModemSupervisor:
     def send_dtmf(self, digits: str) -> Future:
         return self._submit(self._job_dtmf, digits)
 
+    def probe(self) -> Future:
+        """A technician's check (`centralka hw-test`): one ``AT`` on the modem's own thread; the
+        future gives the seconds the answer took, or the error."""
+        return self._submit(self._job_probe)
+
     def wake(self) -> None:
         """An SMS was queued: send it now instead of at the next poll."""
         self._inbox.put(("wake",))
@@ -1043,6 +1048,14 @@ class ModemSupervisor:
         self._call = _Call("out", "dialing", number=number)
         self._next_call_poll = self.clock() + min(0.5, self.cfg.call_poll_s)
         return {"number": number}
+
+    def _job_probe(self) -> float:
+        modem = self._modem
+        if modem is None:
+            raise ModemUnavailable(str(self.health().get("reason") or "no modem is connected"))
+        started = time.monotonic()
+        modem.write("AT", timeout=self.cfg.ping_timeout_s)
+        return time.monotonic() - started
 
     def _job_dtmf(self, digits: str) -> None:
         call = self._call

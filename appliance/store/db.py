@@ -474,3 +474,12 @@ class transaction:
     def __exit__(self, exc_type, exc, tb):
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False
+
+
+def integrity_problems(db) -> list[str]:
+    """``PRAGMA integrity_check``: an empty list when the database is sound."""
+    try:
+        rows = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]  # so damaged the check itself cannot run
+    return [] if rows == ["ok"] else rows

@@ -91,7 +91,8 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem:
         f'[control]\nsocket = "{data / "core.sock"}"\n'
         + (f'\n[modem]\ndevice = "{modem}"\n' if modem else "")
         + mail
-        + DEMO_TEMPLATES,
+        + DEMO_TEMPLATES
+        + "\n[gpio]\nmock = true\n",
         encoding="utf-8",
     )
     return path
