@@ -333,6 +333,62 @@ def cmd_hw_test(args) -> int:
     return EXIT_ERROR if failed(checks) else EXIT_OK
 
 
+def _backup_dir(settings) -> Path:
+    d = str(settings.backup.get("dir") or "").strip()
+    return Path(d) if d else Path(settings.box.data_dir) / "backups"
+
+
+def cmd_backup(args) -> int:
+    """A snapshot of the database and the settings file; the oldest nightly ones rotated out."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from .store import backup
+
+    settings, db = _box(args)
+    folder = _backup_dir(settings)
+    when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = backup.take(db, folder / f"{backup.NIGHTLY_PREFIX}{when}.db")
+    if settings.source and Path(settings.source).is_file():
+        shutil.copy2(settings.source, folder / f"{backup.NIGHTLY_PREFIX}{when}.toml")
+    gone = backup.rotate(folder, int(args.keep or settings.backup.keep))
+    for old in gone:
+        Path(old).with_suffix(".toml").unlink(missing_ok=True)
+    print(f"backup {path} ({path.stat().st_size // 1024} kB)" + (f"; {len(gone)} old one(s) removed" if gone else ""))
+    return EXIT_OK
+
+
+def cmd_restore(args) -> int:
+    """Check a backup, then put it in place of the database (the core must be stopped)."""
+    from .store import backup
+    from .store.db import known_migrations
+
+    settings = _settings(args)
+    found = backup.problems(args.file, known_migrations())
+    if found:
+        raise CentralkaError(f"not restored: {found[0]}")
+    try:
+        ask_core(settings, "status", timeout=3)
+    except CoreNotRunning:
+        pass
+    else:
+        raise CentralkaError("the core is running: stop it first (systemctl stop centralka-core), then restore")
+    live = Path(settings.db_path)
+    if live.exists():
+        from datetime import datetime, timezone
+
+        from .store.db import open_db
+
+        when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        db = open_db(live)
+        kept = backup.take(db, _backup_dir(settings) / f"pre-restore-{when}.db")
+        db.close()
+        print(f"the database as it was: {kept}")
+    backup.replace(live, args.file)
+    print(f"restored {args.file} to {live}; start the core (migrations run at start if the backup is older)")
+    return EXIT_OK
+
+
 def cmd_call(args) -> int:
     settings = _settings(args)
     reply = ask_core(settings, "test-call", number=args.number, timeout=60)
@@ -629,6 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help='print {"checks": [...]} instead of lines')
     s.add_argument("--sms", metavar="NUMBER", help="also send a test SMS to this number and wait for it")
     s.set_defaults(func=cmd_hw_test)
+
+    s = sub.add_parser("backup", help="a snapshot of the database and the settings; old nightly ones rotated")
+    s.add_argument("--keep", type=int, help="how many nightly backups to keep (default [backup] keep)")
+    s.set_defaults(func=cmd_backup)
+    s = sub.add_parser("restore", help="check a backup, then put it in place of the database (core stopped)")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("call", help="a test call to a number over the best line (SIP trunk or GSM)")
     s.add_argument("number")

@@ -72,7 +72,7 @@ def modem_checks(settings, status, ask) -> list[Check]:
     except CoreNotRunning as exc:
         reply = {"ok": False, "error": str(exc)}
     if reply.get("ok"):
-        out.append(Check("modem_at", "PASS", f"answered AT in {reply['seconds'] * 1000:.0f} ms"))
+        out.append(Check("modem_at", "PASS", f"answered AT in {reply['seconds'] * 1000:.1f} ms"))
     else:
         out.append(
             Check("modem_at", "FAIL", f"no answer to AT: {reply.get('error')}", "replug the modem; `centralka status`")

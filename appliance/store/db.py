@@ -425,6 +425,26 @@ def _follow_renames(db) -> None:
         )
 
 
+def known_migrations() -> list[str]:
+    return [m.name for m in migrations._migrations]
+
+
+def _backup_before_migrating(db, path: Path) -> Path | None:
+    """An upgrade changes the schema: first a snapshot, ``backups/pre-<migration>-<time>.db``
+    beside the database, so a failed or unwanted upgrade can be undone (``centralka restore``)."""
+    if not migrations.applied(db):
+        return None  # a new database: nothing to keep
+    pending = migrations.pending(db)
+    if not pending:
+        return None
+    from datetime import datetime, timezone
+
+    from . import backup
+
+    when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return backup.take(db, path.parent / "backups" / f"pre-{pending[0].name}-{when}.db")
+
+
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate. ``None`` gives an in-memory database for tests."""
     try:
@@ -439,6 +459,8 @@ def open_db(path: str | Path | None) -> sqlite_utils.Database:
         conn.execute("PRAGMA busy_timeout=10000")
         db = sqlite_utils.Database(conn)
         _follow_renames(db)
+        if path is not None:
+            _backup_before_migrating(db, Path(path))
         migrations.apply(db)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"database {path or ':memory:'}: {exc}") from exc
