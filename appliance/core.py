@@ -67,6 +67,8 @@ from .tollguard import DestinationRefused
 
 log = logging.getLogger("centralka.core")
 
+LINES_POLL_S = 10.0
+
 
 class Core:
     def __init__(self, settings, *, rtp_port: int = 0, clock=SYSTEM_CLOCK, faults=None):
@@ -88,6 +90,7 @@ class Core:
         self.started_at = None
         self._server = None
         self._watchdog_task: asyncio.Task | None = None
+        self._lines_task: asyncio.Task | None = None
         self.stopping = asyncio.Event()
 
     # --- flow ------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ class Core:
             log.error("no hold music: %s", exc)
         self._server = await jsonline.serve(s.control.socket, self.control)
         self.started_at = svc.clock.time()
+        self._lines_task = asyncio.get_running_loop().create_task(self._poll_lines(), name="lines-poll")
         interval = systemd.watchdog_interval()
         if interval:
             # Pinged from the event loop itself: a loop stuck in a callback stops the pings and
@@ -261,6 +265,15 @@ class Core:
         except Exception:  # noqa: BLE001 — a broken modem must never stop SIP calls
             log.exception("the GSM line could not start; SIP calls go on without it")
 
+    async def _poll_lines(self):
+        """A line back up long enough is reported stable (Lines' alarm hysteresis)."""
+        while True:
+            await asyncio.sleep(LINES_POLL_S)
+            try:
+                self.services.lines.poll()
+            except Exception:  # noqa: BLE001 — a failed look must not end the next
+                log.exception("line poll failed")
+
     async def _watchdog(self, interval: float):
         while True:
             systemd.watchdog_ping()
@@ -284,6 +297,8 @@ class Core:
         await self.test_calls.stop()
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
+        if self._lines_task is not None:
+            self._lines_task.cancel()
         svc.hold_music = None
         if svc.stack is not None:
             await svc.stack.stop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from dataclasses import asdict, dataclass
 from typing import Awaitable, Callable
 
@@ -85,6 +86,13 @@ class Lines:
         self.dialers: dict[str, Dialer] = {}
         self.listeners: list[Callable[[LineHealth, str], None]] = []
         self._alarmed: set[str] = set()
+        # Hysteresis: a line that failed is "working again" only after stable_after_s up;
+        # meanwhile it may drop and come back without a new alarm (the drops are counted).
+        alarms = settings.sections.get("alarms") or {}
+        self.stable_after_s = float(alarms.get("stable_after_s", 300))
+        self._recovering: dict[str, float] = {}  # line -> when it came up (wall clock)
+        self._drops: dict[str, int] = {}
+        self._critical: set[str] = set()  # lines whose "nothing works" alarm was raised
 
     # --- health ------------------------------------------------------------------------------
     def set_dialer(self, name: str, dialer: Dialer | None) -> None:
@@ -108,14 +116,27 @@ class Lines:
         self.health[name] = LineHealth(name, state, words, since=self.clock.time(), message=message)
         if old.state != state:
             if state == "up" or state == "absent":
-                # "Back up" is news only after the admin was told it was down.
+                # "Back up" is news only after the admin was told it was down, and only once
+                # it holds (poll()); "absent" (unplugged, unconfigured) is said at once.
                 if name in self._alarmed:
-                    self._alarmed.discard(name)
-                    self._alarm(name, old.state, state, reason)
+                    if state == "absent" or self.stable_after_s <= 0:
+                        self._settle(name, old.state, state, reason)
+                    else:
+                        self._recovering[name] = self.clock.time()
             elif not (old.state == "absent" and state == "degraded"):
                 # (a line still starting — registering, looking for the modem — is not news)
-                self._alarmed.add(name)
-                self._alarm(name, old.state, state, reason)
+                if self._recovering.pop(name, None) is not None:
+                    self._drops[name] = self._drops.get(name, 0) + 1  # flapping: counted, not alarmed
+                all_down = self._all_down_after(name, state)
+                if (
+                    name not in self._alarmed
+                    or (state == "down" and old.state == "degraded")  # worse: news
+                    or (all_down and name not in self._critical)  # nothing works any more: news once
+                ):
+                    self._alarmed.add(name)
+                    if all_down:
+                        self._critical.add(name)
+                    self._alarm(name, old.state, state, reason)
         log.log(
             logging.INFO if old.state != state else logging.DEBUG,
             "line %s: %s -> %s (%s)",
@@ -130,6 +151,43 @@ class Lines:
             except Exception:  # noqa: BLE001 — a listener must not stop the health update
                 log.exception("line listener failed")
         return True
+
+    def poll(self) -> None:
+        """A line back up for ``stable_after_s`` is reported working again (the core calls this
+        every few seconds; tests call it after moving their clock)."""
+        now = self.clock.time()
+        for name, since in list(self._recovering.items()):
+            if self.health[name].state == "up" and now - since >= self.stable_after_s:
+                del self._recovering[name]
+                self._settle(name, "down", "up", "", since=since)
+
+    def _settle(self, name: str, old: str, new: str, reason: Msg | str, since: float | None = None) -> None:
+        self._alarmed.discard(name)
+        self._critical.discard(name)
+        self._recovering.pop(name, None)
+        drops = self._drops.pop(name, 0)
+        if new != "up" or since is None:
+            self._alarm(name, old, new, reason)
+            return
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(str(self.settings.box.get("timezone") or "Europe/Warsaw"))
+        when = datetime.fromtimestamp(since, tz).strftime("%H:%M")
+        text = (
+            msg("line.stable_after_flaps", line=msg(f"line.{name}"), since=when, drops=drops)
+            if drops
+            else msg("line.stable", line=msg(f"line.{name}"), since=when)
+        )
+        raise_alarm(
+            self.db,
+            "line_up",
+            name,
+            text,
+            severity="info",
+            detail=f"{old} -> up",
+            lang=self.lang,
+            at=self.clock.stamp(),
+        )
 
     def _alarm(self, name: str, old: str, new: str, reason: Msg | str) -> None:
         text = msg(f"line.state.{new}", line=msg(f"line.{name}"))

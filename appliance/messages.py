@@ -27,6 +27,14 @@ CATALOG: dict[str, dict[str, str]] = {
     "line.trunk": {"pl": "Trunk SIP", "en": "The SIP trunk"},
     "line.gsm": {"pl": "Modem GSM", "en": "The GSM modem"},
     "line.state.up": {"pl": "{line} działa", "en": "{line} is up"},
+    "line.stable": {
+        "pl": "{line} działa stabilnie od {since}",
+        "en": "{line} has been stable since {since}",
+    },
+    "line.stable_after_flaps": {
+        "pl": "{line} działa stabilnie od {since} (wcześniej przerwy: {drops})",
+        "en": "{line} has been stable since {since} (it dropped {drops} more times before)",
+    },
     "line.state.degraded": {"pl": "{line} działa z problemami", "en": "{line} is degraded"},
     "line.state.down": {"pl": "{line} nie działa", "en": "{line} is down"},
     "line.state.absent": {"pl": "{line} jest niedostępny", "en": "{line} is not available"},

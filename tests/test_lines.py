@@ -113,7 +113,7 @@ def test_trunk_down_sends_the_call_over_gsm_and_the_admin_is_told(db, settings):
     assert [a["kind"] for a in alarms] == ["line_down"]  # starting up was not news; going down is
     assert alarms[0]["text"] == "Trunk SIP nie działa: rejestracja nie powiodła się: 408 Request Timeout"
     lines.update("trunk", "up", "registered")
-    assert list_alarms(db)[0]["kind"] == "line_up"
+    assert [a["kind"] for a in list_alarms(db)] == ["line_down"]  # "working again" once it holds
     row = db.execute("SELECT line, outcome FROM outbound_calls").fetchall()
     assert row == [("gsm", "placed")]
 
@@ -195,3 +195,44 @@ def test_an_alarm_cannot_be_a_plain_sentence(db):
     with pytest.raises(TypeError, match="Msg"):
         raise_alarm(db, "line_down", "gsm", "The GSM modem is down")
     assert list_alarms(db) == []
+
+
+def test_a_flapping_line_raises_one_alarm_and_says_when_it_is_stable_again(db):
+    from appliance.testing.clock import ManualClock
+
+    clock = ManualClock("2026-12-03T10:00:00+01:00")
+    settings = load_settings(None, env={}, alarms={"stable_after_s": 300})
+    lines = Lines(db, settings, clock=clock)
+    lines.update("trunk", "degraded", msg("trunk.registering"))
+    lines.update("trunk", "up", "registered")
+    for _ in range(4):  # the provider drops the registration every minute or so
+        clock.advance(40)
+        lines.update("trunk", "down", msg("trunk.registration_failed", detail="408 Request Timeout"))
+        clock.advance(20)
+        lines.update("trunk", "up", "registered")
+        lines.poll()
+    assert [a["kind"] for a in list_alarms(db)] == ["line_down"]  # one, not one per change
+    clock.advance(299)
+    lines.poll()
+    assert len(list_alarms(db)) == 1  # not yet stable
+    clock.advance(1)
+    lines.poll()
+    newest = list_alarms(db)[0]
+    assert newest["kind"] == "line_up" and newest["severity"] == "info"
+    assert newest["text"] == "Trunk SIP działa stabilnie od 10:04 (wcześniej przerwy: 3)"
+    # Stable again: the next failure is news again.
+    lines.update("trunk", "down", msg("trunk.registration_failed", detail="503"))
+    assert [a["kind"] for a in list_alarms(db)][:2] == ["line_down", "line_up"]
+
+
+def test_when_every_line_goes_down_the_alarm_is_raised_even_while_one_is_already_out(db):
+    settings = load_settings(None, env={})
+    lines = Lines(db, settings)
+    lines.update("gsm", "up", "registered")
+    lines.update("trunk", "up", "registered")
+    lines.update("trunk", "down", "408")
+    lines.update("gsm", "down", "no coverage")
+    lines.update("trunk", "up", "registered")
+    lines.update("trunk", "down", "408")  # flapping, but now nothing works: critical
+    severities = [a["severity"] for a in reversed(list_alarms(db))]
+    assert severities == ["warning", "critical", "critical"]
