@@ -15,7 +15,7 @@ import pytest
 
 from appliance.testing.demo import DEMO_PHONES, demo_flow_text
 
-from .sipkit import ROOT, Phone, free_port
+from .sipkit import ROOT, Phone, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is installed by make test")
 
@@ -206,3 +206,38 @@ def test_generated_passwords_are_strong_and_easy_to_type():
     assert len(passwords) == 200
     for p in passwords:
         assert len(p) == 20 and p.isalnum() and not set(p) & set("lIO01")
+
+
+def test_registered_desk_phones_still_ring_after_a_core_restart(kbox, caller, workdir):
+    """Issue 12 item 5: registrations are kept across a restart (a phone re-registers only when
+    its expiry runs out, often an hour: receptionists were unreachable after every restart)."""
+    password = add_phone(kbox, "201")
+    phone = Phone(
+        workdir,
+        "desk201",
+        answer_after=0.5,
+        user="201",
+        extra=["--register", f"127.0.0.1:{kbox.kport}", f"--password={password}", "--expires", "600"],
+    )
+    try:
+        phone.wait("registration", state="registered", timeout=20)
+        kbox.stop()
+        kbox.restart()
+
+        def back():
+            try:
+                return (kbox.status().get("desk_phones") or {}).get("running")
+            except Exception:  # noqa: BLE001 — not listening yet
+                return None
+
+        wait_for(back, 20, "the core and Kamailio back")
+        caller.call(kbox.uri())
+        caller.wait("confirmed")
+        kbox.wait_step("play", prompt="menu")
+        caller.press("2")
+        assert phone.wait("incoming", timeout=20)["user"] == "201"
+        caller.hangup()
+        # It rang on the registration from before the restart: the phone did not register again.
+        assert len([e for e in phone.events if e["event"] == "registration" and e["state"] == "registered"]) == 1
+    finally:
+        phone.stop()

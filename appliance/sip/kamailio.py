@@ -53,7 +53,16 @@ MODULES = [
     "htable",
 ]
 # auth_db checks these table versions (Kamailio 5.x schema).
-TABLE_VERSIONS = {"subscriber": 7}
+TABLE_VERSIONS = {"subscriber": 7, "location": 9}
+# usrloc's table (Kamailio 5.x schema, db_text types). Kamailio owns the file: it loads the
+# registrations at start and writes them back when it stops (db_text keeps tables in memory), so
+# desk phones stay reachable across a restart of Kamailio or the core without re-registering.
+LOCATION_COLUMNS = (
+    "id(int,auto) ruid(str) username(str) domain(str,null) contact(str) received(str,null) path(str,null) "
+    "expires(int) q(double) callid(str) cseq(int) last_modified(int) flags(int) cflags(int) user_agent(str) "
+    "socket(str,null) methods(int,null) instance(str,null) reg_id(int) server_id(int) connection_id(int) "
+    "keepalive(int) partition(int)"
+)
 
 
 def modules_dir() -> str:
@@ -79,6 +88,10 @@ def write_credentials(db_dir: Path, phones: list[dict]) -> None:
     subscriber = "id(int,auto) username(str) domain(str,null) password(str,null) ha1(str) ha1b(str,null)\n" + "".join(
         rows
     )
+    location = db_dir / "location"
+    if not location.exists():
+        location.write_text(LOCATION_COLUMNS + "\n", encoding="utf-8")
+        os.chmod(location, 0o600)
     for name, text in (("version", version), ("subscriber", subscriber)):
         path = db_dir / name
         # db_text re-reads a table when its file's mtime (whole seconds) grows: two updates in
@@ -124,7 +137,9 @@ mpath="{modules_dir()}/"
 
 # Re-read the credentials file when it changes (new phones need no restart).
 modparam("db_text", "db_mode", 1)
-modparam("usrloc", "db_mode", 0)
+# Registrations are written through to the location table and loaded again at start.
+modparam("usrloc", "db_mode", 1)
+modparam("usrloc", "db_url", "text://{db_dir}")
 modparam("registrar", "max_expires", 600)
 modparam("registrar", "min_expires", 30)
 modparam("auth", "secret", "{secret}")
