@@ -130,7 +130,7 @@ class Lines:
                 all_down = self._all_down_after(name, state)
                 if (
                     name not in self._alarmed
-                    or (state == "down" and old.state == "degraded")  # worse: news
+                    or (state == "down" and old.state == "degraded" and not self._drops.get(name))  # worse: news
                     or (all_down and name not in self._critical)  # nothing works any more: news once
                 ):
                     self._alarmed.add(name)
