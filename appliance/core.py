@@ -220,6 +220,9 @@ class Core:
             ban_seconds=s.kamailio.ban_seconds,
             pike_window_s=s.kamailio.pike_window_s,
             pike_max_requests=s.kamailio.pike_max_requests,
+            guess_max=s.kamailio.guess_max,
+            guess_window_s=s.kamailio.guess_window_s,
+            guess_ban_s=s.kamailio.guess_ban_s,
         )
         try:
             self.kamailio.start(list_phones(self.services.db))

@@ -241,3 +241,85 @@ def test_registered_desk_phones_still_ring_after_a_core_restart(kbox, caller, wo
         assert len([e for e in phone.events if e["event"] == "registration" and e["state"] == "registered"]) == 1
     finally:
         phone.stop()
+
+
+def register(port: int, user: str, password: str | None, *, src: str = "127.0.0.1", nonce: dict | None = None):
+    """One REGISTER from ``src``; with ``password`` and a challenge (``nonce``: the last 401's
+    fields) it carries a digest. Returns (status code or None, the 401's fields)."""
+    import hashlib
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        lport = s.getsockname()[1]
+        uri = f"sip:127.0.0.1:{port}"
+        auth = ""
+        if password is not None and nonce:
+
+            def md5(text):
+                return hashlib.md5(text.encode()).hexdigest()
+
+            ha1, ha2 = md5(f"{user}:{nonce['realm']}:{password}"), md5(f"REGISTER:{uri}")
+            cnonce, nc = uuid.uuid4().hex[:8], "00000001"
+            if nonce.get("qop"):
+                response = md5(f"{ha1}:{nonce['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+                extra = f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+            else:
+                response, extra = md5(f"{ha1}:{nonce['nonce']}:{ha2}"), ""
+            auth = (
+                f'Authorization: Digest username="{user}", realm="{nonce["realm"]}", nonce="{nonce["nonce"]}", '
+                f'uri="{uri}", response="{response}", algorithm=MD5{extra}\r\n'
+            )
+        msg = (
+            f"REGISTER {uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: <sip:{user}@{src}:{lport}>\r\nExpires: 60\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        s.settimeout(2)
+        try:
+            reply = s.recv(4096).decode()
+        except socket.timeout:
+            return None, None
+    code = int(reply.split()[1])
+    fields = (
+        dict(re.findall(r'(\w+)="?([^",\r\n]+)"?', reply.split("WWW-Authenticate: Digest", 1)[1]))
+        if code == 401
+        else None
+    )
+    return code, fields
+
+
+def test_password_guessing_is_stopped_and_a_valid_phone_elsewhere_keeps_working(kbox):
+    password = add_phone(kbox, "201")
+    # Asking without credentials is the normal first round: always challenged, never counted,
+    # and two a second is far from the flood limit.
+    for _ in range(40):
+        code, challenge = register(kbox.kport, "201", None)
+        assert code == 401
+        time.sleep(0.5)
+    # Ten wrong passwords from one address are answered 401 (each one logged), the 11th nothing.
+    guesser = "127.0.0.3"
+    _, challenge = register(kbox.kport, "201", None, src=guesser)
+    for n in range(10):
+        code, challenge = register(kbox.kport, "201", f"haslo{n}", src=guesser, nonce=challenge)
+        assert code == 401, n
+    assert register(kbox.kport, "201", "haslo10", src=guesser, nonce=challenge) == (None, None)
+    assert register(kbox.kport, "201", password, src=guesser, nonce=challenge) == (None, None)  # even right
+    # The real phone, on another address, still registers.
+    _, challenge = register(kbox.kport, "201", None)
+    assert register(kbox.kport, "201", password, nonce=challenge)[0] == 200
+    # One log line per failure, which the shipped fail2ban filter finds (and attributes right).
+    log = kbox.dir / "data" / "kamailio" / "kamailio.log"
+    lines = [ln for ln in log.read_text().splitlines() if "auth failed" in ln]
+    assert len(lines) == 10 and all(guesser in ln for ln in lines)
+    if shutil.which("fail2ban-regex"):
+        done = subprocess.run(
+            ["fail2ban-regex", str(log), str(ROOT / "systemd" / "fail2ban" / "filter.d" / "centralka.conf")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert re.search(r"Failregex: 10 total", done.stdout), done.stdout
+        assert guesser in done.stdout or "10 matched" in done.stdout

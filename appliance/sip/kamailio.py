@@ -116,6 +116,9 @@ def generate_config(
     ban_seconds: int = 300,
     pike_window_s: int = 2,
     pike_max_requests: int = 30,
+    guess_max: int = 10,
+    guess_window_s: int = 600,
+    guess_ban_s: int = 3600,
 ) -> str:
     mods = "\n".join(f'loadmodule "{m}.so"' for m in MODULES)
     return f"""#!KAMAILIO
@@ -153,6 +156,10 @@ modparam("pike", "sampling_time_unit", {pike_window_s})
 modparam("pike", "reqs_density_per_unit", {pike_max_requests})
 modparam("pike", "remove_latency", 4)
 modparam("htable", "htable", "ban=>size=8;autoexpire={ban_seconds};")
+# Password guessing: failed digests per source, forgotten {guess_window_s} s after the last;
+# at {guess_max} the source is ignored for {guess_ban_s} s (no restart, other sources unaffected).
+modparam("htable", "htable", "authfail=>size=8;autoexpire={guess_window_s};")
+modparam("htable", "htable", "authban=>size=8;autoexpire={guess_ban_s};")
 
 request_route {{
     # The core rings phones through us; it is known by its address and port.
@@ -161,7 +168,7 @@ request_route {{
         exit;
     }}
     # Banned sources get nothing back: a scanner learns nothing, a flood costs us nothing.
-    if ($sht(ban=>$si) != $null) {{
+    if ($sht(ban=>$si) != $null || $sht(authban=>$si) != $null) {{
         exit;
     }}
     if (!pike_check_req()) {{
@@ -203,6 +210,20 @@ request_route {{
 route[AUTH] {{
     # Same challenge for an unknown user and for a wrong password: no extension enumeration.
     if (!auth_check("{REALM}", "subscriber", "1")) {{
+        # -4/-5/-6: no credentials yet, or an old nonce: the normal first round, not a guess.
+        if ($rc != -4 && $rc != -5 && $rc != -6) {{
+            if ($sht(authfail=>$si) == $null) {{
+                $sht(authfail=>$si) = 1;
+            }} else {{
+                $var(n) = $shtinc(authfail=>$si);
+            }}
+            # One line per failure, for fail2ban (systemd/fail2ban/filter.d/centralka.conf).
+            xlog("L_WARN", "centralka: auth failed from $si user $au ($sht(authfail=>$si) of {guess_max})\n");
+            if ($sht(authfail=>$si) >= {guess_max}) {{
+                $sht(authban=>$si) = 1;
+                xlog("L_ALERT", "centralka: banned $si for {guess_ban_s} s: {guess_max} failed logins\n");
+            }}
+        }}
         auth_challenge("{REALM}", "1");
         exit;
     }}
@@ -268,6 +289,9 @@ class Kamailio:
         ban_seconds: int = 300,
         pike_window_s: int = 2,
         pike_max_requests: int = 30,
+        guess_max: int = 10,
+        guess_window_s: int = 600,
+        guess_ban_s: int = 3600,
         binary: str = "kamailio",
     ):
         self.dir = Path(workdir)
@@ -276,6 +300,7 @@ class Kamailio:
         self.ban_seconds = ban_seconds
         self.pike_window_s = pike_window_s
         self.pike_max_requests = pike_max_requests
+        self.guess = {"guess_max": guess_max, "guess_window_s": guess_window_s, "guess_ban_s": guess_ban_s}
         self.binary = binary
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "kamailio.log"
@@ -307,6 +332,7 @@ class Kamailio:
                 ban_seconds=self.ban_seconds,
                 pike_window_s=self.pike_window_s,
                 pike_max_requests=self.pike_max_requests,
+                **self.guess,
             ),
             encoding="utf-8",
         )
