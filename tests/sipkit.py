@@ -207,6 +207,7 @@ class Box:
         env: dict | None = None,
         settings: str = "",
         raise_at: str | None = None,
+        hang_at: tuple | None = None,
         clock_at: str | None = None,
     ):
         self.dir = workdir
@@ -226,6 +227,7 @@ class Box:
         self.env.pop("CENTRALKA_CONFIG", None)
         self.env.update(env or {})
         self.raise_at = raise_at
+        self.hang_at = [str(x) for x in hang_at] if hang_at else None
         # The box's wall clock runs this many seconds ahead of ours (0 without ``clock_at``).
         self.clock_shift = parse_stamp(clock_at) - time.time() if clock_at else 0.0
         self.stderr_path = workdir / "box.stderr"
@@ -237,9 +239,10 @@ class Box:
 
     def _launch(self):
         # A fault plan runs the same core through the testing wing (appliance.testing.faults).
-        plan = (["--raise-at", self.raise_at] if self.raise_at else []) + (
-            ["--clock-shift", repr(self.clock_shift)] if self.clock_shift else []
-        )
+        plan = (
+            (["--raise-at", self.raise_at] if self.raise_at else [])
+            + (["--hang-at", *self.hang_at] if self.hang_at else [])
+        ) + (["--clock-shift", repr(self.clock_shift)] if self.clock_shift else [])
         runner = ["appliance.testing.faults", *plan] if plan else ["appliance.cli"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *runner, "--config", str(self.config), "run"],

@@ -27,7 +27,7 @@ def into_the_menu(box, count: int = 1):
     time.sleep(2.0)
 
 
-def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.8):
+def heard(box, caller, workdir, *names, staff_users=(), min_coverage=0.7):
     """What the caller heard, in order: prompt names and ``staff:<user>`` for a staff voice."""
     refs = {n: box.prompt_file(n) for n in names}
     refs.update({f"staff:{u}": staff_voice(workdir, u) for u in staff_users})

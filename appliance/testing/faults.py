@@ -3,7 +3,8 @@ variable read by product code).
 
 ``python -m appliance.testing.faults --raise-at NODE --config FILE run`` runs the core exactly as
 ``centralka run`` does, except that a call entering flow node NODE meets an :class:`InjectedFault`
-— the proof that any failure inside the engine still ends at the operator (R6).
+— the proof that any failure inside the engine still ends at the operator (R6). ``--hang-at NODE
+SECONDS`` blocks the event loop there instead (a hung core, for the watchdog).
 
 ``--clock-at 2027-03-29T10:00:00+02:00`` starts the box's wall clock at that moment (it then runs
 at the normal pace): business hours, holidays and callback windows are tested on the day they
@@ -32,11 +33,26 @@ class RaiseAtNode(Faults):
             raise InjectedFault(f"injected fault at node {node_id}")
 
 
+class HangAtNode(Faults):
+    """The event loop stuck for ``seconds`` as a call enters the node (a callback that blocks):
+    the watchdog pings stop, which is how systemd tells a hung core from a busy one."""
+
+    def __init__(self, node_id: str, seconds: float):
+        self.node_id, self.seconds = node_id, seconds
+
+    def at_node(self, node_id: str) -> None:
+        if node_id == self.node_id:
+            import time
+
+            time.sleep(self.seconds)
+
+
 def main(argv=None) -> int:
     from ..cli import build_parser, cmd_run
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--raise-at", metavar="NODE")
+    pre.add_argument("--hang-at", nargs=2, metavar=("NODE", "SECONDS"))
     pre.add_argument("--clock-at", metavar="ISO")
     pre.add_argument("--clock-shift", metavar="SECONDS", type=float)
     ours, rest = pre.parse_known_args(argv)
@@ -45,7 +61,13 @@ def main(argv=None) -> int:
         raise SystemExit("appliance.testing.faults runs the core only (`... --config FILE run`)")
     from .clock import ShiftedClock
 
-    faults = RaiseAtNode(ours.raise_at) if ours.raise_at else None
+    faults = (
+        RaiseAtNode(ours.raise_at)
+        if ours.raise_at
+        else HangAtNode(ours.hang_at[0], float(ours.hang_at[1]))
+        if ours.hang_at
+        else None
+    )
     clock = (
         ShiftedClock(shift=ours.clock_shift)
         if ours.clock_shift is not None
