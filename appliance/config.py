@@ -95,12 +95,12 @@ def _coerce(value, default, where):
     elif isinstance(default, list):
         if isinstance(value, list):
             return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(default, dict):
         # A table setting (e.g. mail.teams: team -> addresses, sms templates by name).
         if isinstance(value, dict):
             return value
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
     raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
 
 

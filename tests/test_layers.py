@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance.config import load_settings
 
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
@@ -224,3 +226,13 @@ def test_every_error_class_is_in_the_one_error_tree():
             if not issubclass(cls, CentralkaError) and f"{name}.{cls_name}" not in CONTROL_FLOW:
                 strays.append(f"{name}.{cls_name}")
     assert not strays, strays
+
+
+def test_list_settings_take_comma_text_and_table_settings_refuse_text(tmp_path):
+    """A list setting may come as "a, b" (an environment override); a table must be a table."""
+    from appliance.errors import ConfigError
+
+    s = load_settings(None, env={}, sms={"allow_countries": "PL, DE"})
+    assert s.sms.allow_countries == ["PL", "DE"]
+    with pytest.raises(ConfigError, match="mail.teams"):
+        load_settings(None, env={}, mail={"teams": "rejestracja@example.org"})
