@@ -65,7 +65,9 @@ async def take_message(session, node) -> int | None:
         return None
     loop = asyncio.get_running_loop()
     cut = audio.silent_for() if ended == "silence" else 0.0
-    vm_id = await loop.run_in_executor(None, _store, session, raw, cut, ended, stamp)
+    # Compressing takes a second or two: off the loop. The database stays on the loop's thread.
+    path, mime, seconds = await loop.run_in_executor(None, _compress, raw, cut)
+    vm_id = _store(session, path, mime, seconds, ended, stamp)
     session.outcome = "voicemail"
     session.step("voicemail_saved", node.id, {"voicemail": vm_id, "ended": ended})
     if session.leg.alive:
@@ -73,19 +75,24 @@ async def take_message(session, node) -> int | None:
     return vm_id
 
 
-def _store(session, raw, cut, ended, stamp) -> int | None:
-    """(Off the loop.) Wait for the recorder to close the file, compress it, store, e-mail."""
-    services = session.services
+def _compress(raw, cut):
+    """(Off the loop.) Wait for the recorder to close the file and compress it; the WAV is kept
+    when that fails, rather than losing the message. ``(path, mime, seconds)``."""
     if not wait_closed(raw):
         log.warning("voicemail %s: the recorder did not close the file in time; keeping it as it is", raw)
     mp3 = raw.with_suffix(".mp3")
     try:
         seconds = compress(raw, mp3, cut_end_s=cut)
-        path, mime = mp3, "audio/mpeg"
-        raw.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 — keep the WAV rather than lose the message
         log.error("voicemail %s: cannot compress (%s); the WAV is kept", raw, exc)
-        path, mime, seconds = raw, "audio/wav", None
+        return raw, "audio/wav", None
+    raw.unlink(missing_ok=True)
+    return mp3, "audio/mpeg", seconds
+
+
+def _store(session, path, mime, seconds, ended, stamp) -> int | None:
+    """Store the message and queue its e-mail (on the loop: the core's database connection)."""
+    services = session.services
     from ..store import calls as store_calls
 
     db = services.db
