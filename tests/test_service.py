@@ -5,58 +5,56 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from appliance.testing.demo import demo_flow_text
 
 from .sipkit import ROOT, free_port
 
 
-def test_core_reports_ready_and_pings_the_watchdog(make_box, staff, workdir):
-    sock_path = workdir / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(sock_path))
-    notify.settimeout(10)
-    try:
-        box = make_box(
-            demo_flow_text(f"127.0.0.1:{staff.port}"), env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
-        )
-        messages = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
-            messages.append(notify.recv(256).decode())
-        assert "READY=1" in messages
-        assert messages.count("WATCHDOG=1") >= 3
-        assert box.status()["calls_active"] == 0
-    finally:
-        notify.close()
+@pytest.fixture
+def notify(workdir):
+    """A NOTIFY_SOCKET as systemd gives one: what the core reports arrives here."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(workdir / "notify.sock"))
+    sock.settimeout(10)
+    yield sock
+    sock.close()
 
 
-def test_a_core_whose_loop_is_stuck_stops_the_watchdog_pings_and_they_resume_after(make_box, staff, workdir, caller):
+def notify_env(workdir) -> dict:
+    return {"NOTIFY_SOCKET": str(workdir / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+
+
+def test_core_reports_ready_and_pings_the_watchdog(make_box, staff, notify, workdir):
+    box = make_box(demo_flow_text(f"127.0.0.1:{staff.port}"), env=notify_env(workdir))
+    messages = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
+        messages.append(notify.recv(256).decode())
+    assert "READY=1" in messages
+    assert messages.count("WATCHDOG=1") >= 3
+    assert box.status()["calls_active"] == 0
+
+
+def test_a_core_whose_loop_is_stuck_stops_the_watchdog_pings_and_they_resume_after(
+    make_box, staff, notify, caller, workdir
+):
     """systemd restarts a core that stops pinging within WatchdogSec: the pings come from the
     loop that handles SIP events, so a callback that blocks it stops them (here for 4 s)."""
-    sock_path = workdir / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(sock_path))
-    notify.settimeout(10)
-    try:
-        box = make_box(
-            demo_flow_text(f"127.0.0.1:{staff.port}"),
-            env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"},
-            hang_at=("menu", 4),
-        )
-        while notify.recv(256).decode() != "READY=1":
-            pass
-        caller.call(box.uri())
-        pings = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (pings and pings[-1] - pings[0] > 8):
-            if notify.recv(256).decode() == "WATCHDOG=1":
-                pings.append(time.monotonic())
-        gaps = [b - a for a, b in zip(pings, pings[1:])]
-        # Pings every half second or so, one gap as long as the hang, then pings again.
-        assert max(gaps) > 3.5 and sorted(gaps)[-2] < 2.0, gaps
-        assert box.status()["calls_active"] >= 0  # it answers again
-    finally:
-        notify.close()
+    box = make_box(demo_flow_text(f"127.0.0.1:{staff.port}"), env=notify_env(workdir), hang_at=("menu", 4))
+    while notify.recv(256).decode() != "READY=1":
+        pass
+    caller.call(box.uri())
+    pings = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (pings and pings[-1] - pings[0] > 8):
+        if notify.recv(256).decode() == "WATCHDOG=1":
+            pings.append(time.monotonic())
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    # Pings every half second or so, one gap as long as the hang, then pings again.
+    assert max(gaps) > 3.5 and sorted(gaps)[-2] < 2.0, gaps
+    assert "calls_active" in box.status()  # the control socket answers again
 
 
 def _run_core(config, timeout=20):
