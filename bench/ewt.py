@@ -108,6 +108,8 @@ from appliance.flow.estimate import (  # noqa: E402
     estimate_wait,
     resolve_announcements,
 )
+from appliance.store import queue as store_queue  # noqa: E402
+from appliance.store.db import open_db  # noqa: E402
 
 _erfc = np.vectorize(math.erfc, otypes=[float])
 
@@ -718,12 +720,7 @@ class DbWriter:
     handle_s when the call ends; a caller who hung up gets left_at, "caller_hangup", wait_s."""
 
     def __init__(self, path: str):
-        self.con = sqlite3.connect(path)
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS queue_calls (id INTEGER PRIMARY KEY, call_id INTEGER, queue TEXT, "
-            "joined_at TEXT, answered_at TEXT, left_at TEXT, reason TEXT, wait_s FLOAT, agent TEXT, handle_s FLOAT)"
-        )
-        self.day_offset = 0
+        self.db = open_db(path)  # the box's own schema (migrations), not a copy of it
 
     def sink(self, queue: str):
         def write(level: str, day: int, callers: list[Caller]) -> None:
@@ -731,34 +728,33 @@ class DbWriter:
             for c in callers:
                 if c.answered is not None:
                     rows.append(
-                        (
-                            queue,
-                            _iso(day, c.joined),
-                            _iso(day, c.answered),
-                            _iso(day, c.answered + c.handle_s),
-                            "answered",
-                            round(c.answered - c.joined, 2),
-                            f"agent{c.agent}",
-                            round(c.handle_s, 2),
-                        )
+                        {
+                            "queue": queue,
+                            "joined_at": _iso(day, c.joined),
+                            "answered_at": _iso(day, c.answered),
+                            "left_at": _iso(day, c.answered + c.handle_s),
+                            "reason": "answered",
+                            "wait_s": round(c.answered - c.joined, 2),
+                            "agent": f"agent{c.agent}",
+                            "handle_s": round(c.handle_s, 2),
+                        }
                     )
                 elif c.abandoned:
-                    left = c.joined + c.patience
                     rows.append(
-                        (queue, _iso(day, c.joined), None, _iso(day, left), "caller_hangup", round(c.patience, 2), None)
-                        + (None,)
+                        {
+                            "queue": queue,
+                            "joined_at": _iso(day, c.joined),
+                            "left_at": _iso(day, c.joined + c.patience),
+                            "reason": "caller_hangup",
+                            "wait_s": round(c.patience, 2),
+                        }
                     )
-            self.con.executemany(
-                "INSERT INTO queue_calls (queue, joined_at, answered_at, left_at, reason, wait_s, agent, handle_s) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            store_queue.add_stays(self.db, rows)
 
         return write
 
     def close(self) -> None:
-        self.con.commit()
-        self.con.close()
+        self.db.close()
 
 
 def _ts(text) -> float | None:
@@ -774,27 +770,15 @@ def replay_db(
 ) -> dict[str, Level]:
     """Replay real stays from ``queue_calls``. The number of agents is not recorded; it is
     --agents if given, else the most calls seen in progress at once that day (a lower bound)."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        try:
-            rows = con.execute(
-                "SELECT queue, joined_at, answered_at, left_at, handle_s, reason FROM queue_calls ORDER BY joined_at"
-            ).fetchall()
-        except sqlite3.OperationalError:
-            # Records without the exit reason: every caller who left unanswered counts as a hang-up.
-            rows = [
-                r + (None,)
-                for r in con.execute(
-                    "SELECT queue, joined_at, answered_at, left_at, handle_s FROM queue_calls ORDER BY joined_at"
-                ).fetchall()
-            ]
+        rows = store_queue.waits_in_file(path)
     except sqlite3.Error as e:
         print(f"--from-db {path}: no usable queue_calls table ({e}); nothing to replay")
         return {}
-    finally:
-        con.close()
     by_queue: dict[str, list] = {}
-    for q, joined, answered, left, handle, reason in rows:
+    for r in rows:
+        q, joined, answered, left, handle = r["queue"], r["joined_at"], r["answered_at"], r["left_at"], r["handle_s"]
+        reason = r.get("reason")  # (records from before the exit reason was kept: None)
         j = _ts(joined)
         if j is None:
             continue

@@ -4,6 +4,8 @@ each queue's wait estimate is built from (``queue_stats``)."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 
 from .db import utcnow
 
@@ -42,3 +44,24 @@ def waits(db, queue: str | None = None) -> list[dict]:
     """Every recorded wait, oldest first (reports, the estimate benchmark)."""
     where, args = ("queue = ?", [queue]) if queue else (None, [])
     return list(db["queue_calls"].rows_where(where, args, order_by="id"))
+
+
+def add_stays(db, rows: list[dict]) -> None:
+    """Whole stays at once (queue, joined_at, answered_at, left_at, reason, wait_s, agent,
+    handle_s): the EWT bench's simulated days, written as the engine would have."""
+    if rows:
+        db["queue_calls"].insert_all(rows)
+
+
+def waits_in_file(path: str | Path) -> list[dict]:
+    """Every wait recorded in the database file at ``path``, by the time each caller joined,
+    read without changing the file (the bench replays a copy of a box's records). Records from
+    before the exit reason was kept have no ``reason``. Raises sqlite3.Error when the file has
+    no ``queue_calls``."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cur = conn.execute("SELECT * FROM queue_calls ORDER BY joined_at")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+    finally:
+        conn.close()
