@@ -45,6 +45,11 @@ class Booking:
     emailed: bool
 
 
+def e164_of(call: dict | None) -> str:
+    """The caller's E.164 number from a stored call, or "" (hidden, not a phone number)."""
+    return call["caller"] if call is not None and call["caller_kind"] == "e164" else ""
+
+
 def callable_number(settings, number: str | None) -> tuple[str, str] | None:
     """``(E.164, type)`` when the box may call ``number`` back (the toll-fraud rules), else None."""
     if not number:
@@ -238,6 +243,18 @@ class CallbackBook:
         if missed_id is not None:
             log.info("missed call #%d from %s (gave up: %s, %.0f s)", missed_id, number, gave_up, waited or 0)
         return missed_id
+
+    def missed_call(self, call: dict, *, gave_up: str, node: str | None, topic: str | None) -> int | None:
+        """:meth:`missed` for a stored call (its number, kind and start come from the row)."""
+        return self.missed(
+            call_id=call["id"],
+            number=e164_of(call),
+            number_kind=call["caller_kind"],
+            started_at=call["started_at"],
+            gave_up=gave_up,
+            node=node,
+            topic=topic,
+        )
 
     def reached(self, number: str | None, by: str) -> int:
         """A person talked to ``number`` (``outbound``, ``called_again``): its missed calls are settled."""

@@ -43,17 +43,8 @@ class CallDesk:
         detail = {"code": 486, "reason": "call limit", "limit": svc.stack.max_calls}
         store_calls.add_step(svc.db, call_id, "rejected", None, detail, at=svc.clock.stamp())
         store_calls.update_call(svc.db, call_id, ended_at=svc.clock.stamp(), ended_by="box", outcome="rejected")
-        call = store_calls.get_call(svc.db, call_id)
         if svc.callbacks is not None:
-            svc.callbacks.missed(
-                call_id=call_id,
-                number=call["caller"] if call["caller_kind"] == "e164" else "",
-                number_kind=call["caller_kind"],
-                started_at=call["started_at"],
-                gave_up="busy",
-                node=None,
-                topic=None,
-            )
+            svc.callbacks.missed_call(store_calls.get_call(svc.db, call_id), gave_up="busy", node=None, topic=None)
 
     def _record(self, line: str, caller_raw: str, caller_user: str, dialled: str, sip_call_id: str):
         """Store an inbound call; returns its id and the caller as normalised (E.164, kind)."""

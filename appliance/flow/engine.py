@@ -21,7 +21,7 @@ from ..messages import msg
 from ..store import calls as store_calls
 from ..store import hours as store_hours
 from .announce import position_announcement
-from .callbacks import GAVE_UP_AT
+from .callbacks import GAVE_UP_AT, e164_of
 from .doctor import MAX_HANDOVERS  # R18: the doctor checks the same bound statically
 from .hours import overridden
 from .offer import offer_callback
@@ -616,8 +616,7 @@ class CallSession:
     @property
     def caller_number(self) -> str:
         """The caller's E.164 number, or "" when hidden or not a phone number."""
-        call = self._caller()
-        return call["caller"] if call is not None and call["caller_kind"] == "e164" else ""
+        return e164_of(self._caller())
 
     def _missed(self) -> None:
         """R13: a caller who reached nobody and asked for nothing stays on the list until settled."""
@@ -627,11 +626,8 @@ class CallSession:
             return
         node = self.flow.nodes.get(self.node_id or "")
         try:
-            book.missed(
-                call_id=self.call_id,
-                number=call["caller"] if call["caller_kind"] == "e164" else "",
-                number_kind=call["caller_kind"],
-                started_at=call["started_at"],
+            book.missed_call(
+                call,
                 gave_up=GAVE_UP_AT.get(node.type, node.type) if node is not None else "greeting",
                 node=self.node_id,
                 topic=self.topic,
@@ -642,10 +638,10 @@ class CallSession:
     def _reached_a_person(self) -> None:
         """The caller talks to someone: their earlier missed calls are settled (called again)."""
         book = self.services.callbacks
-        call = self._caller()
-        if book is not None and call is not None and call["caller_kind"] == "e164":
+        number = self.caller_number
+        if book is not None and number:
             try:
-                book.reached(call["caller"], "called_again")
+                book.reached(number, "called_again")
             except Exception:  # noqa: BLE001
                 log.exception("call %s: cannot settle missed calls", self.call_id)
 

@@ -18,7 +18,6 @@ import logging
 
 from ..messages import msg
 from ..numbers import spoken_digits
-from ..store import calls as store_calls
 from .callbacks import callable_number
 from .promise import promise_for
 
@@ -42,8 +41,7 @@ async def offer_callback(session, node, *, queue=None, entry=None) -> str:
     promise = promise_for(schedule, session.clock.now())
     session.step("callback_offer", node.id, {"promise": promise.text(lang)})
 
-    call = store_calls.get_call(services.db, session.call_id) if session.call_id else None
-    found = callable_number(services.settings, call["caller"]) if call and call["caller_kind"] == "e164" else None
+    found = callable_number(services.settings, session.caller_number)
     typed = found is None
     if p.get("prompt"):
         await session.play(p["prompt"], node=node.id)

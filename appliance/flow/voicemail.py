@@ -93,11 +93,8 @@ def _compress(raw, cut):
 def _store(session, path, mime, seconds, ended, stamp) -> int | None:
     """Store the message and queue its e-mail (on the loop: the core's database connection)."""
     services = session.services
-    from ..store import calls as store_calls
-
     db = services.db
-    call = store_calls.get_call(db, session.call_id)
-    number = call["caller"] if call and call["caller_kind"] == "e164" else ""
+    number = session.caller_number
     vm_id = store_voicemails.add(
         db,
         call_id=session.call_id,
