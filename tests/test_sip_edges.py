@@ -283,6 +283,10 @@ def test_a_flood_of_calls_beyond_the_limit_gets_486_and_the_box_keeps_working(bo
             assert journey(box, c["id"])[0][2]["code"] == 486
     assert "call limit reached" in box.log()
     assert box.status()["limit_hits"] - hits_before == flood - admitted
+    # Each caller turned away is a missed call the staff see (R13), marked as refused busy.
+    refused = {c["id"] for c in calls if c["outcome"] == "rejected"}
+    missed = [m for m in box.db()["missed_calls"].rows if m["call_id"] in refused]
+    assert len(missed) == flood - admitted and {m["gave_up"] for m in missed} == {"busy"}
 
     # The flood is over: the box has every leg back and answers the next caller.
     assert box.status()["legs_in_use"] == 0
