@@ -428,13 +428,12 @@ def _book(args):
 
 def _local(stamp_text: str | None, settings) -> str:
     from datetime import datetime
-    from zoneinfo import ZoneInfo
 
     from .clock import parse_stamp
 
     if not stamp_text:
         return "-"
-    return datetime.fromtimestamp(parse_stamp(stamp_text), ZoneInfo(settings.box.timezone)).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(parse_stamp(stamp_text), settings.tz).strftime("%Y-%m-%d %H:%M")
 
 
 def cmd_callbacks(args) -> int:

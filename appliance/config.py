@@ -59,6 +59,13 @@ class Settings:
     def prompt_dir(self) -> Path:
         return self.data_dir / "prompts"
 
+    @property
+    def tz(self):
+        """The clinic's time zone (``[box] timezone``): times people read and hear."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.box.timezone)
+
 
 def _read_toml(path: Path) -> dict:
     try:

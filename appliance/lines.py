@@ -169,10 +169,7 @@ class Lines:
         if new != "up" or since is None:
             self._alarm(name, old, new, reason)
             return
-        from zoneinfo import ZoneInfo
-
-        tz = ZoneInfo(str(self.settings.box.get("timezone") or "Europe/Warsaw"))
-        when = datetime.fromtimestamp(since, tz).strftime("%H:%M")
+        when = datetime.fromtimestamp(since, self.settings.tz).strftime("%H:%M")
         text = (
             msg("line.stable_after_flaps", line=msg(f"line.{name}"), since=when, drops=drops)
             if drops

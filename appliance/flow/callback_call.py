@@ -154,9 +154,8 @@ class CallbackCaller:
 
     def _since(self, cb: dict, lang: str) -> str:
         """When the patient asked, as the agent hears it: a time today, a date before."""
-        from zoneinfo import ZoneInfo
 
-        tz = ZoneInfo(self.services.settings.box.timezone)
+        tz = self.services.settings.tz
         asked = datetime.fromtimestamp(parse_stamp(cb["place_at"] or cb["created_at"]), tz)
         now = datetime.fromtimestamp(self.services.clock.time(), tz)
         return time_of_day(asked, lang, same_day=asked.date() == now.date())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from ..alarms import raise_alarm
 from ..clock import SYSTEM_CLOCK, parse_stamp, stamp
@@ -209,7 +208,7 @@ class CallbackBook:
 
     @property
     def tz(self):
-        return ZoneInfo(self.settings.box.timezone)
+        return self.settings.tz
 
     # --- a caller gave up -----------------------------------------------------------------------
     def missed(

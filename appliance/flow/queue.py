@@ -203,9 +203,8 @@ class QueueManager:
     def hour(self) -> float:
         """The clinic's local time of day in hours (8.5 = 8:30): handling times depend on it
         (the morning's short registrations, the afternoon's longer calls)."""
-        from zoneinfo import ZoneInfo
 
-        now = self.clock.now().astimezone(ZoneInfo(self.services.settings.box.timezone))
+        now = self.clock.now().astimezone(self.services.settings.tz)
         return now.hour + now.minute / 60.0
 
     async def stop(self):

@@ -117,13 +117,11 @@ def _email(services, vm_id, number, seconds, path, mime, stamp, topic) -> None:
     prefix = settings.mail.subject_prefix.strip()
     vm = {"id": vm_id, "number": number, "at": stamp, "seconds": seconds or 0.0, "topic_label": topic}
     try:
-        from zoneinfo import ZoneInfo
-
         subject, body = voicemail_message(
             vm,
             settings.box.language,
             prefix=f"{prefix} " if prefix else "",
-            tz=ZoneInfo(settings.box.timezone),
+            tz=settings.tz,
             country=settings.box.country,
         )
         name = f"wiadomosc-{vm_id}-{for_people(number, settings.box.country).replace(' ', '') or 'anonim'}"
