@@ -341,16 +341,15 @@ def _backup_dir(settings) -> Path:
 def cmd_backup(args) -> int:
     """A snapshot of the database and the settings file; the oldest nightly ones rotated out."""
     import shutil
-    from datetime import datetime, timezone
 
     from .store import backup
 
     settings, db = _box(args)
     folder = _backup_dir(settings)
-    when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = backup.take(db, folder / f"{backup.NIGHTLY_PREFIX}{when}.db")
+    name = backup.named(backup.NIGHTLY_PREFIX)
+    path = backup.take(db, folder / f"{name}.db")
     if settings.source and Path(settings.source).is_file():
-        shutil.copy2(settings.source, folder / f"{backup.NIGHTLY_PREFIX}{when}.toml")
+        shutil.copy2(settings.source, folder / f"{name}.toml")
     gone = backup.rotate(folder, int(args.keep or settings.backup.keep))
     for old in gone:
         Path(old).with_suffix(".toml").unlink(missing_ok=True)
@@ -375,14 +374,8 @@ def cmd_restore(args) -> int:
         raise CentralkaError("the core is running: stop it first (systemctl stop centralka-core), then restore")
     live = Path(settings.db_path)
     if live.exists():
-        from datetime import datetime, timezone
-
-        from .store.db import open_db
-
-        when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        db = open_db(live)
-        kept = backup.take(db, _backup_dir(settings) / f"pre-restore-{when}.db")
-        db.close()
+        # As it is: not opened through open_db, which would migrate it first.
+        kept = backup.take_file(live, _backup_dir(settings) / f"{backup.named('pre-restore-')}.db")
         print(f"the database as it was: {kept}")
     backup.replace(live, args.file)
     print(f"restored {args.file} to {live}; start the core (migrations run at start if the backup is older)")

@@ -16,20 +16,38 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 NIGHTLY_PREFIX = "centralka-"
 
 
+def named(prefix: str) -> str:
+    """A snapshot's file name: ``prefix`` and the UTC time, e.g. ``centralka-20261204T033000Z``."""
+    return prefix + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
 def take(db, dest: str | Path) -> Path:
     """A consistent snapshot of the open database ``db`` at ``dest`` (atomic)."""
-    dest = Path(dest)
+    return _copy(db.conn, Path(dest))
+
+
+def take_file(path: str | Path, dest: str | Path) -> Path:
+    """The same for a database file, read as it is (nothing migrated or changed first)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _copy(conn, Path(dest))
+    finally:
+        conn.close()
+
+
+def _copy(conn, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
     tmp.unlink(missing_ok=True)
     target = sqlite3.connect(str(tmp))
     try:
-        db.conn.backup(target)
+        conn.backup(target)
         target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
     finally:
         target.close()

@@ -437,12 +437,9 @@ def _backup_before_migrating(db, path: Path) -> Path | None:
     pending = migrations.pending(db)
     if not pending:
         return None
-    from datetime import datetime, timezone
-
     from . import backup
 
-    when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return backup.take(db, path.parent / "backups" / f"pre-{pending[0].name}-{when}.db")
+    return backup.take(db, path.parent / "backups" / f"{backup.named(f'pre-{pending[0].name}-')}.db")
 
 
 def open_db(path: str | Path | None) -> sqlite_utils.Database:
