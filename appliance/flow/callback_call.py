@@ -39,6 +39,7 @@ from ..store import callbacks as store
 from ..tollguard import DestinationRefused
 from .engine import CallerGone, CallSession
 from .promise import time_of_day
+from .queue import first_to_answer
 
 log = logging.getLogger("centralka.callbacks")
 
@@ -124,23 +125,7 @@ class CallbackCaller:
         store_calls.add_step(
             svc.db, call_id, "agent_ringing", None, {"agent": agent.agent.id, "purpose": "callback"}, at=self._stamp()
         )
-        waits = [asyncio.ensure_future(asyncio.shield(leg.confirmed)) for leg in ringing]
-        winner = None
-        try:
-            pending = set(waits)
-            deadline = svc.clock.monotonic() + timeout
-            while pending and winner is None:
-                left = deadline - svc.clock.monotonic()
-                if left <= 0:
-                    break
-                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                for i, w in enumerate(waits):
-                    if w in done and w.result():
-                        winner = ringing[i]
-                        break
-        finally:
-            for w in waits:
-                w.cancel()
+        winner = await first_to_answer(svc.clock, ringing, timeout)
         for leg in ringing:
             if leg is not winner:
                 leg.hangup()

@@ -503,23 +503,37 @@ class QueueManager:
         q.wake.set()
 
     async def _first_answer(self, entry, legs: dict, timeout: float):
-        if not legs:
+        leg = await first_to_answer(
+            self.clock,
+            list(legs),
+            timeout,
+            give_up=lambda: entry.done or not entry.session.leg.alive,
+            watch=entry.session.leg.disconnected,
+        )
+        return None if leg is None else (leg, legs[leg])
+
+
+async def first_to_answer(clock, legs: list, timeout: float, *, give_up=lambda: False, watch=None):
+    """The first of ringing ``legs`` to answer within ``timeout``, or None (all ended, time up,
+    or ``give_up()``: the caller they ring for left; ``watch``, a future, wakes that check)."""
+    if not legs:
+        return None
+    deadline = clock.monotonic() + timeout
+    while True:
+        for leg in legs:
+            if leg.confirmed.done() and leg.confirmed.result():
+                return leg
+        live = [leg for leg in legs if leg.alive]
+        left = deadline - clock.monotonic()
+        if not live or left <= 0 or give_up():
             return None
-        deadline = self.clock.monotonic() + timeout
-        while True:
-            for leg, agent in legs.items():
-                if leg.confirmed.done() and leg.confirmed.result():
-                    return leg, agent
-            live = [leg for leg in legs if leg.alive]
-            left = deadline - self.clock.monotonic()
-            if not live or left <= 0 or entry.done or not entry.session.leg.alive:
-                return None
-            waits = [asyncio.ensure_future(asyncio.shield(leg.confirmed)) for leg in live]
-            waits += [asyncio.ensure_future(asyncio.shield(leg.disconnected)) for leg in live]
-            waits.append(asyncio.ensure_future(asyncio.shield(entry.session.leg.disconnected)))
-            done, pending = await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
+        waits = [asyncio.ensure_future(asyncio.shield(leg.confirmed)) for leg in live]
+        waits += [asyncio.ensure_future(asyncio.shield(leg.disconnected)) for leg in live]
+        if watch is not None:
+            waits.append(asyncio.ensure_future(asyncio.shield(watch)))
+        done, pending = await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
 
 
 def place_of(row: dict) -> str:
