@@ -99,19 +99,6 @@ def overdue(db, now: str) -> list[dict]:
     )
 
 
-def count_open(db) -> int:
-    return one(db, "SELECT COUNT(*) FROM callbacks WHERE state IN ('open', 'calling')")[0]
-
-
-def turnarounds(db, since: str) -> list[float]:
-    """Seconds from request to a connected callback, for reports."""
-    rows = db.execute(
-        "SELECT turnaround_s FROM callbacks WHERE done_at >= ? AND turnaround_s IS NOT NULL ORDER BY done_at",
-        [since],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def due(db, queue: str, now: str) -> list[dict]:
     """Requests the box calls back itself (``auto``) for ``queue`` that may be tried now: open,
     not given up, their window begun and their next try due; in line order."""
