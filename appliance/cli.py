@@ -392,6 +392,39 @@ def cmd_call(args) -> int:
     return EXIT_OK
 
 
+def cmd_selftest(args) -> int:
+    """R21: the box calls its own public number over the other line and listens."""
+    from .store import selftest as store_selftest
+
+    if args.selftest_cmd == "call":
+        settings = _settings(args)
+        reply = ask_core(settings, "selftest-call", target=args.target, timeout=180)
+        if not reply.get("ok"):
+            print(f"centralka: {reply.get('error')}", file=sys.stderr)
+            return EXIT_ERROR
+        for c in reply["checks"]:
+            print(f"{c['result']:<4}  {c['name']:<11}  {c['why']}")
+        print(
+            f"{reply['result']}: {reply['reason']}"
+            + (f"\nheard: {reply['recording']}" if reply.get("recording") else "")
+        )
+        return EXIT_ERROR if reply["result"] == "FAIL" else EXIT_OK
+    settings, db = _box(args)
+    rows = store_selftest.recent(db, args.limit)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        print("no self-test calls yet")
+    for r in reversed(rows):
+        print(
+            f"#{r['id']} {_local(r['started_at'], settings)} {r['trigger']:<8} {r['line'] or '-':>5} -> "
+            f"{r['number'] or '-':<13} {r['result']:<7} {r['reason'] or ''}"
+        )
+    return EXIT_OK
+
+
 def cmd_alarms(args) -> int:
     from .alarms import ack_alarm, list_alarms
 
@@ -688,6 +721,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("call", help="a test call to a number over the best line (SIP trunk or GSM)")
     s.add_argument("number")
     s.set_defaults(func=cmd_call)
+
+    st = sub.add_parser("selftest", help="the self-test call: the box calls its own number over the other line")
+    st.set_defaults(func=cmd_selftest, selftest_cmd="list", limit=20, json=False)
+    sts = st.add_subparsers(dest="selftest_cmd")
+    s = sts.add_parser("call", help="run one now and print its checks (exit 1 when it FAILs)")
+    s.add_argument("--target", choices=("gsm", "trunk"), help="whose public number to call (default: the next in turn)")
+    s = sts.add_parser("list", help="the latest self-test calls and their results")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
 
     s = sub.add_parser("alarms", help="line changes and other things a person must see")
     s.add_argument("--limit", type=int, default=30)

@@ -59,6 +59,7 @@ from .services import Prompts, Services
 from .sip.kamailio import Kamailio
 from .flow.callbacks import CallbackBook
 from .sip.screen import FloodGate, sip_hosts
+from .selftest.call import SelfTestCalls
 from .sip.stack import SipStack
 from .store import flows as store_flows
 from .store.db import open_db
@@ -68,6 +69,8 @@ from .tollguard import DestinationRefused
 log = logging.getLogger("centralka.core")
 
 LINES_POLL_S = 10.0
+# Prompts the engine plays whatever the flow says (rendered at load, not at a caller's first need).
+ENGINE_PROMPTS = ("still_connecting", "invalid_choice", "to_operator", "all_lines_busy", "connecting", "selftest_ok")
 
 
 class Core:
@@ -84,6 +87,7 @@ class Core:
         self.desk = CallDesk(self.services)
         self.services.incoming = self.desk.incoming
         self.test_calls = TestCalls(self.services)
+        self.services.selftest = self.selftest = SelfTestCalls(self.services)
         self.kamailio: Kamailio | None = None
         self.notifier: NotifyWorker | None = None
         self.rtp_port = rtp_port
@@ -109,7 +113,7 @@ class Core:
         for node in flow.nodes.values():
             if node.params.get("prompt"):
                 svc.prompts.path(node.params["prompt"], flow)
-        for name in ("still_connecting", "invalid_choice", "to_operator", "all_lines_busy", "connecting"):
+        for name in ENGINE_PROMPTS:
             svc.prompts.path(name, flow)
         svc.flow, svc.flow_name = flow, row["name"]
         log.info("call flow %r loaded (%d nodes)", row["name"], len(flow.nodes))
@@ -203,6 +207,7 @@ class Core:
         self._server = await jsonline.serve(s.control.socket, self.control)
         self.started_at = svc.clock.time()
         self._lines_task = asyncio.get_running_loop().create_task(self._poll_lines(), name="lines-poll")
+        self.selftest.start_schedule()
         interval = systemd.watchdog_interval()
         if interval:
             # Pinged from the event loop itself: a loop stuck in a callback stops the pings and
@@ -296,6 +301,7 @@ class Core:
         if svc.stack is not None:
             await svc.stack.hangup_all()
         # Sessions end once their calls are gone; none may outlive the SIP library.
+        await self.selftest.stop()
         await self.desk.stop()
         await self.test_calls.stop()
         if self._watchdog_task is not None:
@@ -352,6 +358,7 @@ class Core:
                 else None
             ),
             "queues": svc.queues.status() if svc.queues else None,
+            "selftest": self.selftest.status(),
             "uptime_s": round(svc.clock.time() - (self.started_at or svc.clock.time()), 1),
             "pid": os.getpid(),
         }
@@ -386,6 +393,17 @@ class Core:
                 return {"ok": False, "error": f"the number answered: {exc} (not tried on another line)"}
             except (DestinationRefused, NoLineAvailable) as exc:
                 return {"ok": False, "error": str(exc)}
+        if cmd == "selftest-call":
+            target = req.get("target") or None
+            if target not in (None, "gsm", "trunk"):
+                return {"ok": False, "error": f"target {target!r}: gsm or trunk"}
+            try:
+                task = self.selftest.start(target, str(req.get("trigger") or "manual"))
+            except CentralkaError as exc:
+                return {"ok": False, "error": str(exc)}
+            if not req.get("wait", True):
+                return {"ok": True, "started": True}
+            return {"ok": True, **await asyncio.shield(task)}
         if cmd == "modem-probe":
             sup = getattr(svc.gsm, "supervisor", None) if svc.gsm else None
             if sup is None:

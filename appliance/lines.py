@@ -242,14 +242,15 @@ class Lines:
         return good + [n for n in usable if n not in good]
 
     # --- outbound ----------------------------------------------------------------------------
-    async def dial(self, number: str, purpose: str, *, call_id: int | None = None):
-        """Place an outbound call; returns ``(leg, line name, E.164 number)``.
+    async def dial(self, number: str, purpose: str, *, call_id: int | None = None, only: str | None = None):
+        """Place an outbound call; returns ``(leg, line name, E.164 number)``. ``only``: over
+        that line or not at all (the self-test call must cross to the other line).
 
         Raises DestinationRefused (toll-fraud guard) or NoLineAvailable (every line failed).
         """
         e164 = check_destination(self.db, number, self.settings, now=self.clock.time())
         attempts: list[dict] = []
-        order = self.order()
+        order = [n for n in self.order() if only is None or n == only]
         if not order:
             self._attempt_row(e164, purpose, None, "failed", "no line configured", call_id)
             raise NoLineAvailable(f"cannot call {e164}: no outbound line is configured", attempts)

@@ -263,6 +263,54 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "A callback promise was not kept: {number} ({topic}) has waited since {since}; the window ended at "
         "{until}.",
     },
+    # --- the self-test call (issue 12) -------------------------------------------------------
+    "selftest.passed": {
+        "pl": "{number} odebrał po {seconds} s, powitanie się zgadza{key}",
+        "en": "{number} answered after {seconds} s, the greeting matches{key}",
+    },
+    "selftest.answered": {"pl": "{number} odebrał po {seconds} s", "en": "{number} answered after {seconds} s"},
+    "selftest.key_worked": {"pl": ", klawisz {key} działa", "en": ", key {key} works"},
+    "selftest.no_number": {
+        "pl": "brak numeru do sprawdzenia: wpisz publiczny numer linii ([trunk] number, [modem] number)",
+        "en": "no number to test: set the lines' public numbers ([trunk] number, [modem] number)",
+    },
+    "selftest.no_other_line": {
+        "pl": "do numeru {number} trzeba zadzwonić drugą linią ({line}), a jej nie ma",
+        "en": "{number} must be called over the other line ({line}), which is not there",
+    },
+    "selftest.busy": {
+        "pl": "inny test połączenia właśnie trwa",
+        "en": "another self-test call is running",
+    },
+    "selftest.dial_failed": {"pl": "nie udało się zadzwonić: {detail}", "en": "the call could not be placed: {detail}"},
+    "selftest.refused": {"pl": "połączenie odrzucone: {detail}", "en": "the call was refused: {detail}"},
+    "selftest.not_answered": {
+        "pl": "{number} nie odebrał w ciągu {seconds} s",
+        "en": "{number} did not answer within {seconds} s",
+    },
+    "selftest.not_received": {
+        "pl": "połączenie nie dotarło do centralki (odebrał ktoś inny, np. poczta głosowa operatora)",
+        "en": "the call did not reach the box (something else answered it, e.g. the operator's voicemail)",
+    },
+    "selftest.wrong_greeting": {
+        "pl": "słychać coś innego niż skonfigurowane powitanie (zgodność {score}, rozpoznano {heard}%)",
+        "en": "what answers is not the configured greeting (match {score}, {heard}% of it heard)",
+    },
+    "selftest.no_audio": {"pl": "po odebraniu nie było słychać dźwięku", "en": "no audio after answering"},
+    "selftest.key_failed": {
+        "pl": "klawisz {key} nie zadziałał (w menu {node})",
+        "en": "key {key} did nothing (in menu {node})",
+    },
+    "selftest.alarm": {
+        "pl": "Test połączenia z numerem {number} nie przechodzi ({count} razy z rzędu): {reason}. "
+        "Pacjenci mogą nie móc się dodzwonić.",
+        "en": "The self-test call to {number} fails ({count} times in a row): {reason}. "
+        "Patients may not be able to get through.",
+    },
+    "selftest.recovered": {
+        "pl": "Test połączenia z numerem {number} znowu przechodzi: {reason}",
+        "en": "The self-test call to {number} passes again: {reason}",
+    },
 }
 
 

@@ -80,6 +80,7 @@ class Services:
     incoming: Callable[[Any, str], None] | None = None
     faults: Faults | None = None
     callbacks: Any = None  # appliance.flow.callbacks.CallbackBook
+    selftest: Any = None  # appliance.selftest.call.SelfTestCalls
 
     def resolve_target(self, target: str) -> str:
         """A flow target as a dialable SIP URI: ``ext:201`` is the desk phone registered as 201."""

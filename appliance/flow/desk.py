@@ -11,6 +11,7 @@ import logging
 
 from ..numbers import normalise_caller, user_part
 from ..store import calls as store_calls
+from ..store import selftest as store_selftest
 from .engine import CallSession
 
 log = logging.getLogger("centralka.core")
@@ -25,9 +26,13 @@ class CallDesk:
     def incoming(self, leg, account_name: str) -> None:
         line = account_name if account_name in ("trunk", "gsm") else "sip"
         call_id, caller, kind = self._record(line, leg.remote_uri, leg.remote_user, leg.local_user, leg.sip_call_id)
-        session = CallSession(self.services, leg, self.services.flow, call_id)
+        # The box's own self-test call, from its other line's number while it is dialling it.
+        probe = self.services.selftest.recognise(line, caller, call_id) if self.services.selftest else None
+        if probe is not None:
+            store_selftest.mark_call(self.services.db, call_id, "selftest")
+        session = CallSession(self.services, leg, self.services.flow, call_id, selftest=probe)
         self.sessions[call_id] = session
-        log.info("call %d from %s (%s) to %s", call_id, caller, kind, leg.local_user)
+        log.info("call %d from %s (%s) to %s%s", call_id, caller, kind, leg.local_user, " (self-test)" if probe else "")
         task = asyncio.get_running_loop().create_task(session.run(), name=f"call-{call_id}")
         self.tasks.add(task)
         task.add_done_callback(lambda t, cid=call_id: self._done(t, cid))

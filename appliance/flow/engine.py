@@ -38,6 +38,8 @@ DIGITS = set("0123456789*#")
 # Outcomes of a call that reached nobody and left no request: a missed call (R13). A box
 # hang-up after a goodbye to a caller who chose nothing counts too; the staff may call back.
 MISSED_OUTCOMES = ("caller_hangup", "goodbye", "error")
+# Nodes that would ring, queue or book for a person: a self-test call stops before them.
+PERSON_NODES = ("transfer", "queue", "operator", "callback", "voicemail")
 
 
 class CallerGone(Exception):
@@ -48,8 +50,11 @@ class CallSession:
     """One inbound call walking the flow; ``services`` gives the prompts, the stack, the queues,
     the database and the clock (appliance.services)."""
 
-    def __init__(self, services, leg, flow, call_id: int):
+    def __init__(self, services, leg, flow, call_id: int, *, selftest=None):
         self.services = services
+        # The box's own self-test call (appliance.selftest.call.Probe): walked like a patient's
+        # up to the first node that would ring or book for a person, then told it got there.
+        self.selftest = selftest
         self.clock = services.clock
         self.leg = leg
         self.flow = flow
@@ -197,6 +202,9 @@ class CallSession:
             self._check_alive()
             self.node_id = node_id
             node = self.flow.nodes[node_id]
+            if self.selftest is not None and node.type in PERSON_NODES:
+                await self._selftest_arrived(node)
+                return
             if self.services.faults is not None:
                 self.services.faults.at_node(node_id)  # tests only: prove the operator fallback
             handler = getattr(self, f"node_{node.type}")
@@ -216,6 +224,8 @@ class CallSession:
         options = p["options"]
         extensions = self.flow.extensions if p.get("extensions") else {}
         self.step("enter", node.id, {"type": "menu"})
+        if self.selftest is not None:
+            self.selftest.menu(node.id, options)
         attempts = 0
         while True:
             if not self.leg.digits:
@@ -226,6 +236,8 @@ class CallSession:
                 return p["on_timeout"]
             if entered in options:
                 self.step("choice", node.id, {"key": entered, "to": options[entered]})
+                if self.selftest is not None:
+                    self.selftest.chose(node.id, entered, options[entered])
                 self.last_choice = self.topic = options[entered]
                 return options[entered]
             if entered in extensions:
@@ -468,6 +480,9 @@ class CallSession:
         node = node or self.flow.nodes.get(self.flow.operator)
         if node is None or node.type != "operator":
             raise RuntimeError("flow has no operator")  # the doctor refuses such flows
+        if self.selftest is not None:
+            await self._selftest_arrived(node, reason=reason)
+            return
         p = node.params
         self.node_id = node.id
         self.step("operator", node.id, {"reason": reason, "target": p["target"]})
@@ -603,8 +618,20 @@ class CallSession:
             )
         except Exception:  # noqa: BLE001
             log.exception("call %s: cannot store the end of the call", self.call_id)
-        if self.outcome in MISSED_OUTCOMES:
+        if self.selftest is not None:
+            self.selftest.session_ended(self.outcome)
+        elif self.outcome in MISSED_OUTCOMES:
             self._missed()
+
+    async def _selftest_arrived(self, node, reason: str = "flow") -> None:
+        """The self-test call got as far as a person: say so to the calling side and hang up."""
+        self.node_id = node.id
+        self.step("selftest_reached", node.id, {"type": node.type, "reason": reason})
+        self.selftest.reached(node.id, node.type)
+        self.outcome = "selftest"
+        await self.play("selftest_ok", interruptible=False, node=node.id)
+        self.ended_by = "box"
+        self.leg.hangup()
 
     def _caller(self) -> dict | None:
         try:

@@ -13,6 +13,7 @@ BUILTIN_PROMPTS = {
         "goodbye": "Dziękujemy za telefon. Do usłyszenia.",
         "all_lines_busy": "Wszystkie linie są zajęte. Proszę pozostać na linii.",
         "test_call": "To jest połączenie testowe z centralki przychodni. Linia działa. Do widzenia.",
+        "selftest_ok": "Test centrali. Wybór przyjęty.",
     },
     "en": {
         "connecting": "Connecting you.",
@@ -22,5 +23,6 @@ BUILTIN_PROMPTS = {
         "goodbye": "Thank you for calling. Goodbye.",
         "all_lines_busy": "All lines are busy. Please stay on the line.",
         "test_call": "This is a test call from the clinic's phone box. The line works. Goodbye.",
+        "selftest_ok": "Phone box self-test. Choice taken.",
     },
 }

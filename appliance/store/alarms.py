@@ -64,3 +64,15 @@ def after(db, after_id: int, severities) -> list[dict]:
             [after_id, *severities],
         )
     )
+
+
+def latest_of(db, source: str, kinds) -> dict | None:
+    """The newest alarm about ``source`` of one of ``kinds`` (e.g. a failure and its recovery)."""
+    kinds = list(kinds)
+    marks = ",".join("?" * len(kinds))
+    rows = list(
+        db.query(
+            f"SELECT * FROM alarms WHERE source = ? AND kind IN ({marks}) ORDER BY id DESC LIMIT 1", [source, *kinds]
+        )
+    )
+    return rows[0] if rows else None

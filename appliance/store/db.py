@@ -410,6 +410,35 @@ def m012_mail_outbox(db):
     db["mail_outbox"].create_index(["state", "next_try_at"])
 
 
+@migrations()
+def m013_selftest(db):
+    # The self-test call (issue 12 item 1): the box calls its own public number over its other
+    # line. The answering side's call is stored like any other, marked, so reports and the
+    # missed-call list can leave it out.
+    db["calls"].add_column("purpose", str)
+    db["selftest_calls"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "ended_at": str,
+            "trigger": str,  # schedule | manual | button | web
+            "target": str,  # the line whose public number was called: gsm | trunk
+            "line": str,  # the line the call went out on
+            "number": str,  # E.164 dialled
+            "result": str,  # running | PASS | FAIL | SKIP
+            "reason": str,  # one sentence for a person, in the box's language
+            "message": str,  # the reason by message id (JSON), for other languages
+            "checks": str,  # JSON list of {"name", "result", "why"}
+            "recording": str,  # what the calling side heard (WAV), while kept
+            "answered_s": float,
+            "in_call_id": int,  # the answering side's call (calls.id)
+        },
+        pk="id",
+        not_null={"started_at", "trigger", "target", "result"},
+    )
+    db["selftest_calls"].create_index(["started_at"])
+
+
 # Migrations renamed after boxes had applied them under the old name (sqlite-utils records a
 # migration by its name). Two were once both numbered m008; the later is m009 now.
 RENAMED = {"m008_notify": "m009_notify"}

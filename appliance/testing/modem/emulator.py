@@ -134,6 +134,11 @@ class ModemEmulator:
         self._answer_due: Call | None = None
         self.send_delay = send_delay
         self.caller_tone_hz = caller_tone_hz
+        # The network beyond the radio (appliance.testing.carrier): told when the box dials,
+        # answers, hangs up or sends keys, and then decides what the far end does; None: the
+        # scripted callee above. Its methods are called with the emulator's lock held: they
+        # may only hand the news on (e.g. loop.call_soon_threadsafe), never wait.
+        self.network = None
 
         self.log: collections.deque = collections.deque(maxlen=50000)
         self.sent_sms: list[dict] = []
@@ -1029,6 +1034,8 @@ class ModemEmulator:
         call.state, call.answered_at = 0, time.monotonic()
         self._record("event", f"call {call.id} answered")
         self._after_reply += self.profile.connected_urcs(call)
+        if self.network is not None:
+            self.network.answered(call.id)
 
     def _end_call(self, call: Call, *, remote: bool) -> list[str]:
         self._calls.pop(call.id, None)
@@ -1036,6 +1043,8 @@ class ModemEmulator:
             self._voice_on = False
         self._record("event", f"call {call.id} ended ({'remote' if remote else 'local'})")
         duration = int(time.monotonic() - call.answered_at) if call.answered_at else 0
+        if self.network is not None and not remote:
+            self.network.ended(call.id)
         return self.profile.ended_urcs(call, duration=duration, remote=remote)
 
     def _local_hangup(self) -> None:
@@ -1052,6 +1061,8 @@ class ModemEmulator:
         self.dialled.append(number)
         self._record("event", f"dialling {number} as call {call.id}")
         self._after_reply += self.profile.dialling_urcs(call)
+        if self.network is not None and self.network.dialled(call.id, number):
+            return  # the network rings the far end and reports back (remote_alerting, ...)
         delay = self.callee_answer_delay
         self._later(0.3 if delay is None else min(0.3, delay), self._callee_alerting, call)
 
@@ -1086,8 +1097,14 @@ class ModemEmulator:
             return ["+VTS: (0-9,*,#,A,B,C,D)"]
         if not self.in_call():
             raise AtError("CME", 3)
-        self.dtmf_sent.extend(self._unq(args[0]) if args else "")
+        self.keys_sent(self._unq(args[0]) if args else "")
         return []
+
+    def keys_sent(self, digits: str) -> None:
+        """The box sent keys into the call (+VTS, or the model's own command): the far end hears them."""
+        self.dtmf_sent.extend(digits)
+        if self.network is not None and digits:
+            self.network.keys(digits)
 
     # ---------------------------------------------------------------- for the profiles' own commands
 
@@ -1107,12 +1124,12 @@ class ModemEmulator:
 
     # ---------------------------------------------------------------- the radio side (tests)
 
-    def ring(self, caller: str, *, ton: int | None = None, clip_in_separate_write: bool = False) -> None:
+    def ring(self, caller: str, *, ton: int | None = None, clip_in_separate_write: bool = False) -> int:
         """An incoming call rings once (call again for the next ring, as the network repeats it).
 
         ``caller`` "" means a withheld number. ``ton`` 145 international, 129 unknown/national
         (the default follows the leading "+"). Normally RING and +CLIP leave in one write, as a
-        modem sends them; ``clip_in_separate_write`` sends +CLIP 100 ms later.
+        modem sends them; ``clip_in_separate_write`` sends +CLIP 100 ms later. Returns the call's id.
         """
         with self._lock:
             if ton is None:
@@ -1139,15 +1156,43 @@ class ModemEmulator:
         if clip is not None and clip_in_separate_write:
             time.sleep(0.1)
             self._urc(clip)
+        return call.id
 
-    def hangup_remote(self) -> None:
-        """The other party hangs up (a ringing caller gives up, or an answered call ends)."""
+    def hangup_remote(self, call_id: int | None = None) -> None:
+        """The other party hangs up (a ringing caller gives up, or an answered call ends);
+        ``call_id``: only that call (a stale hang-up of an older call ends nothing)."""
         with self._lock:
             lines = []
             for call in list(self._calls.values()):
-                lines += self._end_call(call, remote=True)
+                if call_id is None or call.id == call_id:
+                    lines += self._end_call(call, remote=True)
             if lines:
                 self._urc(*lines)
+
+    def remote_alerting(self, call_id: int) -> None:
+        """The far end of a call the box dialled rings (for ``network``)."""
+        call = self._calls.get(call_id)
+        if call is not None and call.state == 2:
+            with self._lock:
+                call.state = 3
+                urcs = self.profile.alerting_urcs(call)
+                if urcs:
+                    self._urc(*urcs)
+
+    def remote_answers(self, call_id: int) -> None:
+        """The far end of a call the box dialled picks up (for ``network``)."""
+        call = self._calls.get(call_id)
+        if call is not None and call.state in (2, 3):
+            saved, self.callee_presses = self.callee_presses, None
+            try:
+                self._callee_answers(call)
+            finally:
+                self.callee_presses = saved
+
+    def take_voice(self, start: int) -> tuple[bytes, int]:
+        """What the box wrote to the voice port from offset ``start`` on, and the new offset."""
+        with self._lock:
+            return bytes(self._voice_received[start:]), len(self._voice_received)
 
     @property
     def calls(self) -> list[dict]:
@@ -1287,6 +1332,11 @@ class ModemEmulator:
         """Queue 8 kHz 16-bit LE mono audio as the far end's voice."""
         with self._lock:
             self._caller_audio += pcm
+
+    def caller_backlog(self) -> int:
+        """Bytes of far-end audio queued and not yet sent to the box."""
+        with self._lock:
+            return len(self._caller_audio)
 
     def caller_still_speaking(self) -> bool:
         """Audio queued by :meth:`caller_says` has not all gone to the box yet."""

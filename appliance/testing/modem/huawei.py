@@ -43,7 +43,7 @@ class Huawei(Profile):
             return []
         if not modem.in_call():
             raise AtError("CME", 3)
-        modem.dtmf_sent.append(unquote(args[1]))
+        modem.keys_sent(unquote(args[1]))
         return []
 
 
