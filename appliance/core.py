@@ -89,6 +89,7 @@ class Core:
         self.test_calls = TestCalls(self.services)
         self.services.selftest = self.selftest = SelfTestCalls(self.services)
         self.kamailio: Kamailio | None = None
+        self.panel = None  # appliance.panel.Panel: the status LED and the button
         self.notifier: NotifyWorker | None = None
         self.rtp_port = rtp_port
         self.started_at = None
@@ -208,6 +209,7 @@ class Core:
         self.started_at = svc.clock.time()
         self._lines_task = asyncio.get_running_loop().create_task(self._poll_lines(), name="lines-poll")
         self.selftest.start_schedule()
+        self._start_panel()
         interval = systemd.watchdog_interval()
         if interval:
             # Pinged from the event loop itself: a loop stuck in a callback stops the pings and
@@ -259,6 +261,18 @@ class Core:
                     gate.trust(host)
         return gate
 
+    def _start_panel(self):
+        from .panel import Panel
+
+        try:
+            self.panel = Panel(self.services)
+            self.panel.start()
+        except Exception:  # noqa: BLE001 — no LED or button is no reason to refuse calls
+            log.exception("the status LED and button could not start")
+            self.panel = None
+            return
+        self.services.lines.listeners.append(lambda *_: self.panel and self.panel.update())
+
     def _start_gsm(self):
         modem = self.settings.sections.get("modem") or {}
         if not modem.get("enabled", True):
@@ -302,6 +316,8 @@ class Core:
             await svc.stack.hangup_all()
         # Sessions end once their calls are gone; none may outlive the SIP library.
         await self.selftest.stop()
+        if self.panel is not None:
+            await self.panel.stop()
         await self.desk.stop()
         await self.test_calls.stop()
         if self._watchdog_task is not None:
@@ -359,6 +375,7 @@ class Core:
             ),
             "queues": svc.queues.status() if svc.queues else None,
             "selftest": self.selftest.status(),
+            "panel": self.panel.status() if self.panel else None,
             "uptime_s": round(svc.clock.time() - (self.started_at or svc.clock.time()), 1),
             "pid": os.getpid(),
         }
@@ -404,6 +421,10 @@ class Core:
             if not req.get("wait", True):
                 return {"ok": True, "started": True}
             return {"ok": True, **await asyncio.shield(task)}
+        if cmd == "panel-test":
+            if self.panel is None:
+                return {"ok": False, "error": "the status LED and button are not running"}
+            return {"ok": True, **self.panel.self_check()}
         if cmd == "modem-probe":
             sup = getattr(svc.gsm, "supervisor", None) if svc.gsm else None
             if sup is None:

@@ -116,6 +116,14 @@ def test_the_box_calls_itself_both_ways_hears_its_greeting_and_rings_nobody(clin
             for s in box.journey(answering["id"])
         )
         assert "PASS" in out and "heard:" in out
+    # The technician's hw-test checks the voice path with the same call.
+    assert cli_main(["--config", str(box.config), "hw-test", "--json"]) == 0
+    voice = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}["voice_path"]
+    assert voice["result"] == "PASS" and voice["why"].startswith("self-test call: ")
+    assert box.db().execute("SELECT trigger, result FROM selftest_calls ORDER BY id DESC").fetchone() == (
+        "hw-test",
+        "PASS",
+    )
     assert not staff.has("incoming")  # nobody's phone rang
     assert list(box.db()["missed_calls"].rows) == []  # and no missed call for the staff
     assert list(box.db()["alarms"].rows_where("source = 'selftest'")) == []

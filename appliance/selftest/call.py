@@ -319,7 +319,7 @@ class SelfTestCalls:
         svc = self.services
         db = svc.db
         last = store_alarms.latest_of(db, "selftest", ("selftest_failed", "selftest_ok"))
-        open_alarm = last is not None and last["kind"] == "selftest_failed"
+        open_alarm = self.failing()
         if verdict.result == "FAIL":
             count = store_selftest.failures_in_a_row(db)
             if count >= int(self.cfg.alarm_after) and not open_alarm:
@@ -414,8 +414,14 @@ class SelfTestCalls:
         stack = self.services.stack
         return bool(stack is not None and (stack.legs or stack.media_legs))
 
+    def failing(self) -> bool:
+        """The self-test alarm is raised and not yet cleared by a pass."""
+        last = store_alarms.latest_of(self.services.db, "selftest", ("selftest_failed", "selftest_ok"))
+        return last is not None and last["kind"] == "selftest_failed"
+
     def status(self) -> dict:
         return {
+            "failing": self.failing(),
             "running": self.running is not None and not self.running.done(),
             "next_at": _when(self.next_at, self) if self.next_at else None,
             "targets": self.targets(),

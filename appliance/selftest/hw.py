@@ -36,14 +36,48 @@ def run(settings, db, ask, *, sms_to: str | None = None, gpio_factory=None) -> l
         checks.append(Check("core", "PASS", f"running (pid {status['pid']}, up {status['uptime_s']:.0f} s)"))
     checks += modem_checks(settings, status, ask)
     checks.append(sms_check(settings, db, ask, status, sms_to))
-    checks.append(Check("voice_path", "SKIP", "checked by the self-test call over the other line (a later part)"))
+    checks.append(voice_path_check(status, ask))
     checks.append(trunk_check(settings, status))
     checks.append(desk_phone_check(settings, db, status))
-    checks += gpio_checks(settings, gpio_factory)
+    if status is not None and (status.get("panel") or {}).get("led") is not None and gpio_factory is None:
+        checks += panel_checks(settings, ask)  # the core holds the pins: it switches and reads them
+    else:
+        checks += gpio_checks(settings, gpio_factory)
     checks += storage_checks(settings, db)
     checks.append(clock_check())
     checks.append(call_limit_check(status))
     return checks
+
+
+def voice_path_check(status, ask) -> Check:
+    """The self-test call (appliance/selftest/call.py): the box calls its own number over the
+    other line, hears its greeting and presses a menu key — the voice path both ways."""
+    if status is None:
+        return Check("voice_path", "FAIL", "the core is not running: it places the test call", "start the core first")
+    targets = (status.get("selftest") or {}).get("targets") or []
+    if not targets:
+        return Check(
+            "voice_path",
+            "SKIP",
+            "needs both lines and the public number of one ([trunk] number, [modem] number)",
+            "set the numbers to have the box call itself",
+        )
+    try:
+        reply = ask("selftest-call", trigger="hw-test", timeout=180)
+    except CoreNotRunning as exc:
+        return Check("voice_path", "FAIL", str(exc), "start the core first")
+    if not reply.get("ok"):
+        return Check("voice_path", "FAIL", f"the self-test call did not run: {reply.get('error')}", "try again")
+    if reply["result"] == "PASS":
+        return Check("voice_path", "PASS", f"self-test call: {reply['reason']}")
+    if reply["result"] == "SKIP":
+        return Check("voice_path", "SKIP", f"self-test call: {reply['reason']}")
+    return Check(
+        "voice_path",
+        "FAIL",
+        f"self-test call: {reply['reason']}",
+        f"listen to {reply.get('recording') or 'the recording'}; `centralka selftest list`",
+    )
 
 
 # --- the modem ----------------------------------------------------------------------------------
@@ -200,6 +234,38 @@ def gpio_checks(settings, factory=None) -> list[Check]:
                     "on the Pi: check the wiring and the pin number; elsewhere set [gpio] mock = true",
                 )
             )
+    return out
+
+
+def panel_checks(settings, ask) -> list[Check]:
+    """The LED and button through the running core (a pin belongs to one process at a time)."""
+    try:
+        reply = ask("panel-test")
+    except CoreNotRunning as exc:
+        reply = {"ok": False, "error": str(exc)}
+    if not reply.get("ok"):
+        return [
+            Check(n, "FAIL", f"the core could not test it: {reply.get('error')}", "see the core's log")
+            for n in ("led", "button")
+        ]
+    out = []
+    led, button = reply.get("led"), reply.get("button")
+    if led is None:
+        out.append(Check("led", "SKIP", "no LED pin configured ([gpio] led_pin), or the core could not claim it"))
+    elif led["followed"]:
+        out.append(Check("led", "PASS", f"{led['pin']} switched on and off (by the core)"))
+    else:
+        out.append(Check("led", "FAIL", f"{led['pin']} did not follow on/off", "check the LED's wiring"))
+    if button is None:
+        out.append(
+            Check("button", "SKIP", "no button pin configured ([gpio] button_pin), or the core could not claim it")
+        )
+    elif button["pressed"]:
+        out.append(
+            Check("button", "WARN", f"{button['pin']} reads pressed", "release the button, or check for a short")
+        )
+    else:
+        out.append(Check("button", "PASS", f"{button['pin']} readable (released, read by the core)"))
     return out
 
 
