@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -67,9 +68,21 @@ DEMO_TEMPLATES = (
 )
 
 
-def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem: str = "", smtp: str = "") -> Path:
+# The demo clinic's public numbers: the trunk's (a Warsaw landline) and the SIM's.
+DEMO_TRUNK_NUMBER, DEMO_GSM_NUMBER = "+48221234567", "+48600100200"
+
+
+def write_demo_config(
+    directory: Path,
+    sip_port: int,
+    kamailio_port: int,
+    modem: str = "",
+    smtp: str = "",
+    carrier: dict | None = None,
+) -> Path:
     """The demo box's settings; ``smtp`` ("host:port", $CENTRALKA_SMTP) turns e-mail on: plain
-    SMTP, no login, alarms to the admin and callback requests to the registration's mailbox."""
+    SMTP, no login, alarms to the admin and callback requests to the registration's mailbox.
+    ``carrier`` (the simulated network's ports) gives the box a SIP trunk and public numbers."""
     directory.mkdir(parents=True, exist_ok=True)
     data = directory.resolve()
     path = directory / "centralka.toml"
@@ -90,6 +103,14 @@ def write_demo_config(directory: Path, sip_port: int, kamailio_port: int, modem:
         f'[kamailio]\nenabled = true\naddress = "127.0.0.1"\nport = {kamailio_port}\n\n'
         f'[control]\nsocket = "{data / "core.sock"}"\n'
         + (f'\n[modem]\ndevice = "{modem}"\n' if modem else "")
+        + (f'number = "{DEMO_GSM_NUMBER}"\n' if modem and carrier else "")
+        + (
+            f'\n[trunk]\nenabled = true\nregistrar = "sip:127.0.0.1:{carrier["registrar_port"]}"\n'
+            f'domain = "127.0.0.1:{carrier["sip_port"]}"\nusername = "przychodnia"\n'
+            f'password = "{secrets.token_urlsafe(15)}"\nnumber = "{DEMO_TRUNK_NUMBER}"\n'
+            if carrier
+            else ""
+        )
         + mail
         + DEMO_TEMPLATES
         + "\n[gpio]\nmock = true\n",
@@ -179,6 +200,39 @@ def answer_delay() -> float:
     return -1.0 if delay == 0 else delay
 
 
+async def start_carrier():
+    """The simulated network (appliance/testing/carrier.py) as a process of its own (it has its
+    own pjsua2 endpoint); returns the process and its ``ready`` event (ports, modem devices)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.testing.carrier",
+        f"--sip-port={free_udp_port()}",
+        f"--registrar-port={free_udp_port()}",
+        f"--trunk-number={DEMO_TRUNK_NUMBER}",
+        f"--gsm-number={DEMO_GSM_NUMBER}",
+        f"--profile={os.environ.get('CENTRALKA_DEMO_MODEM', 'huawei')}",
+        "--callee-answer-delay=4",
+        "--callee-presses=1@4",  # the patient called back takes the call with 1
+        f"--radio-socket={(DEMO_DIR / 'radio.sock').resolve()}",
+    ]
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent()
+    )
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if not line:
+            raise CentralkaError("the simulated telephone network did not start")
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "ready":
+            asyncio.get_running_loop().create_task(_log_phone_events(proc))
+            return proc, ev
+
+
 async def _log_phone_events(proc):
     while True:
         line = await proc.stdout.readline()
@@ -204,21 +258,17 @@ async def _demo():
         raise CentralkaError(f"port {sip_port} on 127.0.0.1 is in use; set CENTRALKA_SIP_PORT to a free port")
     delay = answer_delay()
     kamailio_port = free_udp_port()
-    emulator = radio = None
+    carrier = network = None
     modem = os.environ.get("CENTRALKA_MODEM", "")
     if not modem:
-        # No real modem named: the demo plugs in an emulated one (a Huawei E173 on ptys) and
-        # plays the mobile network itself (`centralka demo-gsm`).
-        from .mobile_network import RadioServer
-        from .modem import ModemEmulator
-
-        emulator = ModemEmulator(
-            os.environ.get("CENTRALKA_DEMO_MODEM", "huawei"), callee_answer_delay=4.0, callee_presses=("1", 4.0)
-        )
-        modem = f"{emulator.device},{emulator.voice_device}"
-        radio = RadioServer(emulator, DEMO_DIR / "radio.sock")
-        await radio.start()
-    cfg = write_demo_config(DEMO_DIR, sip_port, kamailio_port, modem, os.environ.get("CENTRALKA_SMTP", "").strip())
+        # No real modem named: the demo plugs in an emulated one (a Huawei E173 on ptys), and
+        # the simulated telephone network (appliance/testing/carrier.py) plays the SIP provider
+        # of the box's trunk and the mobile network behind the modem (`centralka demo-gsm`).
+        carrier, network = await start_carrier()
+        modem = f"{network['device']},{network['voice_device']}"
+    cfg = write_demo_config(
+        DEMO_DIR, sip_port, kamailio_port, modem, os.environ.get("CENTRALKA_SMTP", "").strip(), network
+    )
     settings = load_settings(cfg, env={})
     phones_port = free_udp_port()
     phones = await start_phones(phones_port)
@@ -274,7 +324,10 @@ async def _demo():
                     f"    .venv/bin/centralka demo-gsm call 600123456 --press 1 --wav heard.wav\n"
                     f"  SMS: .venv/bin/centralka sms send 600123456 'Zażółć gęślą jaźń', then\n"
                     f"    .venv/bin/centralka demo-gsm sent   (the PDUs that left the modem)\n"
-                    if radio
+                    f"  SIP trunk: a simulated provider; the clinic's numbers are {DEMO_TRUNK_NUMBER} (trunk) and\n"
+                    f"  {DEMO_GSM_NUMBER} (SIM). The box calls itself over the other line and listens:\n"
+                    f"    .venv/bin/centralka selftest call   (then: selftest list, hw-test)\n"
+                    if carrier
                     else f"  GSM: the modem at {modem} ($CENTRALKA_MODEM).\n"
                 )
                 + "  Calls so far: .venv/bin/centralka calls --steps   Live state: .venv/bin/centralka status\n"
@@ -288,10 +341,8 @@ async def _demo():
             w.cancel()
         for proc in procs:
             await _stop_phone(proc)
-        if radio is not None:
-            radio.close()
-        if emulator is not None:
-            emulator.close()
+        if carrier is not None:
+            await _stop_phone(carrier)
     print("Centralka demo stopped.", flush=True)
     return 0
 
