@@ -13,7 +13,8 @@ Threads of the process, what each owns and how work crosses between them:
   event pump (``SipStack._poll``; pjsua2 with no worker threads, ``mainThreadOnly``) blocks in
   pjsip's poll for up to 10 ms at a time and then yields, so pjsua2 callbacks, flow sessions,
   queue dispatchers, timers, the GSM line's glue and the control socket all run here, without
-  locks. The systemd watchdog is pinged from this loop.
+  locks. The self-test call's schedule and runs (``selftest.call``) and the status LED and
+  button (``panel``) live here too. The systemd watchdog is pinged from this loop.
 - **pjmedia clock** (pjsua2's media clock thread, driven by the null sound device): runs the
   conference bridge 50 times a second; calls frame callbacks (``sip.gsmleg._VoicePort``), which
   only move bytes in and out of a voice channel's buffers — never block, log or raise there.
@@ -30,6 +31,8 @@ Threads of the process, what each owns and how work crosses between them:
 - **executors**: ``asyncio.to_thread`` / the default executor for prompt synthesis (espeak-ng,
   sox), building the hold music at start and stopping the modem; results come back as awaitables.
 - **resolver** ("resolve-trunk", daemon, short-lived): looks up the trunk's host names for the flood gate.
+- **gpiozero** (its own threads): blinks the LED; a button edge is handed to the loop with the
+  time it happened (``call_soon_threadsafe``).
 - **Kamailio** is a child process (the desk phones' registrar), not a thread; it dies with us
   (PR_SET_PDEATHSIG).
 

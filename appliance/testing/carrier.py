@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import json
 import logging
 import signal
 import sys
@@ -39,6 +38,7 @@ from ..sip.gsmleg import FRAME_BYTES, SILENCE, GsmLeg
 from ..sip.screen import FloodGate
 from ..sip.stack import SipStack
 from .modem import ModemEmulator
+from .stdio import commands, emit
 
 log = logging.getLogger("centralka.carrier")
 
@@ -374,11 +374,7 @@ class Carrier:
         await asyncio.sleep(1.0)
         if not leg.alive:
             return
-        leg.answer(200)
-        try:
-            await asyncio.wait_for(leg.media_active.wait(), 5)
-        except asyncio.TimeoutError:
-            leg.hangup()
+        if not await _answered(leg):
             return
         leg.play(self.prompts.synthesise(PATIENT, "patient"))
         digits, _, after = (self.args.callee_presses or "").partition("@")
@@ -389,11 +385,7 @@ class Carrier:
         await asyncio.shield(leg.disconnected)
 
     async def _announce_sip(self, leg):
-        leg.answer(200)
-        try:
-            await asyncio.wait_for(leg.media_active.wait(), 5)
-        except asyncio.TimeoutError:
-            leg.hangup()
+        if not await _answered(leg):
             return
         path = self.prompts.synthesise(ANNOUNCEMENT, "announcement")
         leg.play(path)
@@ -404,11 +396,18 @@ class Carrier:
         self.emit({"event": "ended", "by": "network"})
 
 
-async def _run(args) -> int:
-    def emit(obj):
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+async def _answered(leg) -> bool:
+    """Answer a call; False (and hung up) when no audio comes within 5 s."""
+    leg.answer(200)
+    try:
+        await asyncio.wait_for(leg.media_active.wait(), 5)
+    except asyncio.TimeoutError:
+        leg.hangup()
+        return False
+    return True
 
+
+async def _run(args) -> int:
     presses = None
     if args.callee_presses:
         digits, _, after = args.callee_presses.partition("@")
@@ -432,18 +431,7 @@ async def _run(args) -> int:
                 "registrar_port": args.registrar_port,
             }
         )
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            try:
-                cmd = json.loads(line)
-            except ValueError:
-                emit({"event": "error", "error": f"bad command: {line!r}"})
-                continue
+        async for cmd in commands():
             if cmd.get("cmd") == "divert":
                 carrier.divert = bool(cmd.get("on"))
                 emit({"event": "divert", "on": carrier.divert})

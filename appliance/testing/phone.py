@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -32,6 +31,7 @@ import pjsua2 as pj
 from ..media.prompts import PromptLibrary, wav_duration
 from ..sip.screen import FloodGate
 from ..sip.stack import PARK_S, SipStack
+from .stdio import commands, emit
 
 log = logging.getLogger("centralka.phone")
 
@@ -233,25 +233,10 @@ class Phone:
 
 
 async def _json_mode(args):
-    def emit(obj):
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
     phone = Phone(args, emit)
     await phone.start()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            try:
-                cmd = json.loads(line)
-            except ValueError:
-                emit({"event": "error", "error": f"bad command: {line!r}"})
-                continue
+        async for cmd in commands():
             c = cmd.get("cmd")
             if c == "call":
                 phone._spawn(phone.call(cmd["uri"]))
