@@ -392,6 +392,34 @@ def cmd_call(args) -> int:
     return EXIT_OK
 
 
+def cmd_kamailio(args) -> int:
+    """The desk phones' registrar in the foreground, for its own systemd unit
+    (``[kamailio] run_by = "systemd"``): the configuration written from the database, checked,
+    then Kamailio in this process's place (its log on stderr, in the journal)."""
+    from .sip.kamailio import from_settings
+    from .store.phones import list_phones
+
+    settings, db = _box(args)
+    if not settings.kamailio.enabled:
+        raise CentralkaError("the desk phones' registrar is off ([kamailio] enabled = false)")
+    argv = from_settings(settings).prepare(list_phones(db))
+    db.close()
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return EXIT_ERROR  # (not reached)
+
+
+def cmd_web(args) -> int:
+    """The web UI served by waitress (systemd/centralka-web.service)."""
+    import waitress
+
+    from webui import create_app
+
+    settings = _settings(args)
+    waitress.serve(create_app(settings), host=settings.web.address, port=settings.web.port, ident="centralka")
+    return EXIT_OK
+
+
 def cmd_selftest(args) -> int:
     """R21: the box calls its own public number over the other line and listens."""
     from .store import selftest as store_selftest
@@ -721,6 +749,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("call", help="a test call to a number over the best line (SIP trunk or GSM)")
     s.add_argument("number")
     s.set_defaults(func=cmd_call)
+
+    s = sub.add_parser("kamailio", help="the desk phones' registrar in the foreground (its own systemd unit)")
+    s.set_defaults(func=cmd_kamailio)
+    s = sub.add_parser("web", help="the web UI, served by waitress ([web] address and port)")
+    s.set_defaults(func=cmd_web)
 
     st = sub.add_parser("selftest", help="the self-test call: the box calls its own number over the other line")
     st.set_defaults(func=cmd_selftest, selftest_cmd="list", limit=20, json=False)

@@ -60,6 +60,7 @@ from .media.prompts import PromptLibrary
 from .notify.worker import NotifyWorker
 from .services import Prompts, Services
 from .sip.kamailio import Kamailio
+from .sip.kamailio import from_settings as kamailio_from_settings
 from .flow.callbacks import CallbackBook
 from .sip.screen import FloodGate, sip_hosts
 from .selftest.call import SelfTestCalls
@@ -221,19 +222,15 @@ class Core:
 
     def _start_kamailio(self):
         s = self.settings
-        self.kamailio = Kamailio(
-            s.data_dir / "kamailio",
-            address=s.kamailio.address,
-            port=s.kamailio.port,
-            core_address=s.sip.address,
-            core_port=s.sip.port,
-            ban_seconds=s.kamailio.ban_seconds,
-            pike_window_s=s.kamailio.pike_window_s,
-            pike_max_requests=s.kamailio.pike_max_requests,
-            guess_max=s.kamailio.guess_max,
-            guess_window_s=s.kamailio.guess_window_s,
-            guess_ban_s=s.kamailio.guess_ban_s,
-        )
+        if s.kamailio.run_by not in ("core", "systemd"):
+            raise ConfigError(f"kamailio.run_by: {s.kamailio.run_by!r}: write core or systemd")
+        self.kamailio = kamailio_from_settings(s)
+        if s.kamailio.run_by == "systemd":
+            # Its own unit runs it (`centralka kamailio`): the credentials are kept current here.
+            self.kamailio.update_phones(list_phones(self.services.db))
+            self.services.registrar_host = self.kamailio.uri_host
+            log.info("desk phones: Kamailio at %s is run by systemd", self.kamailio.uri_host)
+            return
         try:
             self.kamailio.start(list_phones(self.services.db))
         except SipError as exc:
@@ -372,9 +369,7 @@ class Core:
             },
             "flow": svc.flow_name,
             "desk_phones": (
-                {"registrar": self.kamailio.uri_host, "running": self.kamailio.proc.poll() is None}
-                if self.kamailio
-                else None
+                {"registrar": self.kamailio.uri_host, "running": self.kamailio.running} if self.kamailio else None
             ),
             "queues": svc.queues.status() if svc.queues else None,
             "selftest": self.selftest.status(),

@@ -323,3 +323,59 @@ def test_password_guessing_is_stopped_and_a_valid_phone_elsewhere_keeps_working(
         )
         assert re.search(r"Failregex: 10 total", done.stdout), done.stdout
         assert guesser in done.stdout or "10 matched" in done.stdout
+
+
+def test_kamailio_as_its_own_unit_keeps_phones_ringing_across_both_restarts(make_box, staff, caller, workdir):
+    """``[kamailio] run_by = "systemd"``: `centralka kamailio` runs as its unit would; a core
+    restart does not touch it, and its own restart keeps the registrations."""
+    kport = free_port()
+    flow = demo_flow_text(f"127.0.0.1:{staff.port}").replace(
+        f'target = "sip:poradnia@127.0.0.1:{staff.port}"', 'target = "ext:201"'
+    )
+    box = make_box(flow, settings=f'\n[kamailio]\nenabled = true\nport = {kport}\nrun_by = "systemd"\n')
+    box.kport = kport
+    password = add_phone(box, "201")
+    unit_cmd = [sys.executable, "-m", "appliance.cli", "--config", str(box.config), "kamailio"]
+
+    def start_unit():
+        proc = subprocess.Popen(unit_cmd, stdout=subprocess.DEVNULL, stderr=open(workdir / "kamailio.stderr", "ab"))
+        wait_for(lambda: box.status()["desk_phones"]["running"], 20, "Kamailio listening")
+        return proc
+
+    unit = start_unit()
+    phone = Phone(
+        workdir,
+        "desk201",
+        answer_after=0.5,
+        user="201",
+        extra=["--register", f"127.0.0.1:{kport}", f"--password={password}", "--expires", "600"],
+    )
+
+    def rings():
+        caller.forget_past()
+        phone.forget_past()
+        caller.call(box.uri())
+        caller.wait("confirmed")
+        box.wait_step("play", prompt="menu")
+        caller.press("2")
+        assert phone.wait("incoming", timeout=20)["user"] == "201"
+        caller.hangup()
+        box.wait_call_ended()
+
+    try:
+        phone.wait("registration", state="registered", timeout=20)
+        box.stop()  # systemctl restart centralka-core: the registrar stays up
+        box.restart()
+        assert unit.poll() is None
+        rings()
+        unit.terminate()  # systemctl restart centralka-kamailio
+        assert unit.wait(10) == 0
+        wait_for(lambda: not box.status()["desk_phones"]["running"], 10, "Kamailio gone")
+        unit = start_unit()
+        rings()
+        assert len([e for e in phone.events if e["event"] == "registration" and e["state"] == "registered"]) == 1
+    finally:
+        phone.stop()
+        if unit.poll() is None:
+            unit.terminate()
+            unit.wait(10)

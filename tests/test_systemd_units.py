@@ -18,7 +18,13 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 
 
 def test_there_are_units_to_check():
-    assert {p.name for p in UNITS} >= {"centralka-core.service", "centralka-backup.service", "centralka-backup.timer"}
+    assert {p.name for p in UNITS} >= {
+        "centralka-core.service",
+        "centralka-web.service",
+        "centralka-kamailio.service",
+        "centralka-backup.service",
+        "centralka-backup.timer",
+    }
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)

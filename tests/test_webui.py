@@ -23,3 +23,37 @@ def test_health_says_the_core_is_down(tmp_path):
     assert reply.status_code == 503
     body = reply.get_json()
     assert body["core"] == "down" and "the core is not running" in body["error"]
+
+
+def test_centralka_web_serves_the_app_with_waitress(box, workdir):
+    """What centralka-web.service runs: `centralka web` on [web] address and port."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .sipkit import ROOT, free_port, wait_for
+
+    port = free_port()
+    config = workdir / "web.toml"
+    config.write_text(box.config.read_text() + f'\n[web]\naddress = "127.0.0.1"\nport = {port}\n')
+    web = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "--config", str(config), "web"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def health():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    return reply.status, json.loads(reply.read()), reply.headers.get("Server")
+            except OSError:
+                return None
+
+        status, body, server = wait_for(health, 20, "the web UI answering")
+        assert (status, body["core"], server) == (200, "up", "centralka")
+    finally:
+        web.terminate()
+        web.wait(10)

@@ -275,6 +275,24 @@ route[FROM_CORE] {{
 """
 
 
+def from_settings(settings) -> "Kamailio":
+    """The desk phones' registrar as ``[kamailio]`` describes it (the core and `centralka kamailio`)."""
+    k = settings.kamailio
+    return Kamailio(
+        settings.data_dir / "kamailio",
+        address=k.address,
+        port=k.port,
+        core_address=settings.sip.address,
+        core_port=settings.sip.port,
+        ban_seconds=k.ban_seconds,
+        pike_window_s=k.pike_window_s,
+        pike_max_requests=k.pike_max_requests,
+        guess_max=k.guess_max,
+        guess_window_s=k.guess_window_s,
+        guess_ban_s=k.guess_ban_s,
+    )
+
+
 class Kamailio:
     """Runs Kamailio with a configuration generated into ``workdir``."""
 
@@ -347,35 +365,41 @@ class Kamailio:
                 f"Kamailio refused its generated configuration: {lines[-1] if lines else proc.stderr[-300:]}"
             )
 
-    def start(self, phones: list[dict]) -> None:
+    def prepare(self, phones: list[dict]) -> list[str]:
+        """Write and check the configuration; the command line that runs Kamailio with it in
+        the foreground (logging to stderr), for the core's child or for systemd."""
         if shutil.which(self.binary) is None:
             raise SipError("kamailio is not installed (Debian package kamailio)")
         cfg = self.write(phones)
         self.check(cfg)
         run_dir = self.dir / "run"
         run_dir.mkdir(exist_ok=True)
-        self._reap_orphan(run_dir / "kamailio.pid", cfg)
+        return [
+            self.binary,
+            "-f",
+            str(cfg),
+            "-DD",
+            "-E",
+            "-m",
+            "32",
+            "-M",
+            "4",
+            "-Y",
+            str(run_dir),
+            "-P",
+            str(run_dir / "kamailio.pid"),
+            "-w",
+            str(self.dir),
+        ]
+
+    def start(self, phones: list[dict]) -> None:
+        argv = self.prepare(phones)
+        self._reap_orphan(self.dir / "run" / "kamailio.pid", self.dir / "kamailio.cfg")
         logf = open(self.log_path, "ab")
         # Its own process group (stop() ends all its children at once), and it dies with the
         # core even when the core is killed or aborts (nothing left holding the port).
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "-f",
-                str(cfg),
-                "-DD",
-                "-E",
-                "-m",
-                "32",
-                "-M",
-                "4",
-                "-Y",
-                str(run_dir),
-                "-P",
-                str(run_dir / "kamailio.pid"),
-                "-w",
-                str(self.dir),
-            ],
+            argv,
             stdout=logf,
             stderr=logf,
             start_new_session=True,
@@ -412,6 +436,11 @@ class Kamailio:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
             time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        """Ours and alive, or (run by systemd) someone listening on its port."""
+        return self.proc.poll() is None if self.proc is not None else self._listening()
 
     def _listening(self) -> bool:
         import socket
