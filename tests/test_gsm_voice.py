@@ -460,3 +460,60 @@ def test_a_missing_sound_card_tool_is_a_clear_error():
     voice = VoiceChannel("alsa:hw:9", commands=(["/nonexistent/arecord"], ["/nonexistent/aplay"]))
     with pytest.raises(OSError):
         voice.start()
+
+
+class HeldSupervisor:
+    """The modem supervisor as the GSM line's glue sees it (events come from the test), holding
+    each dial until the test lets it go."""
+
+    def __init__(self):
+        self.dials: list[concurrent.futures.Future] = []
+
+    @staticmethod
+    def _done():
+        f = concurrent.futures.Future()
+        f.set_result(None)
+        return f
+
+    def health(self):
+        return {"state": "up"}
+
+    def dial(self, number):
+        self.dials.append(concurrent.futures.Future())
+        return self.dials[-1]
+
+    answer = hangup = _done
+
+    def send_dtmf(self, digits):
+        return self._done()
+
+
+def test_modem_events_reach_only_the_call_they_are_about(sip):
+    """Issue 12 item 7: a RING while the box dials is a call of its own (not lost), and a late
+    "call ended" of an earlier call does not end the one on the line now."""
+    from appliance.config import load_settings
+    from appliance.gsm.line import GsmLine
+    from appliance.gsm.supervisor import ModemError
+    from appliance.lines import LineFailed
+    from appliance.services import Services
+
+    incoming = []
+    services = Services(settings=load_settings(None, env={}), stack=sip.stack)
+    services.incoming = lambda leg, line: incoming.append((leg, line))
+    line = GsmLine(services)
+    line.supervisor, line.loop = HeldSupervisor(), sip.loop
+    dialling = asyncio.run_coroutine_threadsafe(line.dial("+48600123456"), sip.loop)
+    wait_for(lambda: line.supervisor.dials, 5, "the dial handed to the modem")
+    sip.call(line._event, "ring", {"call": 5, "caller": "+48600999888", "ton": 145})
+    [(leg, on)] = incoming
+    assert (on, leg.direction, leg.remote_number) == ("gsm", "in", "+48600999888")
+    line.supervisor.dials[0].set_exception(ModemError("the modem is already on a call"))
+    with pytest.raises(LineFailed):
+        dialling.result(10)
+    assert leg.alive and line.busy
+    sip.call(line._event, "call_ended", {"call": 4, "reason": "remote hangup", "direction": "out"})
+    assert leg.alive  # an earlier call's end: not this call's
+    sip.call(line._event, "ring", {"call": 5, "caller": "+48600999888", "ton": 145})
+    assert len(incoming) == 1  # the network repeating RING for the same call
+    sip.call(line._event, "call_ended", {"call": 5, "reason": "caller hung up before answer", "direction": "in"})
+    assert not leg.alive and not line.busy

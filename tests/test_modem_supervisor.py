@@ -82,8 +82,13 @@ class Rig:
         assert wait_for(lambda: self.supervisor.health()["state"] == "up", timeout), self.supervisor.health()
         return self.supervisor.health()
 
-    def named(self, name):
-        return [data for n, data in list(self.events) if n == name]
+    def named(self, name, *, with_call=False):
+        """The events called ``name``; without the call's number unless ``with_call``."""
+        return [
+            data if with_call else {k: v for k, v in data.items() if k != "call"}
+            for n, data in list(self.events)
+            if n == name
+        ]
 
     def queue(self, number, text):
         return queue_sms(self.db, number, text, settings=self.settings)
@@ -478,6 +483,30 @@ def test_outgoing_call_connects_and_ends(rigs, profile):
     rig.supervisor.hangup().result(timeout=10)
     assert rig.named("call_ended") == [{"reason": "local hangup", "direction": "out"}]
     assert rig.emulator.calls == []
+
+
+def test_every_call_event_names_its_call(rigs):
+    """Issue 12 item 7: the glue matches events to legs by the call's number; one call's events
+    share it (the ATD's ``dialled`` before any other), the next call has another."""
+    rig = rigs("huawei", emulator_kw={"callee_answer_delay": 0.5})
+    rig.up()
+    placed = rig.supervisor.dial(PATIENT).result(timeout=10)
+    assert wait_for(lambda: rig.named("call_connected"))
+    rig.supervisor.hangup().result(timeout=10)
+    rig.emulator.ring(PATIENT)
+    assert wait_for(lambda: rig.named("ring"))
+    rig.emulator.hangup_remote()
+    assert wait_for(lambda: len(rig.named("call_ended")) == 2)
+    calls = [(n, d["call"]) for n, d in list(rig.events) if n in ("dialled", "ring", "call_connected", "call_ended")]
+    first, second = placed["call"], calls[-1][1]
+    assert calls == [
+        ("dialled", first),
+        ("call_connected", first),
+        ("call_ended", first),
+        ("ring", second),
+        ("call_ended", second),
+    ]
+    assert second != first
 
 
 # ------------------------------------------------------------------------------- SMS in

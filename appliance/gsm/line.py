@@ -44,7 +44,10 @@ class GsmLine:
         self.settings = services.settings
         self.supervisor = None
         self.voice: str | None = None  # the configured voice port (the supervisor may find another)
-        self.leg = None  # the modem carries one voice call at a time
+        # The legs by the supervisor's call number (its events say which call they are about):
+        # a late event of an ended call finds nothing, and a RING while we dial is its own call.
+        self.legs: dict[int, object] = {}
+        self.dialing = None  # an outbound leg whose ATD the modem has not taken yet
         self._last_health: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -87,9 +90,11 @@ class GsmLine:
 
     async def stop(self) -> None:
         self.loop = None  # a box shutting down is not a line going down: no more events, no alarms
-        leg, self.leg = self.leg, None  # (a leg keeps its session, and that its pj objects, alive)
-        if leg is not None and leg.alive:
-            leg.hangup()
+        # (a leg keeps its session, and that its pj objects, alive: let go of them all)
+        legs, self.legs, self.dialing = [*self.legs.values(), self.dialing], {}, None
+        for leg in legs:
+            if leg is not None and leg.alive:
+                leg.hangup()
         if self.supervisor is not None:
             await asyncio.to_thread(self.supervisor.stop)
 
@@ -112,13 +117,22 @@ class GsmLine:
                 self._health(data)
             elif name == "ring":
                 self._ring(data)
+            elif name == "dialled":
+                if self.dialing is not None:
+                    self.legs[data["call"]] = self.dialing
+                    self.dialing = None
             elif name == "call_connected":
-                if self.leg is not None and self.leg.alive:
-                    self.leg.modem_connected()
+                leg = self.legs.get(data.get("call"))
+                if leg is not None and leg.alive:
+                    leg.modem_connected()
+                elif leg is None:
+                    log.info("modem: call %s connected, but it is not ours any more: ignored", data.get("call"))
             elif name == "call_ended":
-                leg, self.leg = self.leg, None
+                leg = self.legs.pop(data.get("call"), None)
                 if leg is not None and leg.alive:
                     leg.modem_ended(str(data.get("reason") or "ended"))
+                elif leg is None:
+                    log.info("modem: the end of call %s, which no leg has (any more): ignored", data.get("call"))
             elif name == "sms_in":
                 log.info("SMS from %s stored (#%s)", data.get("number"), data.get("message_id"))
             elif name == "alarm":
@@ -136,7 +150,9 @@ class GsmLine:
     def _ring(self, data: dict) -> None:
         from ..sip.gsmleg import GsmLeg
 
-        if self.leg is not None and self.leg.alive:
+        call = data.get("call")
+        known = self.legs.get(call)
+        if known is not None and known.alive:
             return  # the network repeats RING for the call we already have
         caller = str(data.get("caller") or "")
         leg = GsmLeg(
@@ -147,7 +163,7 @@ class GsmLine:
             remote_number=caller,
             local_number=str((self.settings.sections.get("modem") or {}).get("number", "")),
         )
-        self.leg = leg
+        self.legs[call] = leg
         self.services.incoming(leg, "gsm")
 
     def _voice(self) -> VoiceOpener | None:
@@ -155,6 +171,11 @@ class GsmLine:
         h = self.health() or {}
         device = h.get("voice_device") or self.voice
         return VoiceOpener(device) if device else None
+
+    @property
+    def busy(self) -> bool:
+        """The modem has a call (or we are dialling one): it carries one voice call at a time."""
+        return self.dialing is not None or any(leg.alive for leg in self.legs.values())
 
     # --- outbound (a dialer of Lines) ------------------------------------------------------------
     async def dial(self, e164: str):
@@ -164,14 +185,18 @@ class GsmLine:
         if h.get("state") not in ("up", "degraded"):
             reason = Msg.from_json(h.get("message")) or h.get("reason") or msg("modem.not_found")
             raise LineFailed(msg("gsm.not_ready", reason=reason))
-        if self.leg is not None and self.leg.alive:
+        if self.busy:
             raise LineFailed(msg("gsm.busy"))
         leg = GsmLeg(self.services.stack, "out", self.supervisor, self._voice(), remote_number=e164)
-        self.leg = leg
+        self.dialing = leg
         try:
             await asyncio.wait_for(asyncio.wrap_future(self.supervisor.dial(e164)), DIAL_ACCEPT_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 — any refusal means: next line
-            self.leg = None
+            if self.dialing is leg:
+                self.dialing = None
+            for call, other in list(self.legs.items()):
+                if other is leg:
+                    del self.legs[call]
             leg.modem_ended("dial failed")
             # A dial that timed out here may still be placed by the modem: hang it up (the job
             # runs after the dial), or the patient would answer to silence.

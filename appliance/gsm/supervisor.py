@@ -7,13 +7,18 @@ library's blocking calls and its unsolicited lines never race each other. Other 
 ``on_event(name, data)``, called on the modem thread:
 
 ========================  =====================================================================
-``ring``                  ``{caller, ton}`` once per incoming call; caller "" when withheld
-``call_connected``        ``{direction}`` ("in" after answer(), "out" when the callee answers)
-``call_ended``            ``{reason, direction}`` caller hung up before answer, remote/local hangup…
+``ring``                  ``{call, caller, ton}`` once per incoming call; caller "" when withheld
+``dialled``               ``{call, number}`` the modem took our ATD (before dial()'s Future is done)
+``call_connected``        ``{call, direction}`` ("in" after answer(), "out" when the callee answers)
+``call_ended``            ``{call, reason, direction}`` caller hung up before answer, remote/local hangup…
 ``health``                the health dict, on every change (``last_ok`` alone is not a change)
 ``sms_in``                ``{message_id, number, text}`` a whole incoming SMS, stored and joined
 ``alarm``                 ``{kind, text}`` also stored with appliance.alarms.raise_alarm
 ========================  =====================================================================
+
+``call`` is the supervisor's own number for the call (1, 2, … for the life of the process): the
+glue matches every event to the leg it belongs to, so an event of an earlier call (a late
+``call_ended``) never ends a newer one, and a RING while we dial is a call of its own.
 
 Recovery ladder for a modem that stops answering or vanishes (each step only when the one
 before did not help): resync on the open port (drains late replies) → reopen the port →
@@ -29,6 +34,7 @@ remembers the refused PIN's hash): three wrong tries lock the SIM behind its PUK
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -36,7 +42,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -138,10 +144,14 @@ def _country(settings) -> str:
 class _Call:
     direction: str  # "in" | "out"
     state: str  # "ringing" | "dialing" | "active"
+    seq: int = field(default_factory=lambda: next(_CALL_SEQ))  # the events' ``call``
     caller: str | None = None
     ton: int | None = None
     announced: bool = False
     number: str = ""
+
+
+_CALL_SEQ = itertools.count(1)
 
 
 class ModemSupervisor:
@@ -587,7 +597,7 @@ class ModemSupervisor:
         if self._call is not None:
             call, self._call = self._call, None
             self._ring_deadline = None
-            self._emit("call_ended", {"reason": f"modem lost: {reason}", "direction": call.direction})
+            self._emit("call_ended", {"call": call.seq, "reason": f"modem lost: {reason}", "direction": call.direction})
 
     def _lost(self, reason: Msg, *, hung: bool) -> None:
         """The modem failed a command or its port died: first rung of the ladder."""
@@ -909,7 +919,7 @@ class ModemSupervisor:
                     call.caller, call.ton = parse_clip(f'+CLIP: "{entry["number"]}",{entry["ton"]}') or ("", None)
                     break
         call.announced = True
-        self._emit("ring", {"caller": call.caller or "", "ton": call.ton})
+        self._emit("ring", {"call": call.seq, "caller": call.caller or "", "ton": call.ton})
 
     def _call_gone(self, why: str) -> None:
         call = self._call
@@ -930,7 +940,7 @@ class ModemSupervisor:
         else:
             reason = "remote hangup"
         self._call, self._ring_deadline = None, None
-        self._emit("call_ended", {"reason": reason, "direction": call.direction})
+        self._emit("call_ended", {"call": call.seq, "reason": reason, "direction": call.direction})
 
     def _call_up(self) -> None:
         call = self._call
@@ -938,7 +948,7 @@ class ModemSupervisor:
             return
         call.state = "active"
         self._voice_on()
-        self._emit("call_connected", {"direction": call.direction})
+        self._emit("call_connected", {"call": call.seq, "direction": call.direction})
 
     def _voice_on(self) -> None:
         modem = self._modem
@@ -1045,9 +1055,11 @@ class ModemSupervisor:
         if not number or any(c not in "+0123456789*#" for c in number):
             raise ValueError(f"cannot dial {number!r}")
         self._modem.write(f"ATD{number};", timeout=15)
-        self._call = _Call("out", "dialing", number=number)
+        self._call = call = _Call("out", "dialing", number=number)
         self._next_call_poll = self.clock() + min(0.5, self.cfg.call_poll_s)
-        return {"number": number}
+        # Before the Future: the glue knows the call's number before any event of it arrives.
+        self._emit("dialled", {"call": call.seq, "number": number})
+        return {"number": number, "call": call.seq}
 
     def _job_probe(self) -> float:
         modem = self._modem
