@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv fail2ban
+APT_PACKAGES := espeak-ng sox libsox-fmt-mp3 sip-tester kamailio fluidsynth fluid-soundfont-gm python3-venv fail2ban shellcheck openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all setup system-deps venv demo test bench bench-queue bench-ewt bench-gsm bench-sms bench-screen clean
