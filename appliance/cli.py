@@ -524,7 +524,11 @@ def cmd_callbacks(args) -> int:
             if d["escalated_at"]:
                 extra += ", OVERDUE"
         elif item["kind"] == "missed":
-            extra = f"gave up in the {d['gave_up'] or '?'} after {d['waited_s'] or 0:.0f} s"
+            extra = (
+                "cut off when the box restarted"
+                if d["gave_up"] == "restart"
+                else f"gave up in the {d['gave_up'] or '?'} after {d['waited_s'] or 0:.0f} s"
+            )
         else:
             extra = f"{d['seconds'] or 0:.0f} s, {d['path']}"
         print(

@@ -62,6 +62,7 @@ from .services import Prompts, Services
 from .sip.kamailio import Kamailio
 from .sip.kamailio import from_settings as kamailio_from_settings
 from .flow.callbacks import CallbackBook
+from .flow.voicemail import recover as recover_voicemails
 from .sip.screen import FloodGate, sip_hosts
 from .selftest.call import SelfTestCalls
 from .sip.stack import SipStack
@@ -160,6 +161,10 @@ class Core:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         svc.db = open_db(s.db_path)
         svc.callbacks = CallbackBook(svc)
+        # A power cut in the middle of a voice message: made whole or removed before any call;
+        # then the calls it cut off are closed (a patient who reached nobody: a missed call).
+        await asyncio.to_thread(recover_voicemails, svc)
+        svc.callbacks.calls_cut_off()
         svc.lines = Lines(svc.db, s, lang=s.box.language, clock=svc.clock)
         self.load_active_flow()
         svc.stack = SipStack(

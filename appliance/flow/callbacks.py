@@ -26,8 +26,10 @@ from ..errors import CentralkaError
 from ..messages import msg
 from ..numbers import for_people
 from ..store import callbacks as store
+from ..store import calls as store_calls
 from ..store import missed as store_missed
 from ..store import voicemails as store_voicemails
+from ..store.db import transaction
 from ..tollguard import DestinationRefused, OutboundPolicy, parse_destination
 
 log = logging.getLogger("centralka.callbacks")
@@ -106,47 +108,49 @@ class CallbackBook:
     ) -> Booking:
         now = self.clock.stamp()
         window_from, window_until = window
-        cb_id, merged = store.request(
-            self.db,
-            at=now,
-            number=number,
-            number_kind=number_kind,
-            typed=typed,
-            call_id=call_id,
-            topic=topic,
-            team=team,
-            queue=queue,
-            mode=mode,
-            place_at=place_at,
-            position=position,
-            window_from=stamp(window_from.timestamp()),
-            window_until=stamp(window_until.timestamp()) if window_until else None,
-            promise=promise_text,
-            lang=lang,
-            patient=patient,
-        )
-        settled = store_missed.close_for_number(self.db, number, at=now, by="callback")
-        log.info(
-            "callback #%d %s for %s (%s, %s)%s",
-            cb_id,
-            "merged" if merged else "booked",
-            number,
-            topic,
-            promise_text,
-            f"; {settled} missed call(s) settled" if settled else "",
-        )
-        row = store.get(self.db, cb_id)
-        sms_id = self._confirm_by_sms(row, lang)
-        emailed = self._email_team(row, topic_label, lang, waited_s)
+        # The request, its SMS and its e-mail commit together: a power cut in between must not
+        # leave a request whose patient is never told, nor a confirmation of no request.
+        with transaction(self.db):
+            cb_id, merged = store.request(
+                self.db,
+                at=now,
+                number=number,
+                number_kind=number_kind,
+                typed=typed,
+                call_id=call_id,
+                topic=topic,
+                team=team,
+                queue=queue,
+                mode=mode,
+                place_at=place_at,
+                position=position,
+                window_from=stamp(window_from.timestamp()),
+                window_until=stamp(window_until.timestamp()) if window_until else None,
+                promise=promise_text,
+                lang=lang,
+                patient=patient,
+            )
+            settled = store_missed.close_for_number(self.db, number, at=now, by="callback")
+            log.info(
+                "callback #%d %s for %s (%s, %s)%s",
+                cb_id,
+                "merged" if merged else "booked",
+                number,
+                topic,
+                promise_text,
+                f"; {settled} missed call(s) settled" if settled else "",
+            )
+            row = store.get(self.db, cb_id)
+            # One confirmation per request: a merged repeat does not text the caller again.
+            sms_id = self.text_patient(row, "sms_confirm", "confirm", lang, wake=False)
+            emailed = self._email_team(row, topic_label, lang, waited_s)
+        if sms_id is not None:
+            self.services.wake_sms()
         if self.services.queues is not None and mode == "auto":
             self.services.queues.kick()  # the request now stands in its queue's line
         return Booking(cb_id, merged, sms_id, emailed)
 
-    def _confirm_by_sms(self, row: dict, lang: str) -> int | None:
-        # One confirmation per request: a merged repeat does not text the caller again.
-        return self.text_patient(row, "sms_confirm", "confirm", lang)
-
-    def text_patient(self, row: dict, template: str, what: str, lang: str) -> int | None:
+    def text_patient(self, row: dict, template: str, what: str, lang: str, *, wake: bool = True) -> int | None:
         """Queue ``[callbacks] {template}_{lang}`` to the request's number, once per request and
         ``what`` (the outbox's dedupe key); None when no SMS may go (not a mobile, a cap, an
         error: logged)."""
@@ -177,7 +181,8 @@ class CallbackBook:
         except CentralkaError as exc:
             log.warning("callback #%d: %s SMS not queued: %s", row["id"], what, exc)
             return None
-        self.services.wake_sms()
+        if wake:
+            self.services.wake_sms()
         return sms_id
 
     def _email_team(self, row: dict, topic_label: str, lang: str, waited_s: float | None) -> bool:
@@ -242,6 +247,25 @@ class CallbackBook:
         if missed_id is not None:
             log.info("missed call #%d from %s (gave up: %s, %.0f s)", missed_id, number, gave_up, waited or 0)
         return missed_id
+
+    def calls_cut_off(self) -> int:
+        """At start: calls the last core never ended (a power cut, a crash) end now as
+        ``interrupted``. A patient cut off before reaching anyone, who left no message and asked
+        for nothing, is a missed call (``gave_up = 'restart'``): the staff call them back."""
+        now = self.clock.stamp()
+        calls = store_calls.unfinished(self.db)
+        for call in calls:
+            store_calls.update_call(self.db, call["id"], ended_at=now, ended_by="box", outcome="interrupted")
+            if (
+                call["direction"] == "in"
+                and call.get("purpose") != "selftest"
+                and not call["connected_to"]
+                and not store_voicemails.for_call(self.db, call["id"])
+            ):
+                self.missed_call(call, gave_up="restart", node=None, topic=None)
+        if calls:
+            log.warning("%d call(s) cut off by the last stop (power cut or crash) closed", len(calls))
+        return len(calls)
 
     def missed_call(self, call: dict, *, gave_up: str, node: str | None, topic: str | None) -> int | None:
         """:meth:`missed` for a stored call (its number, kind and start come from the row)."""

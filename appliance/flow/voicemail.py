@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
-from ..media.voicemail import GrowingWav, compress, make_beep, wait_closed
+from ..media.voicemail import GrowingWav, compress, make_beep, repair_wav, wait_closed
 from ..messages import msg
 from ..numbers import for_people
 from ..store import voicemails as store_voicemails
+from ..store.db import transaction
 
 log = logging.getLogger("centralka.voicemail")
 
@@ -66,7 +68,7 @@ async def take_message(session, node) -> int | None:
     loop = asyncio.get_running_loop()
     cut = audio.silent_for() if ended == "silence" else 0.0
     # Compressing takes a second or two: off the loop. The database stays on the loop's thread.
-    path, mime, seconds = await loop.run_in_executor(None, _compress, raw, cut)
+    path, mime, seconds = await loop.run_in_executor(None, compress_message, raw, cut)
     vm_id = _store(session, path, mime, seconds, ended, stamp)
     session.outcome = "voicemail"
     session.step("voicemail_saved", node.id, {"voicemail": vm_id, "ended": ended})
@@ -75,7 +77,7 @@ async def take_message(session, node) -> int | None:
     return vm_id
 
 
-def _compress(raw, cut):
+def compress_message(raw, cut):
     """(Off the loop.) Wait for the recorder to close the file and compress it; the WAV is kept
     when that fails, rather than losing the message. ``(path, mime, seconds)``."""
     if not wait_closed(raw):
@@ -92,21 +94,94 @@ def _compress(raw, cut):
 
 def _store(session, path, mime, seconds, ended, stamp) -> int | None:
     """Store the message and queue its e-mail (on the loop: the core's database connection)."""
-    services = session.services
-    db = services.db
-    number = session.caller_number
-    vm_id = store_voicemails.add(
-        db,
-        call_id=session.call_id,
-        at=stamp,
-        number=number,
-        seconds=round(seconds, 1) if seconds else None,
-        path=str(path),
-        mime=mime,
-        ended_by=ended,
+    return store_message(
+        session.services, session.call_id, session.caller_number, session.topic, path, mime, seconds, ended, stamp
     )
-    _email(services, vm_id, number, seconds, path, mime, stamp, session.topic)
+
+
+def store_message(services, call_id, number, topic, path, mime, seconds, ended, stamp) -> int:
+    # The message and its e-mail commit together: a power cut between them loses neither.
+    with transaction(services.db):
+        vm_id = store_voicemails.add(
+            services.db,
+            call_id=call_id,
+            at=stamp,
+            number=number,
+            seconds=round(seconds, 1) if seconds else None,
+            path=str(path),
+            mime=mime,
+            ended_by=ended,
+        )
+        _email(services, vm_id, number, seconds, path, mime, stamp, topic)
     return vm_id
+
+
+def recover(services) -> dict:
+    """At the core's start, before any call: what a power cut (or kill -9) left in the voice
+    message folder is made whole or removed — a recording is complete or gone:
+
+    - a recording cut short (its WAV header never fixed up) with speech in it is repaired,
+      compressed and stored as the caller's message (``ended_by = 'restart'``) and e-mailed;
+      one without speech is removed;
+    - a compressed message whose row was never written is stored and e-mailed now; the WAV it
+      was made from, and half-written temporary files, are removed."""
+    folder = services.settings.data_dir / "voicemail"
+    done = {"stored": 0, "removed": 0}
+    if not folder.is_dir():
+        return done
+    known = store_voicemails.paths(services.db)
+    rate = services.settings.sip.clock_rate
+    for path in sorted(folder.iterdir()):  # (X.mp3 before X.wav)
+        if str(path) in known or not path.is_file():
+            continue
+        if path.suffix == ".wav" and (path.with_suffix(".mp3").exists() or str(path.with_suffix(".mp3")) in known):
+            path.unlink()  # compressed before the cut: the MP3 is the message
+            done["removed"] += 1
+            continue
+        call_id = _call_of(path)
+        if path.suffix == ".mp3" and call_id is not None:
+            _store_recovered(services, call_id, path, "audio/mpeg", None)
+            done["stored"] += 1
+            continue
+        if path.suffix == ".wav" and call_id is not None and repair_wav(path):
+            audio = GrowingWav(path, rate)
+            audio.poll()
+            if audio.spoke():
+                mp3 = path.with_suffix(".mp3")
+                try:
+                    seconds, kept, mime = compress(path, mp3), mp3, "audio/mpeg"
+                    path.unlink()
+                except Exception as exc:  # noqa: BLE001 — keep the WAV rather than lose the message
+                    log.error("voicemail %s: cannot compress (%s); the WAV is kept", path, exc)
+                    seconds, kept, mime = audio.seconds, path, "audio/wav"
+                _store_recovered(services, call_id, kept, mime, seconds)
+                done["stored"] += 1
+                continue
+        log.info("voicemail folder: removing %s (no message in it)", path.name)
+        path.unlink()
+        done["removed"] += 1
+    if done["stored"] or done["removed"]:
+        log.warning(
+            "voice messages after an unclean stop: %d recovered, %d unusable file(s) removed",
+            done["stored"],
+            done["removed"],
+        )
+    return done
+
+
+def _call_of(path: Path) -> int | None:
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _store_recovered(services, call_id: int, path: Path, mime: str, seconds: float | None) -> None:
+    from ..flow.callbacks import e164_of
+    from ..store import calls as store_calls
+
+    call = store_calls.find_call(services.db, call_id)
+    store_message(
+        services, call_id if call else None, e164_of(call), None, path, mime, seconds, "restart", services.clock.stamp()
+    )
 
 
 def _email(services, vm_id, number, seconds, path, mime, stamp, topic) -> None:

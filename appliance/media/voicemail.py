@@ -113,6 +113,33 @@ def wait_closed(path: Path, timeout: float = 5.0) -> bool:
     return False
 
 
+def repair_wav(path: Path) -> float | None:
+    """A recording whose writer died before closing it (a power cut, kill -9: pjmedia fixes the
+    header's sizes only at close) made whole: the sizes set from the file's length. Returns its
+    seconds of audio; None when it is not such a WAV (then it cannot be trusted either)."""
+    try:
+        with open(path, "r+b") as f:
+            head = f.read(HEADER_BYTES)
+            if len(head) < HEADER_BYTES or head[:4] != b"RIFF" or head[8:12] != b"WAVE" or head[36:40] != b"data":
+                return None
+            channels, rate = struct.unpack("<HI", head[22:28])
+            bits = struct.unpack("<H", head[34:36])[0]
+            f.seek(0, os.SEEK_END)
+            data = (f.tell() - HEADER_BYTES) // 2 * 2
+            f.truncate(HEADER_BYTES + data)  # half a sample at the end is not audio
+            f.seek(4)
+            f.write(struct.pack("<I", HEADER_BYTES - 8 + data))
+            f.seek(40)
+            f.write(struct.pack("<I", data))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        return None
+    if not rate or not channels or bits != 16:
+        return None
+    return data / (rate * channels * 2)
+
+
 def compress(src: Path, dst: Path, *, cut_end_s: float = 0.0) -> float:
     """The recording as MP3 (mono, 24 kbit/s), ``cut_end_s`` of trailing silence removed;
     returns its length in seconds. Written atomically next to ``dst``."""

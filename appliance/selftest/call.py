@@ -356,9 +356,23 @@ class SelfTestCalls:
 
     # --- the schedule -------------------------------------------------------------------------
     def start_schedule(self) -> None:
-        store_selftest.interrupted(self.services.db, at=self.services.clock.stamp())
+        self.recover()
         if self.cfg.enabled and self.cfg.times:
             self._schedule_task = asyncio.get_running_loop().create_task(self._schedule(), name="selftest-schedule")
+
+    def recover(self) -> None:
+        """At start: a run the last core did not finish is closed as interrupted, and a recording
+        it left half-written (no row names it) is removed."""
+        svc = self.services
+        store_selftest.interrupted(svc.db, at=svc.clock.stamp())
+        folder = svc.settings.data_dir / "selftest"
+        if not folder.is_dir():
+            return
+        kept = store_selftest.recording_paths(svc.db)
+        for path in folder.glob("*.wav"):
+            if str(path) not in kept:
+                path.unlink(missing_ok=True)
+                log.info("removed %s: a self-test recording cut short", path.name)
 
     async def stop(self) -> None:
         for task in (self._schedule_task, self.running):

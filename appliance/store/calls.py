@@ -54,6 +54,16 @@ def count_transfer(db, call_id: int) -> None:
     db.execute("UPDATE calls SET transfers = transfers + 1 WHERE id = ?", [call_id])
 
 
+def unfinished(db) -> list[dict]:
+    """Calls with no end: at start, those a power cut or a crash cut off."""
+    return list(db["calls"].rows_where("ended_at IS NULL", order_by="id"))
+
+
+def find_call(db, call_id: int) -> dict | None:
+    rows = list(db["calls"].rows_where("id = ?", [call_id]))
+    return rows[0] if rows else None
+
+
 def get_call(db, call_id: int) -> dict:
     return db["calls"].get(call_id)
 

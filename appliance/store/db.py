@@ -510,17 +510,29 @@ class transaction:
 
     The connection runs in autocommit mode (each statement is durable on its own, which is what
     the call journey wants); this groups the few writes that must not be split by a power cut.
+    Inside another one it is a savepoint: a booking that queues its SMS and its e-mail (each
+    a transaction of its own) commits all three at once.
     """
 
     def __init__(self, db):
         self.conn = db.conn
+        self.savepoint: str | None = None
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        if self.conn.in_transaction:
+            self.savepoint = f"nested_{id(self):x}"
+            self.conn.execute(f"SAVEPOINT {self.savepoint}")
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if self.savepoint is not None:
+            if exc_type is not None:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {self.savepoint}")
+            self.conn.execute(f"RELEASE SAVEPOINT {self.savepoint}")
+        else:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False
 
 

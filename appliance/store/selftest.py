@@ -80,6 +80,10 @@ def recordings_beyond(db, keep: int) -> list[tuple[int, str]]:
     ]
 
 
+def recording_paths(db) -> set[str]:
+    return {r[0] for r in db.execute("SELECT recording FROM selftest_calls WHERE recording IS NOT NULL")}
+
+
 def forget_recording(db, row_id: int) -> None:
     db.execute("UPDATE selftest_calls SET recording = NULL WHERE id = ?", [row_id])
 

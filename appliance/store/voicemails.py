@@ -9,6 +9,15 @@ def add(db, **fields) -> int:
     return db["voicemails"].insert({**fields, "state": "new"}).last_pk
 
 
+def paths(db) -> set[str]:
+    """Every stored message's file (what a folder sweep must not touch)."""
+    return {r[0] for r in db.execute("SELECT path FROM voicemails WHERE path IS NOT NULL")}
+
+
+def for_call(db, call_id: int) -> list[dict]:
+    return dicts(db, "SELECT * FROM voicemails WHERE call_id = ?", [call_id])
+
+
 def get(db, vm_id: int) -> dict | None:
     rows = dicts(db, "SELECT * FROM voicemails WHERE id = ?", [vm_id])
     return rows[0] if rows else None
