@@ -14,6 +14,10 @@ def paths(db) -> set[str]:
     return {r[0] for r in db.execute("SELECT path FROM voicemails WHERE path IS NOT NULL")}
 
 
+def for_number(db, number: str) -> list[dict]:
+    return dicts(db, "SELECT * FROM voicemails WHERE number = ?", [number])
+
+
 def for_call(db, call_id: int) -> list[dict]:
     return dicts(db, "SELECT * FROM voicemails WHERE call_id = ?", [call_id])
 

@@ -68,8 +68,10 @@ def run(data_dir: str, items: int) -> None:
     from ..flow import voicemail
     from ..flow.callbacks import CallbackBook
     from ..services import Services
+    from ..store import callbacks as store_callbacks
     from ..store import calls as store_calls
-    from ..store.db import dicts, open_db
+    from ..store import voicemails as store_voicemails
+    from ..store.db import open_db
 
     settings = settings_for(Path(data_dir))
     db = open_db(settings.db_path)
@@ -80,7 +82,7 @@ def run(data_dir: str, items: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(items):
         number = number_of(i)
-        if not dicts(db, "SELECT id FROM callbacks WHERE number = ?", [number]):
+        if store_callbacks.open_for_number(db, number) is None:
             call_id = _call(store_calls, db, number, SYSTEM_CLOCK)
             now = SYSTEM_CLOCK.now()
             book.book(
@@ -99,7 +101,7 @@ def run(data_dir: str, items: int) -> None:
                 window=(now, now + timedelta(hours=4)),
                 lang="pl",
             )
-        if not dicts(db, "SELECT v.id FROM voicemails v WHERE v.number = ?", [number]):
+        if not store_voicemails.for_number(db, number):
             call_id = _call(store_calls, db, number, SYSTEM_CLOCK)
             stamp = SYSTEM_CLOCK.stamp()
             raw = folder / f"{call_id}-{stamp[:19].replace(':', '')}.wav"
