@@ -296,6 +296,7 @@ CATALOG: dict[str, dict[str, str]] = {
         "pl": "słychać coś innego niż skonfigurowane powitanie (zgodność {score}, rozpoznano {heard}%)",
         "en": "what answers is not the configured greeting (match {score}, {heard}% of it heard)",
     },
+    "selftest.error": {"pl": "błąd w centrali: {detail}", "en": "an error inside the box: {detail}"},
     "selftest.no_audio": {"pl": "po odebraniu nie było słychać dźwięku", "en": "no audio after answering"},
     "selftest.key_failed": {
         "pl": "klawisz {key} nie zadziałał (w menu {node})",

@@ -102,7 +102,14 @@ def test_wrong_keys_get_one_repeat_then_the_operator(box, staff, caller, workdir
     call = box.wait_call_ended()
     invalid = [s for s in box.journey(call["id"]) if s["step"] == "invalid"]
     assert [json.loads(s["detail"])["entered"] for s in invalid] == ["7", "8"]
-    names = [h.name for h in heard(box, caller, workdir, "invalid_choice", "to_operator", staff_users=["operator"])]
+    # "Nie ma takiej opcji." is three 0.4 s chunks: one lost to a jitter buffer under load leaves
+    # 0.67 of it, still far above what another prompt scores (about 0.1).
+    names = [
+        h.name
+        for h in heard(
+            box, caller, workdir, "invalid_choice", "to_operator", staff_users=["operator"], min_coverage=0.5
+        )
+    ]
     assert names == ["invalid_choice", "to_operator", "staff:operator"]
 
 

@@ -13,6 +13,7 @@ from appliance.media.prompts import PromptLibrary, read_wav
 from appliance.selftest.call import SelfTestCalls, greeting_prompt
 from appliance.services import Services
 from appliance.testing.clock import ManualClock
+from appliance.testing.demo import DATA_DIR
 
 from .conftest import needs_tools
 
@@ -79,7 +80,6 @@ def test_silence_and_noise_match_nothing(voice):
 
 def test_the_first_prompt_a_caller_hears_is_the_greeting():
     from appliance.flow.model import load_flow_file
-    from appliance.testing.demo import DATA_DIR
 
     flow = load_flow_file(DATA_DIR / "demo_flow.toml")
     assert greeting_prompt(flow) == "greeting"
@@ -106,3 +106,28 @@ def test_no_days_or_no_times_means_no_schedule():
     assert schedule(times=[]).next_due(0) is None
     assert schedule(days=[]).next_due(0) is None
     assert schedule(times=["25:00", "x"]).next_due(0) is None
+
+
+@needs_tools
+def test_a_flow_that_starts_with_its_menu_is_heard_whole_before_the_key(tmp_path):
+    """The greeting is the menu's own prompt there: the self-test presses only after all of it."""
+    from appliance.flow.model import load_flow_file
+    from appliance.media.prompts import PromptLibrary, wav_duration
+    from appliance.selftest.call import KEY_AFTER_S, Probe
+    from appliance.services import Prompts
+
+    from .sipkit import ROOT
+
+    calls = schedule()
+    svc = calls.services
+    svc.prompts = Prompts(PromptLibrary(tmp_path, rate=8000))
+    svc.flow = load_flow_file(ROOT / "tests" / "flows" / "allowed_hangup.toml")
+    probe = Probe(target="gsm", line_in="gsm", caller="+48221234567")
+    probe.menu(svc.flow.start, {"1": "x"})
+    menu_prompt = svc.flow.nodes[svc.flow.start].params["prompt"]
+    assert greeting_prompt(svc.flow) == menu_prompt
+    assert calls._key_after(probe) == pytest.approx(wav_duration(svc.prompts.path(menu_prompt, svc.flow)) + 0.5)
+    svc.flow = load_flow_file(DATA_DIR / "demo_flow.toml")
+    probe = Probe(target="gsm", line_in="gsm", caller="+48221234567")
+    probe.menu("menu", {"1": "rejestracja"})
+    assert calls._key_after(probe) == KEY_AFTER_S  # a greeting of its own came before the menu

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..alarms import raise_alarm
-from ..errors import CentralkaError
+from ..errors import CentralkaError, SipError
 from ..lines import CalleeRefused, NoLineAvailable
 from ..media.fingerprint import match
 from ..media.prompts import read_wav
@@ -166,6 +166,10 @@ class SelfTestCalls:
         self.probe = probe = Probe(target=target, line_in=target, caller=caller)
         try:
             verdict, recording, answered_s = await self._call(probe, number, line)
+        except Exception as exc:  # noqa: BLE001 — a defect of ours is a result too, never a row left "running"
+            log.exception("self-test call %d failed inside the box", row)
+            reason = msg("selftest.error", detail=f"{type(exc).__name__}: {exc}")
+            verdict, recording, answered_s = Verdict([_check("answered", "FAIL", reason)], reason, "FAIL"), None, None
         finally:
             self.probe = None
         return self._store(row, verdict, recording, answered_s, lang, number, in_call_id=probe.in_call_id)
@@ -201,11 +205,24 @@ class SelfTestCalls:
             await _wait_event(leg.media_active, 5)
             recording = self._recording_path()
             heard_from = svc.clock.monotonic()
-            leg.record(recording)
+            try:
+                leg.record(recording)
+            except SipError as exc:  # no audio on the call: judged as such below
+                log.warning("self-test call: nothing to record: %s", exc)
+                recording = None
+                return (
+                    Verdict(
+                        checks + [_check("greeting", "FAIL", msg("selftest.no_audio"))],
+                        msg("selftest.no_audio"),
+                        "FAIL",
+                    ),
+                    None,
+                    answered_s,
+                )
             # The answering side tells when its menu starts (the greeting is over by then).
             await _any(probe.menu_entered, leg, MENU_WAIT_S)
             if probe.menu_node is not None and probe.reached_node is None and leg.alive:
-                await _any(None, leg, KEY_AFTER_S)
+                await _any(None, leg, self._key_after(probe))
                 key = self.cfg.key or next(iter(probe.options), "")
                 if key and leg.alive:
                     key_at = svc.clock.monotonic() - heard_from
@@ -223,6 +240,15 @@ class SelfTestCalls:
             None, self._judge, probe, recording, key, key_at, checks
         )
         return verdict, recording, answered_s
+
+    def _key_after(self, probe: Probe) -> float:
+        """Seconds into the menu before the key: at once, unless the menu's prompt is the
+        greeting itself (a flow that starts with its menu) — then all of it is heard first."""
+        svc = self.services
+        prompt = svc.flow.nodes[probe.menu_node].params.get("prompt")
+        if prompt and prompt == greeting_prompt(svc.flow):
+            return svc.prompts.duration(svc.prompts.path(prompt, svc.flow)) + 0.5
+        return KEY_AFTER_S
 
     def _judge(self, probe: Probe, recording: Path | None, key, key_at, checks: list[dict]) -> Verdict:
         """(Executor.) The checks from what was heard and what the answering side saw."""
