@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -379,3 +380,43 @@ def test_kamailio_as_its_own_unit_keeps_phones_ringing_across_both_restarts(make
         if unit.poll() is None:
             unit.terminate()
             unit.wait(10)
+
+
+SVWAR = shutil.which("sipvicious_svwar") or str(ROOT / ".venv" / "bin" / "sipvicious_svwar")
+SVCRACK = shutil.which("sipvicious_svcrack") or str(ROOT / ".venv" / "bin" / "sipvicious_svcrack")
+
+
+@pytest.mark.skipif(not Path(SVWAR).exists(), reason="sipvicious comes with make test (PyPI)")
+def test_sipvicious_finds_no_extension_and_cracks_no_password(kbox, workdir):
+    """Issue 12 item 6, as an attacker would: SIPVicious's svwar walks extensions 195–215 (201
+    exists) and svcrack tries a dictionary on 201. Neither learns anything, and the cracker's
+    source is ignored after its tenth wrong password."""
+    password = add_phone(kbox, "201")
+    war = subprocess.run(
+        # --force: past its own first look, which already sees that unknown users are challenged too.
+        [SVWAR, "-e195-215", "-m", "REGISTER", "-t", "0.05", "--force", f"udp://127.0.0.1:{kbox.kport}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+    found = [line for line in war.stdout.splitlines() if re.match(r"^\|\s*\d+\s*\|", line)]
+    # Every user gets the same challenge: none stands out.
+    assert found == [] and "found nothing" in war.stderr, war.stdout + war.stderr
+    words = workdir / "words.txt"
+    guesses = [f"haslo{i}" for i in range(25)] + ["123456", "201", "admin", "centralka", password[:-1] + "x"]
+    words.write_text("\n".join(guesses) + "\n")
+    crack = subprocess.run(
+        [SVCRACK, "-u201", "-d", str(words), "-t", "0.2", "--maximumtime=20", f"udp://127.0.0.1:{kbox.kport}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+    assert password not in crack.stdout + crack.stderr
+    assert "since we last received a response" in crack.stderr  # it ran into the silence of the ban
+    assert not re.search(r"^\|\s*201\s*\|", crack.stdout, re.M), crack.stdout  # no cracked row
+    # Kamailio wrote one line per failure and stopped answering after the tenth.
+    log = (kbox.dir / "data" / "kamailio" / "kamailio.log").read_text(errors="replace")
+    failures = log.count("auth failed from 127.0.0.1")
+    assert 10 <= failures < len(guesses), failures
