@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import jsonline
@@ -409,6 +410,31 @@ def cmd_kamailio(args) -> int:
     return EXIT_ERROR  # (not reached)
 
 
+def cmd_retention(args) -> int:
+    """Recordings past their keeping time removed (centralka-retention.timer, daily)."""
+    from .clock import stamp
+    from .store import selftest as store_selftest
+    from .store import voicemails as store_voicemails
+
+    settings, db = _box(args)
+    r = settings.retention
+    removed = []
+    for vm in store_voicemails.handled_before(db, stamp(time.time() - 86400 * float(r.voicemail_days))):
+        if not args.dry_run:
+            Path(vm["path"]).unlink(missing_ok=True)
+            store_voicemails.forget_recording(db, vm["id"])
+        removed.append(f"voice message v{vm['id']} ({vm['path']})")
+    for row_id, path in store_selftest.recordings_before(db, stamp(time.time() - 86400 * float(r.selftest_days))):
+        if not args.dry_run:
+            Path(path).unlink(missing_ok=True)
+            store_selftest.forget_recording(db, row_id)
+        removed.append(f"self-test recording #{row_id} ({path})")
+    for line in removed:
+        print(("would remove " if args.dry_run else "removed ") + line)
+    print(f"{len(removed)} recording(s) past their keeping time" + (" (dry run)" if args.dry_run else ""))
+    return EXIT_OK
+
+
 def cmd_web(args) -> int:
     """The web UI served by waitress (systemd/centralka-web.service)."""
     import waitress
@@ -756,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kamailio", help="the desk phones' registrar in the foreground (its own systemd unit)")
     s.set_defaults(func=cmd_kamailio)
+    s = sub.add_parser("retention", help="remove recordings kept past [retention] (the daily timer)")
+    s.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    s.set_defaults(func=cmd_retention)
     s = sub.add_parser("web", help="the web UI, served by waitress ([web] address and port)")
     s.set_defaults(func=cmd_web)
 

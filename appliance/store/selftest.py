@@ -80,6 +80,16 @@ def recordings_beyond(db, keep: int) -> list[tuple[int, str]]:
     ]
 
 
+def recordings_before(db, before: str) -> list[tuple[int, str]]:
+    """(id, path) of self-test recordings of runs started before ``before`` (retention)."""
+    return [
+        (r[0], r[1])
+        for r in db.execute(
+            "SELECT id, recording FROM selftest_calls WHERE recording IS NOT NULL AND started_at < ?", [before]
+        )
+    ]
+
+
 def recording_paths(db) -> set[str]:
     return {r[0] for r in db.execute("SELECT recording FROM selftest_calls WHERE recording IS NOT NULL")}
 

@@ -14,6 +14,16 @@ def paths(db) -> set[str]:
     return {r[0] for r in db.execute("SELECT path FROM voicemails WHERE path IS NOT NULL")}
 
 
+def handled_before(db, before: str) -> list[dict]:
+    """Messages marked done before ``before`` whose recording is still kept (retention)."""
+    return dicts(db, "SELECT * FROM voicemails WHERE state = 'done' AND done_at < ? AND path != ''", [before])
+
+
+def forget_recording(db, vm_id: int) -> None:
+    """The recording was removed (retention): the row stays for the reports, without audio."""
+    db.execute("UPDATE voicemails SET path = '' WHERE id = ?", [vm_id])
+
+
 def for_number(db, number: str) -> list[dict]:
     return dicts(db, "SELECT * FROM voicemails WHERE number = ?", [number])
 
