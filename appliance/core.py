@@ -363,6 +363,7 @@ class Core:
             "call_limit": st.max_calls,
             "build_call_limit": st.build_limit,
             "limit_hits": st.limit_hits,
+            "pools": st.pools_status(),
             "lines": svc.lines.snapshot() if svc.lines else None,
             "gsm": svc.gsm.health() if svc.gsm else None,
             "trunk": {

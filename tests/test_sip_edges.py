@@ -258,11 +258,12 @@ def test_key_0_sent_as_sip_info_reaches_the_operator(box, staff, workdir):
 def test_a_flood_of_calls_beyond_the_limit_gets_486_and_the_box_keeps_working(box, workdir):
     status = box.status()
     limit, hits_before = status["call_limit"], status["limit_hits"]
-    # Default admission rule (sip.reserve_transfer_leg): one free leg kept per admitted caller,
-    # so a caller is admitted while 2 x callers <= call legs.
-    admitted = limit // 2
-    flood = 8
-    assert flood > admitted
+    # Every limit from the build (issue 13): callers are admitted while every pool has room for
+    # them and their transfer (on the wheel the 4 call legs decide: 2 callers); the flood offers
+    # the build's call limit plus four.
+    admitted = status["pools"]["callers_limit"]
+    assert admitted <= limit // 2
+    flood = limit + 4
 
     run = run_sipp(box, "basic_call.xml", workdir, calls=flood, limit=flood, rate=50, pause_ms=6000, timeout=40)
     per_call = run.by_call()

@@ -116,9 +116,14 @@ class CallSession:
         duration = self.services.prompts.duration(path)
         try:
             player = self.leg.play(path)
-        except SipError:
+        except SipError as exc:
             self._check_alive()  # the caller hung up just now: gone, not an error of ours
-            raise
+            # No player to be had (a pool of the build ran out): the caller stays, the flow goes
+            # on at the prompt's pace — never a dropped call for a missing resource.
+            log.warning("call %s: prompt %s not played: %s", self.call_id, name, exc)
+            self.step("play_failed", node, {"prompt": name, "error": str(exc)})
+            await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
+            return interruptible and bool(self.leg.digits)
         self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
             await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
@@ -525,7 +530,7 @@ class CallSession:
             return False
         self.outbound = out
         out.owner = self
-        tone = self.leg.ringback()
+        tone = self._ringback()
         started = self.clock.monotonic()
         next_reminder = started + remind_every
         try:
@@ -550,7 +555,7 @@ class CallSession:
                     # R8: tell the caller what is happening instead of endless ringing.
                     self.leg.stop(tone)
                     await self.play("still_connecting", interruptible=False, node=node.id)
-                    tone = self.leg.ringback()
+                    tone = self._ringback()
                     next_reminder = self.clock.monotonic() + remind_every
         finally:
             self.leg.stop(tone)
@@ -560,6 +565,15 @@ class CallSession:
                 out.hangup()
                 self.outbound = None
         return await self.converse(out, node, target, "operator" if is_operator else "connected")
+
+    def _ringback(self):
+        """The ringback tone, or none when the bridge has no port for it (the call goes on)."""
+        try:
+            return self.leg.ringback()
+        except SipError as exc:
+            self._check_alive()
+            log.warning("call %s: no ringback tone: %s", self.call_id, exc)
+            return None
 
     async def converse(self, out, node, target: str, outcome: str) -> bool:
         """An answered leg: bridge it with the caller and stay until one side hangs up."""

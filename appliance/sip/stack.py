@@ -32,6 +32,7 @@ from ..errors import CallLimitReached, SipError
 from ..numbers import user_part
 from ..text import wire_text
 from .guard import Guard
+from . import limits
 from .screen import FloodGate, check_request, parse_request
 
 log = logging.getLogger("centralka.sip")
@@ -168,14 +169,18 @@ class MediaLeg:
         if self._audio is None:
             raise SipError("no audio on this call yet")
         tone = pj.ToneGenerator()
-        tone.createToneGenerator(self.stack.clock_rate, 1)
-        desc = pj.ToneDesc()
-        desc.freq1, desc.on_msec, desc.off_msec = RINGBACK
-        desc.freq2 = 0
-        vec = pj.ToneDescVector()
-        vec.append(desc)
-        tone.play(vec, True)
-        tone.startTransmit(self._audio)
+        try:
+            tone.createToneGenerator(self.stack.clock_rate, 1)
+            desc = pj.ToneDesc()
+            desc.freq1, desc.on_msec, desc.off_msec = RINGBACK
+            desc.freq2 = 0
+            vec = pj.ToneDescVector()
+            vec.append(desc)
+            tone.play(vec, True)
+            tone.startTransmit(self._audio)
+        except pj.Error as exc:  # e.g. no conference port left: the caller hears no tone, nothing worse
+            self.stack.park(tone)
+            raise SipError(f"no ringback tone: {exc.info()}") from exc
         self._players.append(tone)
         return tone
 
@@ -520,6 +525,8 @@ class SipStack:
         self._poller: asyncio.Task | None = None
         self.errors = 0
         self.limit_hits = 0
+        self.pools: limits.Pools | None = None
+        self.refused_for: str | None = None  # the pool that turned the last caller away
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -563,6 +570,14 @@ class SipStack:
             ep.audDevManager().setNullDev()
             self._set_codecs()
             self._create_local_account()
+            players, recorders = limits.probe(self.park, self.max_calls)
+            self.pools = limits.Pools(
+                calls=self.build_limit,
+                players=players,
+                recorders=recorders,
+                conf_ports=limits.conf_ports(),
+                ioqueue_handles=limits.ioqueue_handles(),
+            )
             if self.screen:
                 self._start_guard()
         except pj.Error as exc:
@@ -577,12 +592,14 @@ class SipStack:
             )
         self._poller = self.loop.create_task(self._poll())
         log.info(
-            "SIP listening on %s:%d (%s); call limit %d (build %d)",
+            "SIP listening on %s:%d (%s); call limit %d (build %d); pools: %s; callers at once: %d",
             self.address,
             self.port,
             "/".join(self.transports),
             self.max_calls,
             self.build_limit,
+            ", ".join(f"{k} {v}" for k, v in self.pools.to_json().items()),
+            self.callers_limit(),
         )
 
     async def hangup_all(self, wait_s: float = 2.0) -> None:
@@ -931,15 +948,19 @@ class SipStack:
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
         callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
         needed = callers * 2 if self.reserve_transfer_leg else in_use
-        if leg.alive and (in_use > self.max_calls or needed > self.max_calls):
+        full = "calls" if in_use > self.max_calls or needed > self.max_calls else self._pool_without_room(callers)
+        if leg.alive and full:
             self.limit_hits += 1
+            self.refused_for = full
             log.warning(
-                "call limit reached: %d of %d call legs in use (pjsua2 build limit %d%s); "
+                "call limit reached (%s): %d of %d call legs in use (pjsua2 build limit %d%s); pools: %s; "
                 "rejecting call from %s (Call-ID %s) with 486",
+                full,
                 in_use - 1,
                 self.max_calls,
                 self.build_limit,
                 ", one leg kept free per caller for the transfer" if self.reserve_transfer_leg else "",
+                self.pools.to_json() if self.pools else "?",
                 leg.remote_uri,
                 leg.sip_call_id,
             )
@@ -961,6 +982,46 @@ class SipStack:
             )
             if leg.alive:
                 self._refuse(leg, 500, "Internal Server Error")
+
+    def _pool_without_room(self, callers: int) -> str | None:
+        """The first media pool (players, conference ports, sockets) that cannot hold ``callers``
+        callers at once, each with their transfer; None when all can."""
+        if self.pools is None:
+            return None
+        for name, room in limits.callers_room(self.pools).items():
+            if name != "calls" and callers > room:
+                return name
+        return None
+
+    def callers_limit(self) -> int:
+        """How many callers the box admits at once: the tightest pool decides."""
+        legs = self.max_calls // 2 if self.reserve_transfer_leg else self.max_calls
+        if self.pools is None:
+            return legs
+        return min([legs] + [r for n, r in limits.callers_room(self.pools).items() if n != "calls"])
+
+    def pools_status(self) -> dict:
+        """Each pool's size, use and room, and which one is full now (``centralka status``)."""
+        if self.pools is None:
+            return {}
+        held = [o for leg in list(self.legs) + list(self.media_legs) for o in leg._players]
+        used = limits.in_use(held + list(self._shared) + [o for _, o in self._parked])
+        used["calls"] = len(self.legs)
+        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+        used["ioqueue_handles"] = limits.SHARED["ioqueue_handles"] + 2 * len(self.legs)
+        # Full: the next caller would be turned away, and this pool is why.
+        if (callers + 1) * (2 if self.reserve_transfer_leg else 1) > self.max_calls:
+            full = "calls"
+        else:
+            full = self._pool_without_room(callers + 1)
+        return {
+            "limits": self.pools.to_json(),
+            "in_use": used,
+            "callers": callers,
+            "callers_limit": self.callers_limit(),
+            "full": full,
+            "last_refused_for": self.refused_for,
+        }
 
     def _rejected_by_pjsua(self, prm):
         req = parse_request(prm.rdata.wholeMsg.encode("utf-8", "surrogateescape"))
