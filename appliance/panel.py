@@ -66,21 +66,31 @@ class Panel:
     def start(self) -> None:
         """Claim the pins; a pin that cannot be had is logged, and the box goes on without it."""
         from gpiozero import LED, Button
+        from gpiozero.exc import BadPinFactory
 
         self.loop = asyncio.get_running_loop()
         led_pin, button_pin = self._pins
+
+        def unavailable(what, pin, exc):
+            # Not a Raspberry Pi at all (a developer's machine): said once, quietly. On a Pi a
+            # pin that cannot be had is a fault a technician must see.
+            if isinstance(exc, BadPinFactory):
+                log.warning("%s on GPIO%s: no GPIO on this machine (%s); [gpio] mock = true to try it", what, pin, exc)
+            else:
+                log.error("%s on GPIO%s unavailable: %s: %s", what, pin, type(exc).__name__, exc)
+
         if led_pin not in (None, "", -1):
             try:
                 self.led = LED(int(led_pin), pin_factory=self._factory)
             except Exception as exc:  # noqa: BLE001 — gpiozero raises many kinds; no LED is no reason to stop
-                log.error("status LED on GPIO%s unavailable: %s: %s", led_pin, type(exc).__name__, exc)
+                unavailable("status LED", led_pin, exc)
         if button_pin not in (None, "", -1):
             try:
                 self.button = Button(int(button_pin), pin_factory=self._factory, bounce_time=None)
                 self.button.when_pressed = lambda *_: self._from_gpio(self._pressed)
                 self.button.when_released = lambda *_: self._from_gpio(self._released)
             except Exception as exc:  # noqa: BLE001
-                log.error("button on GPIO%s unavailable: %s: %s", button_pin, type(exc).__name__, exc)
+                unavailable("button", button_pin, exc)
         self.update()
         self._refresh = self.loop.create_task(self._refresh_loop(), name="panel")
 

@@ -636,7 +636,11 @@ def hold_round(
         time.sleep(window)
         win.stop()
         try:
-            res["held_at_end"] = count(box.status())
+            st = box.status()
+            res["held_at_end"] = count(st)
+            # Every pool of the build at the peak (issue 13): legs, players, conference ports...
+            res["pools_at_peak"] = (st.get("pools") or {}).get("in_use")
+            res["pools_limits"] = (st.get("pools") or {}).get("limits")
         except Exception:  # noqa: BLE001
             res["held_at_end"] = None
         held_both = min(held, res["held_at_end"] or 0)
@@ -821,6 +825,10 @@ def main(argv=None) -> int:
             )
             if res.get("cpu_pct") is not None:
                 line += f": box CPU {res['cpu_pct']:.2f} % (schedstat {res['cpu_pct_ns']:.2f} %)"
+            if res.get("pools_at_peak") and res.get("pools_limits"):
+                used, lim = res["pools_at_peak"], res["pools_limits"]
+                shown = ("calls", "players", "conf_ports", "ioqueue_handles")
+                line += "; pools at the peak " + ", ".join(f"{k} {used[k]}/{lim[k]}" for k in shown if k in used)
             lat = res["to_200_ms"]
             if lat:
                 line += f"; INVITE->200 median {statistics.median(lat):.2f} ms, max {max(lat):.2f} ms"

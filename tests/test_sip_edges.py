@@ -255,7 +255,10 @@ def test_key_0_sent_as_sip_info_reaches_the_operator(box, staff, workdir):
 # --- 7. a flood beyond the call limit --------------------------------------------------------
 
 
-def test_a_flood_of_calls_beyond_the_limit_gets_486_and_the_box_keeps_working(box, workdir):
+def test_a_flood_of_calls_beyond_the_limit_gets_486_and_the_box_keeps_working(make_box, staff, workdir):
+    # The flood gate (30 new requests in 2 s from one source) is another test's subject: on a
+    # build with 64 call legs this flood is 68 INVITEs from one SIPp.
+    box = make_box(staff=staff, settings="flood_max_requests = 100000")
     status = box.status()
     limit, hits_before = status["call_limit"], status["limit_hits"]
     # Every limit from the build (issue 13): callers are admitted while every pool has room for

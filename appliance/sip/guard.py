@@ -141,7 +141,20 @@ class _Layout:
 class Guard:
     """The screen and the last word, for one pjsua endpoint (``SipStack`` owns it)."""
 
-    def __init__(self, lib: ctypes.CDLL, *, gate: FloodGate, codecs, max_bytes: int = 16384, clock=time.monotonic):
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        *,
+        gate: FloodGate,
+        codecs,
+        max_bytes: int = 16384,
+        clock=time.monotonic,
+        admission=None,
+        admission_refused=None,
+    ):
+        # ``admission()``: the pool with no room for one more caller, or None (the stack's).
+        self.admission = admission
+        self.admission_refused = admission_refused
         self.lib = lib
         self.lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
         self.lib.pjsip_endpt_register_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
@@ -271,6 +284,14 @@ class Guard:
             if not ok:
                 return 1
         refusal = check_request(data, codecs=self.codecs, max_bytes=self.max_bytes, truncated=truncated, req=req)
+        if refusal is None and req is not None and req.method == "INVITE" and not in_dialog and self.admission:
+            # A new call while the box is full: 486 here, statelessly, before pjsua opens the
+            # call's media sockets (a burst of them, even refused, would exhaust pjlib's ioqueue).
+            full = self.admission()
+            if full:
+                self.admission_refused(req, full, host, port)
+                self._respond(rdata, Refusal(486, "Busy Here (call limit reached)", f"{full} full"))
+                return 1
         if refusal is None:
             if req is not None:
                 self._clip_body(rdata, data, req)

@@ -109,9 +109,10 @@ def _silence(folder: Path) -> Path:
     return path
 
 
-def probe(park, callers: int) -> tuple[int, int]:
+def probe(park, callers: int) -> tuple[int, int, bool]:
     """(players, recorders) the build allows, counted up to what ``callers`` admitted callers
-    could use (then: at least that many). Every probe object is handed to ``park``."""
+    could use (then: at least that many), and whether a pool was taken to its end (its probe
+    objects must be freed before anyone needs one). Every probe object is handed to ``park``."""
     players_cap = min(PROBE_CAP, SHARED["players"] + callers * PER_CALLER["players"] + 1)
     recorders_cap = min(PROBE_CAP, callers + 1)
     with tempfile.TemporaryDirectory(prefix="centralka-probe-") as tmp:
@@ -136,7 +137,7 @@ def probe(park, callers: int) -> tuple[int, int]:
         finally:
             for obj in players + recorders:
                 park(obj)
-    return len(players), len(recorders)
+    return len(players), len(recorders), len(players) < players_cap or len(recorders) < recorders_cap
 
 
 def in_use(objects) -> dict:

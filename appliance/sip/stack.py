@@ -65,7 +65,8 @@ def _stdout_silenced():
 
 
 def build_call_limit() -> int:
-    """PJSUA_MAX_CALLS of the installed build: pjsua clamps ``maxCalls`` to it at libInit.
+    """The call legs pjsua holds: ``maxCalls`` (the legs the build's sockets carry) clamped at
+    libInit to PJSUA_MAX_CALLS, the build's own limit.
 
     The value is read back through the library's C API, which the SWIG layer does not expose.
     Must be called after ``libInit``.
@@ -539,8 +540,14 @@ class SipStack:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        # Ask for far more than any build has: pjsua clamps to PJSUA_MAX_CALLS, which we read back.
-        cfg.uaConfig.maxCalls = 100000
+        # pjsua opens a call's two media sockets as its INVITE arrives, before we decide: with
+        # more call slots than pjlib's ioqueue has sockets for, a burst of INVITEs (even ones we
+        # refuse) exhausts the ioqueue and pjlib aborts (an assertion) or fails the media (a 500).
+        # So pjsua gets no more call slots than the sockets can carry, and refuses the rest itself
+        # with 486 before any socket is made; within that, pjsua clamps to PJSUA_MAX_CALLS.
+        self.sockets = limits.ioqueue_handles()
+        socket_legs = max(1, (self.sockets - limits.SHARED["ioqueue_handles"]) // 2)
+        cfg.uaConfig.maxCalls = socket_legs
         cfg.uaConfig.userAgent = "Centralka"
         cfg.logConfig.consoleLevel = 0
         cfg.logConfig.level = self.log_level if self.log_path else 0
@@ -570,13 +577,14 @@ class SipStack:
             ep.audDevManager().setNullDev()
             self._set_codecs()
             self._create_local_account()
-            players, recorders = limits.probe(self.park, self.max_calls)
+            admitted = self.max_calls // 2 if self.reserve_transfer_leg else self.max_calls
+            players, recorders, exhausted = limits.probe(self.park, admitted)
             self.pools = limits.Pools(
                 calls=self.build_limit,
                 players=players,
                 recorders=recorders,
                 conf_ports=limits.conf_ports(),
-                ioqueue_handles=limits.ioqueue_handles(),
+                ioqueue_handles=self.sockets,
             )
             if self.screen:
                 self._start_guard()
@@ -584,6 +592,11 @@ class SipStack:
             info = exc.info()
             self._destroy()
             raise SipError(f"SIP stack on {self.address}:{self.port}: {info}") from exc
+        if exhausted:
+            # The probe took every player (or recorder) the build has: let them go before the
+            # first caller or the hold music needs one (parked objects are freed after PARK_S).
+            await asyncio.sleep(PARK_S + 0.1)
+            self._free_parked()
         if self.requested_max_calls > self.build_limit:
             log.warning(
                 "sip.max_calls=%d but this pjsua2 build holds only %d calls (PJSUA_MAX_CALLS)",
@@ -643,7 +656,14 @@ class SipStack:
         self._destroy()
 
     def _start_guard(self):
-        guard = Guard(_pjsua_lib(), gate=self.gate, codecs=self.codecs, max_bytes=self.max_message_bytes)
+        guard = Guard(
+            _pjsua_lib(),
+            gate=self.gate,
+            codecs=self.codecs,
+            max_bytes=self.max_message_bytes,
+            admission=self._next_caller_refused_for,
+            admission_refused=self._refused_at_screen,
+        )
         try:
             guard.register()
         except OSError as exc:
@@ -992,6 +1012,34 @@ class SipStack:
             if name != "calls" and callers > room:
                 return name
         return None
+
+    def _next_caller_refused_for(self) -> str | None:
+        """The pool that would turn the next caller away now (None: there is room)."""
+        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+        legs_needed = len(self.legs) + 1 if not self.reserve_transfer_leg else (callers + 1) * 2
+        if legs_needed > self.max_calls:
+            return "calls"
+        return self._pool_without_room(callers + 1)
+
+    def _refused_at_screen(self, req, full: str, host: str, port: int) -> None:
+        """A caller turned away by the screen (no call was made): counted, logged, and a missed
+        call like any caller refused at the limit."""
+        self.limit_hits += 1
+        self.refused_for = full
+        remote, local = wire_text(req.get("from") or ""), wire_text(req.get("to") or "")
+        log.warning(
+            "call limit reached (%s): %d call legs in use of %d; pools: %s; rejecting call from %s:%d "
+            "(Call-ID %s) with 486 before any media is made",
+            full,
+            len(self.legs),
+            self.max_calls,
+            self.pools.to_json() if self.pools else "?",
+            host,
+            port,
+            wire_text(req.call_id),
+        )
+        if self.on_limit:
+            self.loop.call_soon(self._guard, self.on_limit, remote, local, wire_text(req.call_id))
 
     def callers_limit(self) -> int:
         """How many callers the box admits at once: the tightest pool decides."""
