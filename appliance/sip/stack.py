@@ -966,7 +966,7 @@ class SipStack:
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
-        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+        callers = self._callers()
         needed = callers * 2 if self.reserve_transfer_leg else in_use
         full = "calls" if in_use > self.max_calls or needed > self.max_calls else self._pool_without_room(callers)
         if leg.alive and full:
@@ -1013,9 +1013,13 @@ class SipStack:
                 return name
         return None
 
+    def _callers(self) -> int:
+        """Callers on the line now (GSM callers too: putting them through takes a SIP leg)."""
+        return sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+
     def _next_caller_refused_for(self) -> str | None:
         """The pool that would turn the next caller away now (None: there is room)."""
-        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+        callers = self._callers()
         legs_needed = len(self.legs) + 1 if not self.reserve_transfer_leg else (callers + 1) * 2
         if legs_needed > self.max_calls:
             return "calls"
@@ -1055,7 +1059,7 @@ class SipStack:
         held = [o for leg in list(self.legs) + list(self.media_legs) for o in leg._players]
         used = limits.in_use(held + list(self._shared) + [o for _, o in self._parked])
         used["calls"] = len(self.legs)
-        callers = sum(1 for other in list(self.legs) + list(self.media_legs) if other.direction == "in")
+        callers = self._callers()
         used["ioqueue_handles"] = limits.SHARED["ioqueue_handles"] + 2 * len(self.legs)
         # Full: the next caller would be turned away, and this pool is why.
         if (callers + 1) * (2 if self.reserve_transfer_leg else 1) > self.max_calls:
