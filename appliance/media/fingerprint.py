@@ -35,9 +35,11 @@ FLOOR_DB = 45.0
 VOICED_DB = 25.0  # a frame this far below the loudest counts as silence
 CHUNK_MATCHED = 0.6  # a chunk correlating this well was heard
 # What the self-test asks of the greeting unless configured otherwise: the same sentence scores
-# 0.9+, one that shares its first two thirds (another clinic's name) about 0.68 with 0.67 of it heard.
+# 0.9+, one that shares its first two thirds (another clinic's name) about 0.68 — the score is
+# what tells them apart. Coverage only asks that most of it was heard: a loaded GSM bridge once
+# lost half a second of the right greeting (0.89 with 79 % heard), which must still pass.
 MATCH_SCORE = 0.75
-MATCH_COVERAGE = 0.8
+MATCH_COVERAGE = 0.6
 
 
 @dataclass
