@@ -344,8 +344,8 @@ class SelfTestCalls:
     def _alarm(self, verdict: Verdict, lang: str, number: str) -> None:
         svc = self.services
         db = svc.db
-        last = store_alarms.latest_of(db, "selftest", ("selftest_failed", "selftest_ok"))
-        open_alarm = self.failing()
+        last = self._last_alarm()
+        open_alarm = last is not None and last["kind"] == "selftest_failed"
         if verdict.result == "FAIL":
             count = store_selftest.failures_in_a_row(db)
             if count >= int(self.cfg.alarm_after) and not open_alarm:
@@ -454,9 +454,12 @@ class SelfTestCalls:
         stack = self.services.stack
         return bool(stack is not None and (stack.legs or stack.media_legs))
 
+    def _last_alarm(self) -> dict | None:
+        return store_alarms.latest_of(self.services.db, "selftest", ("selftest_failed", "selftest_ok"))
+
     def failing(self) -> bool:
         """The self-test alarm is raised and not yet cleared by a pass."""
-        last = store_alarms.latest_of(self.services.db, "selftest", ("selftest_failed", "selftest_ok"))
+        last = self._last_alarm()
         return last is not None and last["kind"] == "selftest_failed"
 
     def status(self) -> dict:

@@ -6,7 +6,7 @@ legs: the 33rd call's media failed with ``PJ_ETOOMANY`` (pjlib's ``PJ_IOQUEUE_MA
 were dropped. So the core knows every pool's size and admits a caller only while all of them
 have room for the caller and their transfer:
 
-- call legs: ``pjsua_call_get_max_count()`` (``PJSUA_MAX_CALLS``, as before);
+- call legs: ``pjsua_call_get_max_count()`` (``PJSUA_MAX_CALLS``, and no more than the sockets carry);
 - conference ports: ``pjsua_conf_get_max_ports()``;
 - ioqueue handles: ``PJ_IOQUEUE_MAX_HANDLES`` from pjlib's own configuration dump
   (``pj_dump_config``, caught through a log function for the moment it runs);
@@ -23,6 +23,7 @@ a player kept 1.5 s after it finished still counts) and the bridge's active port
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import re
 import struct
@@ -45,7 +46,6 @@ PER_CALLER = {"calls": 2, "players": 2, "conf_ports": 5, "ioqueue_handles": 4}
 # Held by the box whatever the calls: the hold music (a player and its port), the bridge's own
 # port, a GSM call's voice port, the SIP transports' sockets (UDP, a TCP listener, connections).
 SHARED = {"calls": 0, "players": 1, "conf_ports": 3, "ioqueue_handles": 6}
-POOLS = ("calls", "players", "recorders", "conf_ports", "ioqueue_handles")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class Pools:
         return asdict(self)
 
 
-def _lib():
+@functools.cache
+def pjsua_lib() -> ctypes.CDLL:
+    """The wheel's own library, for the few C calls the SWIG layer does not expose."""
     return ctypes.CDLL(pj._pjsua2.__file__)
 
 
@@ -69,7 +71,7 @@ _LOG_FUNC = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
 
 def ioqueue_handles() -> int:
     """``PJ_IOQUEUE_MAX_HANDLES`` of the build, from ``pj_dump_config`` (default 64)."""
-    lib = _lib()
+    lib = pjsua_lib()
     lines: list[str] = []
 
     def catch(level, data, length):  # runs inside pj_dump_config, on this thread
@@ -95,7 +97,7 @@ def ioqueue_handles() -> int:
 
 
 def conf_ports() -> int:
-    lib = _lib()
+    lib = pjsua_lib()
     lib.pjsua_conf_get_max_ports.restype = ctypes.c_uint
     return int(lib.pjsua_conf_get_max_ports())
 
@@ -144,7 +146,7 @@ def in_use(objects) -> dict:
     """How much of each media pool is held now: ``objects`` are every pj object the stack keeps
     (legs' players, tones and recorders, shared players, parked ones not yet freed — a player
     is kept 1.5 s after it ended); conference ports as the bridge counts them."""
-    lib = _lib()
+    lib = pjsua_lib()
     lib.pjsua_conf_get_active_ports.restype = ctypes.c_uint
     objects = list(objects)
     return {
@@ -154,10 +156,6 @@ def in_use(objects) -> dict:
     }
 
 
-def callers_room(pools: Pools, shared: dict | None = None) -> dict:
-    """How many callers each pool can hold at once (each with their transfer), and the least."""
-    shared = shared or SHARED
-    room = {}
-    for name, need in PER_CALLER.items():
-        room[name] = max(0, (getattr(pools, name) - shared.get(name, 0)) // need)
-    return room
+def callers_room(pools: Pools) -> dict:
+    """How many callers each pool can hold at once, each with their transfer."""
+    return {name: max(0, (getattr(pools, name) - SHARED[name]) // need) for name, need in PER_CALLER.items()}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import gc
 import logging
 import os
@@ -71,15 +70,9 @@ def build_call_limit() -> int:
     The value is read back through the library's C API, which the SWIG layer does not expose.
     Must be called after ``libInit``.
     """
-    lib = _pjsua_lib()
+    lib = limits.pjsua_lib()
     lib.pjsua_call_get_max_count.restype = ctypes.c_uint
     return int(lib.pjsua_call_get_max_count())
-
-
-@functools.cache
-def _pjsua_lib() -> ctypes.CDLL:
-    """The wheel's own library, for the few C calls the SWIG layer does not expose."""
-    return ctypes.CDLL(pj._pjsua2.__file__)
 
 
 @dataclass
@@ -545,8 +538,8 @@ class SipStack:
         # refuse) exhausts the ioqueue and pjlib aborts (an assertion) or fails the media (a 500).
         # So pjsua gets no more call slots than the sockets can carry, and refuses the rest itself
         # with 486 before any socket is made; within that, pjsua clamps to PJSUA_MAX_CALLS.
-        self.sockets = limits.ioqueue_handles()
-        socket_legs = max(1, (self.sockets - limits.SHARED["ioqueue_handles"]) // 2)
+        sockets = limits.ioqueue_handles()
+        socket_legs = max(1, (sockets - limits.SHARED["ioqueue_handles"]) // 2)
         cfg.uaConfig.maxCalls = socket_legs
         cfg.uaConfig.userAgent = "Centralka"
         cfg.logConfig.consoleLevel = 0
@@ -584,7 +577,7 @@ class SipStack:
                 players=players,
                 recorders=recorders,
                 conf_ports=limits.conf_ports(),
-                ioqueue_handles=self.sockets,
+                ioqueue_handles=sockets,
             )
             if self.screen:
                 self._start_guard()
@@ -657,7 +650,7 @@ class SipStack:
 
     def _start_guard(self):
         guard = Guard(
-            _pjsua_lib(),
+            limits.pjsua_lib(),
             gate=self.gate,
             codecs=self.codecs,
             max_bytes=self.max_message_bytes,
@@ -864,7 +857,7 @@ class SipStack:
 
     def pjsua_calls(self) -> int:
         """Calls pjsua itself still holds (a slot it has not given back shows here)."""
-        lib = _pjsua_lib()
+        lib = limits.pjsua_lib()
         lib.pjsua_call_get_count.restype = ctypes.c_uint
         return int(lib.pjsua_call_get_count())
 
@@ -966,9 +959,7 @@ class SipStack:
         in_use = len(self.legs)
         # Reserve one leg per admitted caller so each can still be put through to a human.
         # (GSM callers count too: putting them through to a person takes a SIP leg.)
-        callers = self._callers()
-        needed = callers * 2 if self.reserve_transfer_leg else in_use
-        full = "calls" if in_use > self.max_calls or needed > self.max_calls else self._pool_without_room(callers)
+        full = self._full_with(self._callers(), in_use)
         if leg.alive and full:
             self.limit_hits += 1
             self.refused_for = full
@@ -1003,9 +994,12 @@ class SipStack:
             if leg.alive:
                 self._refuse(leg, 500, "Internal Server Error")
 
-    def _pool_without_room(self, callers: int) -> str | None:
-        """The first media pool (players, conference ports, sockets) that cannot hold ``callers``
-        callers at once, each with their transfer; None when all can."""
+    def _full_with(self, callers: int, legs: int) -> str | None:
+        """The pool that cannot hold ``callers`` callers on ``legs`` call legs, each caller with
+        their transfer (a leg kept free per caller unless ``reserve_transfer_leg`` is off), or
+        None when every pool can."""
+        if legs > self.max_calls or (self.reserve_transfer_leg and callers * 2 > self.max_calls):
+            return "calls"
         if self.pools is None:
             return None
         for name, room in limits.callers_room(self.pools).items():
@@ -1019,11 +1013,7 @@ class SipStack:
 
     def _next_caller_refused_for(self) -> str | None:
         """The pool that would turn the next caller away now (None: there is room)."""
-        callers = self._callers()
-        legs_needed = len(self.legs) + 1 if not self.reserve_transfer_leg else (callers + 1) * 2
-        if legs_needed > self.max_calls:
-            return "calls"
-        return self._pool_without_room(callers + 1)
+        return self._full_with(self._callers() + 1, len(self.legs) + 1)
 
     def _refused_at_screen(self, req, full: str, host: str, port: int) -> None:
         """A caller turned away by the screen (no call was made): counted, logged, and a missed
@@ -1059,19 +1049,13 @@ class SipStack:
         held = [o for leg in list(self.legs) + list(self.media_legs) for o in leg._players]
         used = limits.in_use(held + list(self._shared) + [o for _, o in self._parked])
         used["calls"] = len(self.legs)
-        callers = self._callers()
         used["ioqueue_handles"] = limits.SHARED["ioqueue_handles"] + 2 * len(self.legs)
-        # Full: the next caller would be turned away, and this pool is why.
-        if (callers + 1) * (2 if self.reserve_transfer_leg else 1) > self.max_calls:
-            full = "calls"
-        else:
-            full = self._pool_without_room(callers + 1)
         return {
             "limits": self.pools.to_json(),
             "in_use": used,
-            "callers": callers,
+            "callers": self._callers(),
             "callers_limit": self.callers_limit(),
-            "full": full,
+            "full": self._next_caller_refused_for(),  # the pool that would turn the next caller away
             "last_refused_for": self.refused_for,
         }
 
