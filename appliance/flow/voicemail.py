@@ -147,13 +147,7 @@ def recover(services) -> dict:
             audio = GrowingWav(path, rate)
             audio.poll()
             if audio.spoke():
-                mp3 = path.with_suffix(".mp3")
-                try:
-                    seconds, kept, mime = compress(path, mp3), mp3, "audio/mpeg"
-                    path.unlink()
-                except Exception as exc:  # noqa: BLE001 — keep the WAV rather than lose the message
-                    log.error("voicemail %s: cannot compress (%s); the WAV is kept", path, exc)
-                    seconds, kept, mime = audio.seconds, path, "audio/wav"
+                kept, mime, seconds = compress_message(path, 0.0)  # (the WAV is kept if that fails)
                 _store_recovered(services, call_id, kept, mime, seconds)
                 done["stored"] += 1
                 continue
