@@ -122,9 +122,9 @@ class CallSession:
             # on at the prompt's pace — never a dropped call for a missing resource.
             log.warning("call %s: prompt %s not played: %s", self.call_id, name, exc)
             self.step("play_failed", node, {"prompt": name, "error": str(exc)})
-            await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
-            return interruptible and bool(self.leg.digits)
-        self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
+            player = None  # (stop() ignores it)
+        else:
+            self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
             await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
         finally:
