@@ -58,8 +58,9 @@ class Faults:
     """Where a test makes the box fail on purpose (``appliance.testing.faults``). The running box
     has none: ``Services.faults`` is ``None`` and nothing is ever raised from here."""
 
-    def at_node(self, node_id: str) -> None:  # pragma: no cover - overridden by test doubles
-        """Called as a call enters a flow node; may raise to prove the operator fallback."""
+    def at_node(self, node_id: str, services: "Services") -> None:  # pragma: no cover - test doubles
+        """Called as a call enters a flow node; may raise to prove the operator fallback, or
+        take a pool of the SIP stack to its end."""
 
 
 @dataclass

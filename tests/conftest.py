@@ -40,10 +40,21 @@ def caller(workdir):
 def make_box(workdir):
     boxes = []
 
-    def make(flow_text=None, *, staff=None, env=None, settings="", raise_at=None, clock_at=None, hang_at=None):
+    def make(
+        flow_text=None, *, staff=None, env=None, settings="", raise_at=None, clock_at=None, hang_at=None, fault_args=()
+    ):
         if flow_text is None:
             flow_text = demo_flow_text(f"127.0.0.1:{staff.port}")
-        box = Box(workdir, flow_text, env=env, settings=settings, raise_at=raise_at, clock_at=clock_at, hang_at=hang_at)
+        box = Box(
+            workdir,
+            flow_text,
+            env=env,
+            settings=settings,
+            raise_at=raise_at,
+            clock_at=clock_at,
+            hang_at=hang_at,
+            fault_args=fault_args,
+        )
         boxes.append(box)
         return box
 

@@ -209,6 +209,7 @@ class Box:
         raise_at: str | None = None,
         hang_at: tuple | None = None,
         clock_at: str | None = None,
+        fault_args: tuple = (),
     ):
         self.dir = workdir
         self.port = free_port()
@@ -228,6 +229,7 @@ class Box:
         self.env.update(env or {})
         self.raise_at = raise_at
         self.hang_at = [str(x) for x in hang_at] if hang_at else None
+        self.fault_args = list(fault_args)  # any other fault plan of appliance.testing.faults
         # The box's wall clock runs this many seconds ahead of ours (0 without ``clock_at``).
         self.clock_shift = parse_stamp(clock_at) - time.time() if clock_at else 0.0
         self.stderr_path = workdir / "box.stderr"
@@ -242,6 +244,7 @@ class Box:
         plan = (
             (["--raise-at", self.raise_at] if self.raise_at else [])
             + (["--hang-at", *self.hang_at] if self.hang_at else [])
+            + self.fault_args
         ) + (["--clock-shift", repr(self.clock_shift)] if self.clock_shift else [])
         runner = ["appliance.testing.faults", *plan] if plan else ["appliance.cli"]
         self.proc = subprocess.Popen(

@@ -3,6 +3,7 @@ start, a caller is admitted only while each pool has room for them and their tra
 turned away gets 486 (never a 500), and status names the pool that is full."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -78,3 +79,37 @@ def test_a_full_pool_turns_the_next_caller_away_with_486_and_is_named(stack, wor
         first.stop()
         second.stop()
         stack.call(lambda: [leg.hangup() for leg in answered if leg.alive])
+
+
+def test_a_caller_whose_prompt_finds_no_player_hears_the_hold_music_and_reaches_a_person(
+    make_box, staff, caller, workdir
+):
+    """The players pool at its real end (every player the build has left is taken as the call
+    enters the menu): the menu cannot be played, so the caller hears the shared hold music for
+    its length instead of silence or a hang-up, the flow goes on at its pace, and with no key
+    pressed the operator answers — the caller was never dropped (R7)."""
+    from .audio import find_occurrences
+    from .test_call_journey import heard, operator_answers
+
+    box = make_box(staff=staff, fault_args=("--take-players-at", "menu"))
+    caller.call(box.uri("600123456"))
+    caller.wait("confirmed")
+    failed = box.wait_step("play_failed", prompt="menu")
+    assert json.loads(failed["detail"])["instead"] == "hold_music"
+    status = box.status()["pools"]
+    assert status["in_use"]["players"] >= status["limits"]["players"]  # the pool really is at its end
+    operator_answers(staff, caller)
+    call = box.wait_call_ended()
+    assert (call["outcome"], call["ended_by"]) == ("operator", "caller")
+    steps = box.journey(call["id"])
+    assert "error" not in [s["step"] for s in steps]
+    assert {json.loads(s["detail"])["prompt"] for s in steps if s["step"] == "play_failed"} >= {"menu"}
+    rec = caller.recording()
+    seq = [h.name for h in heard(box, caller, workdir, "greeting", "menu", staff_users=["operator"], min_coverage=0.5)]
+    assert seq == ["greeting", "staff:operator"]  # the greeting (played before), never the menu
+    greeting_end = heard(box, caller, workdir, "greeting")[0].at + 2.0
+    music = box.dir / "data" / "music" / "default_hold.wav"
+    if not music.exists():
+        music = next((box.dir / "data").rglob("*hold*.wav"))
+    assert any(at >= greeting_end for at, _ in find_occurrences(rec, music)), "no hold music where the menu was"
+    assert "fault: took the" in box.log()

@@ -114,21 +114,31 @@ class CallSession:
         """Play a file; a digit (when ``interruptible``) or any of ``until`` (futures: an agent
         answered) ends it early."""
         duration = self.services.prompts.duration(path)
+        music = None
         try:
             player = self.leg.play(path)
         except SipError as exc:
             self._check_alive()  # the caller hung up just now: gone, not an error of ours
-            # No player to be had (a pool of the build ran out): the caller stays, the flow goes
-            # on at the prompt's pace — never a dropped call for a missing resource.
-            log.warning("call %s: prompt %s not played: %s", self.call_id, name, exc)
-            self.step("play_failed", node, {"prompt": name, "error": str(exc)})
+            # No player to be had (a pool of the build ran out): the caller stays and hears the
+            # shared hold music (no player of their own needed) for the prompt's length, and the
+            # flow goes on at its pace — never a dropped call for a missing resource.
             player = None  # (stop() ignores it)
+            shared = self.services.hold_music
+            music = shared if shared is not None and self.leg.listen(shared) else None
+            log.warning("call %s: prompt %s not played: %s", self.call_id, name, exc)
+            self.step(
+                "play_failed",
+                node,
+                {"prompt": name, "error": str(exc), "instead": "hold_music" if music else "silence"},
+            )
         else:
             self.step("play", node, {"prompt": name, "seconds": round(duration, 2)})
         try:
             await self._wait_any(duration + 0.15, digits=interruptible, extra=[asyncio.shield(f) for f in until])
         finally:
             self.leg.stop(player)
+            if music is not None:
+                self.leg.unlisten(music)
         return interruptible and bool(self.leg.digits)
 
     async def say(self, text: str, name: str, *, node: str | None = None, interruptible: bool = True, until=()) -> bool:
@@ -211,7 +221,7 @@ class CallSession:
                 await self._selftest_arrived(node)
                 return
             if self.services.faults is not None:
-                self.services.faults.at_node(node_id)  # tests only: prove the operator fallback
+                self.services.faults.at_node(node_id, self.services)  # tests only (appliance.testing.faults)
             handler = getattr(self, f"node_{node.type}")
             nxt = await handler(node)
             if nxt is None:

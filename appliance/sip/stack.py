@@ -203,12 +203,18 @@ class MediaLeg:
         self._players.append(rec)
         return rec
 
-    def listen(self, source) -> None:
-        """Hear a shared source (the one hold-music player all waiting callers share)."""
+    def listen(self, source) -> bool:
+        """Hear a shared source (the one hold-music player all waiting callers share); True when
+        this call started it (False: already heard, or no audio to hear it on)."""
         if self._audio is None or source in self._sources:
-            return
-        source.startTransmit(self._audio)
+            return False
+        try:
+            source.startTransmit(self._audio)
+        except pj.Error as exc:
+            log.warning("call %s: cannot hear a shared source: %s", self.sip_call_id, exc.info())
+            return False
         self._sources.add(source)
+        return True
 
     def unlisten(self, source) -> None:
         if source not in self._sources:

@@ -5,6 +5,8 @@ variable read by product code).
 ``centralka run`` does, except that a call entering flow node NODE meets an :class:`InjectedFault`
 — the proof that any failure inside the engine still ends at the operator (R6). ``--hang-at NODE
 SECONDS`` blocks the event loop there instead (a hung core, for the watchdog).
+``--take-players-at NODE`` takes every player the pjsua2 build has left as a call enters NODE (the
+players pool at its end, for the no-player fallback).
 
 ``--clock-at 2027-03-29T10:00:00+02:00`` starts the box's wall clock at that moment (it then runs
 at the normal pace): business hours, holidays and callback windows are tested on the day they
@@ -15,7 +17,9 @@ exact amount instead, so a test that knows the shift can read the box's stamps a
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 
 from ..services import Faults
 
@@ -28,7 +32,7 @@ class RaiseAtNode(Faults):
     def __init__(self, node_id: str):
         self.node_id = node_id
 
-    def at_node(self, node_id: str) -> None:
+    def at_node(self, node_id: str, services) -> None:
         if node_id == self.node_id:
             raise InjectedFault(f"injected fault at node {node_id}")
 
@@ -40,11 +44,35 @@ class HangAtNode(Faults):
     def __init__(self, node_id: str, seconds: float):
         self.node_id, self.seconds = node_id, seconds
 
-    def at_node(self, node_id: str) -> None:
+    def at_node(self, node_id: str, services) -> None:
         if node_id == self.node_id:
-            import time
-
             time.sleep(self.seconds)
+
+
+class TakePlayersAtNode(Faults):
+    """As the first call enters the node, every player the pjsua2 build has left is taken (held
+    as shared players until the box stops): the build's ``PJSUA_MAX_PLAYERS`` reached for real,
+    as on a box past its size, while admission — counting callers, not players — still lets
+    the caller in. What the caller hears then is the no-player fallback."""
+
+    def __init__(self, node_id: str):
+        self.node_id = node_id
+        self.taken = 0
+
+    def at_node(self, node_id: str, services) -> None:
+        if node_id != self.node_id or self.taken:
+            return
+        from ..media.holdmusic import ensure_hold_music
+        from ..sip.stack import SipError
+
+        music = ensure_hold_music(services.settings.data_dir, services.settings.sip.clock_rate)
+        while self.taken < 4096:
+            try:
+                services.stack.shared_player(music)
+            except SipError:
+                break
+            self.taken += 1
+        logging.getLogger("centralka.faults").warning("fault: took the %d players left at node %s", self.taken, node_id)
 
 
 def main(argv=None) -> int:
@@ -53,6 +81,7 @@ def main(argv=None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--raise-at", metavar="NODE")
     pre.add_argument("--hang-at", nargs=2, metavar=("NODE", "SECONDS"))
+    pre.add_argument("--take-players-at", metavar="NODE")
     pre.add_argument("--clock-at", metavar="ISO")
     pre.add_argument("--clock-shift", metavar="SECONDS", type=float)
     ours, rest = pre.parse_known_args(argv)
@@ -66,6 +95,8 @@ def main(argv=None) -> int:
         if ours.raise_at
         else HangAtNode(ours.hang_at[0], float(ours.hang_at[1]))
         if ours.hang_at
+        else TakePlayersAtNode(ours.take_players_at)
+        if ours.take_players_at
         else None
     )
     clock = (
