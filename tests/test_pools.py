@@ -24,6 +24,10 @@ def test_a_raised_build_is_limited_by_its_sockets_before_its_call_legs():
     sized = Pools(calls=32, players=72, recorders=36, conf_ports=180, ioqueue_handles=192)
     room = callers_room(sized)
     assert min(room.values()) == room["calls"] == 16
+    # A voice message takes a recorder: a build short of them admits as many callers as could
+    # each leave one (the self-test's ear kept aside).
+    few_recorders = dataclasses.replace(sized, recorders=9)
+    assert min(callers_room(few_recorders).values()) == callers_room(few_recorders)["recorders"] == 8
 
 
 @pytest.fixture

@@ -40,12 +40,13 @@ IOQUEUE_DEFAULT = 64  # pjlib's own default, when its dump says nothing
 
 # What one admitted caller may hold at once, their transfer included (appliance/flow/engine.py):
 # two call legs (theirs and the person's); two players (a prompt and the next, the first kept
-# 1.5 s after it ended); a conference port for each leg, each player and a ringback tone; RTP and
-# RTCP sockets for each leg's media.
-PER_CALLER = {"calls": 2, "players": 2, "conf_ports": 5, "ioqueue_handles": 4}
-# Held by the box whatever the calls: the hold music (a player and its port), the bridge's own
-# port, a GSM call's voice port, the SIP transports' sockets (UDP, a TCP listener, connections).
-SHARED = {"calls": 0, "players": 1, "conf_ports": 3, "ioqueue_handles": 6}
+# 1.5 s after it ended); a recorder (their voice message); a conference port for each leg, each
+# player and a ringback tone; RTP and RTCP sockets for each leg's media.
+PER_CALLER = {"calls": 2, "players": 2, "recorders": 1, "conf_ports": 5, "ioqueue_handles": 4}
+# Held by the box whatever the calls: the hold music (a player and its port), the self-test
+# call's ear (a recorder), the bridge's own port, a GSM call's voice port, the SIP transports'
+# sockets (UDP, a TCP listener, connections).
+SHARED = {"calls": 0, "players": 1, "recorders": 1, "conf_ports": 3, "ioqueue_handles": 6}
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def probe(park, callers: int) -> tuple[int, int, bool]:
     could use (then: at least that many), and whether a pool was taken to its end (its probe
     objects must be freed before anyone needs one). Every probe object is handed to ``park``."""
     players_cap = min(PROBE_CAP, SHARED["players"] + callers * PER_CALLER["players"] + 1)
-    recorders_cap = min(PROBE_CAP, callers + 1)
+    recorders_cap = min(PROBE_CAP, SHARED["recorders"] + callers * PER_CALLER["recorders"] + 1)
     with tempfile.TemporaryDirectory(prefix="centralka-probe-") as tmp:
         folder = Path(tmp)
         wav = _silence(folder)
