@@ -14,7 +14,9 @@ Measured (see bench/README.md for the method):
   (``-trace_shortmsg``, microseconds);
 - failures: calls not answered, unexpected responses, calls SIPp counted as failed.
 
-``--over`` also offers N+2 calls at once and reports how many got 486 (the limit hit cleanly).
+``--over`` also offers N+2 calls at once and reports how many got 486 (the limit hit cleanly: the
+ones past the limit got 486, nothing else, and no admitted caller got a BYE from the box before
+their own).
 
 ``--queue`` holds the N callers in a queue instead: each presses 1 (SIP INFO dtmf-relay, scenario
 ``bench/uac_queue.xml``) and waits with the shared hold music and position announcements (the
@@ -493,6 +495,8 @@ class SippRun:
                     c.setdefault("provisional", t)
                 else:
                     c.setdefault("final", (code, t))
+            elif direction == "R" and first.startswith("BYE "):
+                c.setdefault("box_bye", t)  # the box hung up on a caller who meant to hold on
         out = {
             "attempted": 0,
             "answered": 0,
@@ -502,6 +506,7 @@ class SippRun:
             "to_200_ms": [],
             "to_100_ms": [],
             "answered_ids": [],
+            "dropped_by_box": 0,
         }
         for call_id, c in calls.items():
             if "invite" not in c:
@@ -514,6 +519,7 @@ class SippRun:
                 out["unanswered"] += 1
             elif final[0] == 200:
                 out["answered"] += 1
+                out["dropped_by_box"] += "box_bye" in c
                 out["answered_ids"].append(call_id)
                 out["to_200_ms"].append((final[1] - c["invite"]) * 1000)
             elif final[0] == 486:
@@ -735,12 +741,19 @@ def main(argv=None) -> int:
         except (BoxError, OSError, subprocess.SubprocessError) as exc:
             print(f"bench: the box did not start: {exc}", file=sys.stderr)
             return EXIT_BOX
-        limit, build = st["call_limit"], st["build_call_limit"]
+        legs, build = st["call_limit"], st["build_call_limit"]
+        # The callers the box admits: the call legs, or a tighter pool of the build (sockets,
+        # players, conference ports — counted per caller with their transfer).
+        pools = st.get("pools") or {}
+        limit = pools.get("callers_limit", legs)
         n = args.calls or limit
         say(
-            f"box: pid {box.pid}, SIP udp 127.0.0.1:{box.port}, call limit {limit} (build {build}), "
-            f"reserve_transfer_leg off; started in {time.monotonic() - t_begin:.1f} s"
+            f"box: pid {box.pid}, SIP udp 127.0.0.1:{box.port}, call limit {legs} (build {build}), "
+            f"callers admitted at once {limit}, reserve_transfer_leg off; started in "
+            f"{time.monotonic() - t_begin:.1f} s"
         )
+        if pools.get("limits"):
+            say("  pools of the build: " + ", ".join(f"{k} {v}" for k, v in pools["limits"].items()))
         if n > limit:
             say(
                 f"note: --calls {n} is above the call limit {limit}: {n - limit} call(s) will get 486 and count "
@@ -892,6 +905,7 @@ def main(argv=None) -> int:
                 "rejected_486": res["rejected_486"],
                 "other_responses": dict(res["other"]),
                 "unanswered": res["unanswered"] + res["never_sent"],
+                "dropped_by_box": res["dropped_by_box"],
                 "box_limit_hits": hits,
                 "box_alive": box.alive() and st_after is not None,
                 "legs_left": st_after["legs_in_use"] if st_after else None,
@@ -902,6 +916,7 @@ def main(argv=None) -> int:
                 and res["answered"] == m - expected
                 and not res["other"]
                 and over["unanswered"] == 0
+                and over["dropped_by_box"] == 0
                 and over["box_alive"]
                 and over["legs_left"] == 0
             )
@@ -909,7 +924,8 @@ def main(argv=None) -> int:
             say(
                 f"over: {m} calls offered at once: {res['answered']} answered, {res['rejected_486']} rejected "
                 f"with 486 (expected {expected}), other responses {dict(res['other']) or 'none'}, unanswered "
-                f"{over['unanswered']}; box counted {hits} limit hit(s); limit hit cleanly: "
+                f"{over['unanswered']}, hung up on by the box {over['dropped_by_box']}; box counted {hits} "
+                f"limit hit(s); limit hit cleanly: "
                 f"{'yes' if clean else 'NO'}"
             )
             if not clean:
@@ -978,7 +994,8 @@ def main(argv=None) -> int:
 
         result = {
             "calls": n,
-            "call_limit": limit,
+            "call_limit": legs,
+            "callers_limit": limit,
             "build_call_limit": build,
             "cpu_pct_per_call": r(per_call),
             "cpu_pct_idle": r(idle_pct),

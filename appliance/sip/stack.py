@@ -38,6 +38,7 @@ log = logging.getLogger("centralka.sip")
 
 PARK_S = 1.5
 POLL_S = 0.01
+EAGER_TURNS = 3  # turns without waiting in pjsip after one that handled events (see _poll)
 SWEEP_S = 1.0
 STALE_S = 2.0  # a leg younger than this may still be setting up inside pjsua
 HANGUP_GIVE_UP_S = 70.0  # 64 x T1 for a missing ACK, then some: pjsip has given up by then
@@ -692,12 +693,18 @@ class SipStack:
     async def _poll(self):
         # Block in pjsip's own select for up to POLL_S: a SIP packet is handled the moment it
         # arrives (no polling delay on INVITE), and asyncio's due work runs between the calls.
+        # After a turn that handled events, the next turns only look (no wait): what those events
+        # started (admitting a caller, then the call's task answering it) runs a turn or two
+        # later, and blocking in between would add POLL_S to every INVITE's answer.
         next_sweep = time.monotonic() + SWEEP_S
+        eager = 0
         while True:
             try:
-                self.ep.libHandleEvents(int(POLL_S * 1000))
+                handled = self.ep.libHandleEvents(0 if eager else int(POLL_S * 1000))
             except Exception:  # noqa: BLE001 — the loop must survive a bad callback
                 log.exception("libHandleEvents")
+                handled = 0
+            eager = EAGER_TURNS if handled > 0 else max(0, eager - 1)
             self._free_parked()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_S
