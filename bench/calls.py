@@ -14,7 +14,7 @@ Measured (see bench/README.md for the method):
   (``-trace_shortmsg``, microseconds);
 - failures: calls not answered, unexpected responses, calls SIPp counted as failed.
 
-``--over`` also offers N+2 calls at once and reports how many got 486 (the limit hit cleanly: the
+``--over`` also offers (callers limit)+2 calls at once and reports how many got 486 (the limit hit cleanly: the
 ones past the limit got 486, nothing else, and no admitted caller got a BYE from the box before
 their own).
 
@@ -684,8 +684,15 @@ def main(argv=None) -> int:
         help="seconds of idle baseline, before and again after the rounds (default 6)",
     )
     ap.add_argument("--rate", type=float, default=10.0, help="new calls per second while ramping up (default 10)")
-    ap.add_argument("--over", action="store_true", help="also offer N+2 calls and count the 486 rejections")
-    ap.add_argument("--over-hold", type=float, default=3.0, help="hold of the --over calls (default 3)")
+    ap.add_argument(
+        "--over", action="store_true", help="also offer the callers limit + 2 calls and count the 486 rejections"
+    )
+    ap.add_argument(
+        "--over-hold",
+        type=float,
+        default=3.0,
+        help="seconds the --over calls are held beyond their ramp-up (default 3)",
+    )
     ap.add_argument("--no-echo", action="store_true", help="SIPp sends no RTP back (default: echo the box's RTP)")
     ap.add_argument("--sipp", default=os.environ.get("SIPP", "sipp"), help="SIPp binary (default: sipp on PATH)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SIPp traces)")
@@ -892,9 +899,11 @@ def main(argv=None) -> int:
                 hits0 = box.status()["limit_hits"]
             except Exception:  # noqa: BLE001
                 hits0 = None
-            m = n + 2
+            m = limit + 2  # two past the edge, whatever --calls held
+            # Every call still up when the last one is offered: the hold covers the ramp-up.
+            over_hold = args.over_hold + m / args.rate
             res = hold_round(
-                box, sampler, sipp, work / "over", m, args.over_hold, args.rate, not args.no_echo, "over", measure=False
+                box, sampler, sipp, work / "over", m, over_hold, args.rate, not args.no_echo, "over", measure=False
             )
             runs.append(res.pop("run"))
             st_after = box.wait_idle()

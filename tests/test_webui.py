@@ -13,6 +13,8 @@ def test_health_reports_a_running_core(box):
         "core": "up",
         "calls_active": 0,
         "call_limit": box.status()["call_limit"],
+        "callers_limit": box.status()["pools"]["callers_limit"],
+        "pool_full": None,
         "trunk": "disabled",
     }
 

@@ -26,12 +26,17 @@ def create_app(settings=None, **overrides) -> Flask:
         except CoreNotRunning as exc:
             return jsonify({"ok": False, "core": "down", "error": str(exc)}), 503
         trunk = status["trunk"]["state"]
+        pools = status.get("pools") or {}
         return jsonify(
             {
                 "ok": True,
                 "core": "up",
                 "calls_active": status["calls_active"],
                 "call_limit": status["call_limit"],
+                # Callers the box takes at once (the tightest pool of the build decides), and the
+                # pool that would turn the next one away now (null: there is room).
+                "callers_limit": pools.get("callers_limit"),
+                "pool_full": pools.get("full"),
                 "trunk": trunk,
             }
         )
