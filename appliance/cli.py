@@ -82,6 +82,15 @@ def _write_out(text: str, file: str | None) -> None:
 
 
 # --- commands -------------------------------------------------------------------------------------
+def _tracebacks_on_crash() -> None:
+    """A crash inside pjsip or another C library (SIGSEGV, SIGABRT, SIGBUS, SIGFPE) writes every
+    thread's Python traceback to stderr (the journal) before the process dies: the one clue a
+    technician can send us from a box in the field."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
+
+
 def cmd_run(args, *, faults=None, clock=None) -> int:
     """``centralka run``; ``faults`` and ``clock`` only from appliance.testing.faults (tests)."""
     from . import systemd
@@ -89,6 +98,7 @@ def cmd_run(args, *, faults=None, clock=None) -> int:
     from .core import Core
 
     settings = _settings(args)
+    _tracebacks_on_crash()
     core = Core(settings, faults=faults, clock=clock or SYSTEM_CLOCK)
 
     def ready(c):
@@ -675,6 +685,7 @@ def cmd_demo_gsm(args) -> int:
 def cmd_demo(args) -> int:
     from .testing.demo import run_demo
 
+    _tracebacks_on_crash()
     return run_demo(args)
 
 

@@ -107,6 +107,19 @@ class _VoicePort(pj.AudioMediaPort):
     def __init__(self, voice: VoiceStream | None):
         super().__init__()
         self.voice = voice
+        self._released = False
+
+    def release_now(self) -> None:
+        """Destroy the C++ port now, while this Python object is alive (the stack calls it when
+        the parked port's time is up). Left to Python's own freeing, the destructor runs after
+        the object is half gone, and a frame callback the clock thread makes meanwhile crashes
+        the process; called here, such a callback still finds ``voice`` None and returns. The
+        proxy must not be used afterwards (the leg has already dropped it)."""
+        if self._released:
+            return
+        self._released = True
+        self.voice = None
+        pj.AudioMediaPort.__swig_destroy__(self)
 
     def onFrameRequested(self, frame):
         try:

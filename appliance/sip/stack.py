@@ -679,7 +679,7 @@ class SipStack:
         for leg in list(self._all_legs):
             leg.pj = None
         self.legs.clear()
-        self._parked.clear()
+        self._free_parked(everything=True)  # (while the bridge's clock still runs: see _release)
         self._shared.clear()
         self.accounts.clear()
         gc.collect()
@@ -750,13 +750,15 @@ class SipStack:
     def park(self, obj) -> None:
         self._parked.append((time.monotonic(), obj))
 
-    def _free_parked(self):
+    def _free_parked(self, everything: bool = False):
         if not self._parked:
             return
         now = time.monotonic()
-        keep = [(t, o) for t, o in self._parked if now - t < PARK_S]
-        if len(keep) != len(self._parked):
-            self._parked = keep
+        due = [o for t, o in self._parked if everything or now - t >= PARK_S]
+        if due:
+            self._parked = [] if everything else [(t, o) for t, o in self._parked if now - t < PARK_S]
+            for obj in due:
+                _release(obj)
 
     def _guard(self, fn, *args):
         try:
@@ -1135,6 +1137,20 @@ class SipStack:
         # (which sessions may keep for their records) lets go of it now.
         self.park(leg.pj)
         self.loop.call_soon(_release_call, leg)
+
+
+def _release(obj) -> None:
+    """Free a parked pj object. A port whose frame callbacks are Python code (a GSM leg's
+    ``_VoicePort``) is destroyed by its ``release_now`` while this reference still holds it:
+    the bridge's clock thread calls such a port up to its destructor's last step, and if Python
+    had already begun to free the object that call lands in freed memory (SIGSEGV, seen when
+    GSM calls ended under load and at stop)."""
+    release = getattr(obj, "release_now", None)
+    if release is not None:
+        try:
+            release()
+        except Exception:  # noqa: BLE001 — freeing must go on for the rest
+            log.exception("releasing a media port")
 
 
 def _release_call(leg: Leg):
