@@ -4,6 +4,7 @@ turned away gets 486 (never a 500), and status names the pool that is full."""
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -90,8 +91,8 @@ def test_a_caller_whose_prompt_finds_no_player_hears_the_hold_music_and_reaches_
 ):
     """The players pool at its real end (every player the build has left is taken as the call
     enters the menu): the menu cannot be played, so the caller hears the shared hold music for
-    its length instead of silence or a hang-up, the flow goes on at its pace, and with no key
-    pressed the operator answers — the caller was never dropped (R7)."""
+    its length instead of silence or a hang-up, the menu still takes their key, and the
+    operator answers — the caller was never dropped (R7)."""
     from .audio import find_occurrences
     from .test_call_journey import heard, operator_answers
 
@@ -102,6 +103,8 @@ def test_a_caller_whose_prompt_finds_no_player_hears_the_hold_music_and_reaches_
     assert json.loads(failed["detail"])["instead"] == "hold_music"
     status = box.status()["pools"]
     assert status["in_use"]["players"] >= status["limits"]["players"]  # the pool really is at its end
+    time.sleep(3.0)  # three seconds of whatever the caller hears instead of the menu, recorded
+    caller.press("0")  # a caller who knows the menu asks for the operator
     operator_answers(staff, caller)
     call = box.wait_call_ended()
     assert (call["outcome"], call["ended_by"]) == ("operator", "caller")
