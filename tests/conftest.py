@@ -16,6 +16,12 @@ needs_tools = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first: the parallel workers take tests in this order, and a long one
+    picked up last would finish the run alone while the other workers sit idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path

@@ -216,6 +216,7 @@ def test_the_same_number_asking_again_is_merged_and_texted_once(demo_clinic, wor
 HOURS_FLOW = (ROOT / "tests" / "flows" / "hours_good.toml").read_text(encoding="utf-8")
 
 
+@pytest.mark.long
 def test_on_easter_monday_the_caller_hears_the_closed_message_and_can_leave_a_message(
     make_box, staff, workdir, mailbox
 ):
@@ -285,6 +286,7 @@ def into_the_queue(phone, box):
     return box.wait_step("enter", type="queue", direction="in")
 
 
+@pytest.mark.long
 def test_with_an_agent_free_the_box_calls_the_patient_back_at_their_place_in_line(one_receptionist, workdir, emulator):
     box, anna = one_receptionist
     first = Phone(workdir, "first", answer_after=-1, user="601000001")
@@ -388,6 +390,7 @@ def test_a_caller_who_gave_up_stays_on_the_list_until_someone_talked_to_them(dem
     assert "+48600123456" in "".join(emulator.dialled) or "600123456" in "".join(emulator.dialled)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("one_receptionist", ["list"], indirect=True)
 def test_in_list_mode_a_receptionist_calls_back_from_the_list(one_receptionist, workdir, emulator):
     box, anna = one_receptionist

@@ -64,6 +64,7 @@ def test_a_hundred_power_cuts_lose_and_double_nothing(tmp_path):
         assert length.returncode == 0 and float(length.stdout) > 0.4, (m, length.stderr)
 
 
+@pytest.mark.long
 def test_the_core_killed_during_calls_keeps_the_voice_message_and_the_cut_off_caller(make_box, staff, workdir):
     """The whole core, kill -9 while one patient leaves a voice message and another listens to
     the closed message: after the restart the message is stored whole (and e-mailed), and the

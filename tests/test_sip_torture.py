@@ -623,6 +623,7 @@ def in_dialog_seeds(raw: RawSip, m: Msg, dialog: tuple[str, str, str]) -> list[b
     ]
 
 
+@pytest.mark.long
 def test_a_seeded_mutation_fuzzer_never_takes_the_box_down(tbox, staff, workdir):
     rng = random.Random(20261203)
     raw = RawSip(tbox)
