@@ -42,7 +42,7 @@ demo: setup
 # Parallel workers: the tests mostly wait on real peers and audio (about a third of the two cores
 # busy with 3 workers). Session 3 saw 4 workers starve the modem library's AT polls; the modem
 # tests no longer race the polls, and 5 workers passed the whole suite three times in a row here
-# (7 min 54 s against 11 min 33 s with 3). The longest tests start first (tests/conftest.py).
+# (7 min 42-54 s against 11 min 33 s with 3). The longest tests start first (tests/conftest.py).
 TEST_JOBS ?= 5
 
 test: setup
