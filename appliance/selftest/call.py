@@ -207,18 +207,10 @@ class SelfTestCalls:
             heard_from = svc.clock.monotonic()
             try:
                 leg.record(recording)
-            except SipError as exc:  # no audio on the call: judged as such below
+            except SipError as exc:  # no audio on the call: nothing to judge
                 log.warning("self-test call: nothing to record: %s", exc)
-                recording = None
-                return (
-                    Verdict(
-                        checks + [_check("greeting", "FAIL", msg("selftest.no_audio"))],
-                        msg("selftest.no_audio"),
-                        "FAIL",
-                    ),
-                    None,
-                    answered_s,
-                )
+                reason = msg("selftest.no_audio")
+                return Verdict(checks + [_check("greeting", "FAIL", reason)], reason, "FAIL"), None, answered_s
             # The answering side tells when its menu starts (the greeting is over by then).
             await _any(probe.menu_entered, leg, MENU_WAIT_S)
             if probe.menu_node is not None and probe.reached_node is None and leg.alive:
